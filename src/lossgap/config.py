@@ -1,0 +1,154 @@
+"""Typed configuration: one dataclass per step of the data flow, grouped by ScoreConfig."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import UsageError
+
+LAYOUTS = ("packed", "single")
+MASKS = ("block", "causal")
+POSITIONS = ("restart", "continuous")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+ATTNS = ("auto", "sdpa", "eager", "flex")
+ON_BAD_LINE = ("fail", "skip")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise UsageError(f"--{name}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _check_positive(name: str, value: int | None, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or value < 0 or (value == 0 and not allow_zero):
+        kind = "a non-negative" if allow_zero else "a positive"
+        raise UsageError(f"--{name}: {value!r} must be {kind} integer")
+
+
+@dataclass
+class CorpusConfig:
+    """Where the documents come from and which of them to take."""
+
+    path: str
+    text_field: str = "text"
+    domain_field: str = "meta.pile_set_name"
+    split: str | None = None
+    skip: int = 0
+    sample: int | None = None
+    seed: int = 0
+    max_docs: int | None = None
+    max_tokens: int | None = None
+    on_bad_line: str = "fail"
+
+    def validate(self) -> None:
+        _check_positive("skip", self.skip, allow_zero=True)
+        _check_positive("sample", self.sample)
+        _check_positive("max-docs", self.max_docs)
+        _check_positive("max-tokens", self.max_tokens)
+        _check_choice("on-bad-line", self.on_bad_line, ON_BAD_LINE)
+
+
+@dataclass
+class TokenizeConfig:
+    """BOS/EOS policy. add_bos=None prepends BOS when the tokenizer defines one."""
+
+    add_bos: bool | None = None
+    add_eos: bool = True
+    bos_id: int | None = None
+    eos_id: int | None = None
+
+
+@dataclass
+class LayoutConfig:
+    """How documents become rows, what each position may attend to, and what it predicts."""
+
+    layout: str = "packed"
+    seq_len: int = 2048
+    stride: int | None = None
+    mask: str = "block"
+    positions: str | None = None  # None: restart for the block mask, continuous for the causal one
+    label_offset: int = 1
+
+    def validate(self) -> None:
+        _check_choice("layout", self.layout, LAYOUTS)
+        _check_choice("mask", self.mask, MASKS)
+        if self.positions is not None:
+            _check_choice("positions", self.positions, POSITIONS)
+        _check_positive("seq-len", self.seq_len)
+        _check_choice("label-offset", self.label_offset, (1, 2))
+        if self.seq_len <= self.label_offset:
+            raise UsageError(f"--seq-len {self.seq_len} must exceed --label-offset {self.label_offset}")
+        if self.stride is not None:
+            _check_positive("stride", self.stride)
+            if self.layout != "single":
+                raise UsageError("--stride applies to --layout single only", "drop --stride or add --layout single")
+            if self.stride > self.seq_len:
+                raise UsageError(f"--stride {self.stride} is larger than --seq-len {self.seq_len}")
+
+    @property
+    def position_mode(self) -> str:
+        if self.positions is not None:
+            return self.positions
+        return "restart" if self.mask == "block" else "continuous"
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load and how to run it."""
+
+    name: str
+    gguf_file: str | None = None
+    revision: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    attn: str = "auto"
+    trust_remote_code: bool = False
+
+    def validate(self) -> None:
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("attn", self.attn, ATTNS)
+
+
+@dataclass
+class RunConfig:
+    """Execution and output settings that do not change which tokens are scored."""
+
+    out: str = "runs/score"
+    batch_size: int = 1
+    mask_heads: bool = False
+    loss_chunk_mb: int = 256
+    probe: bool = True
+    overwrite: bool = False
+    quiet: bool = False
+
+    def validate(self) -> None:
+        _check_positive("batch-size", self.batch_size)
+        _check_positive("loss-chunk-mb", self.loss_chunk_mb)
+
+
+@dataclass
+class ScoreConfig:
+    """Everything one `lossgap score` run needs."""
+
+    model: ModelConfig
+    corpus: CorpusConfig
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    layout: LayoutConfig = field(default_factory=LayoutConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> ScoreConfig:
+        for part in (self.model, self.corpus, self.layout, self.run):
+            part.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.run.out)

@@ -1,0 +1,288 @@
+"""Corpus readers: stream Documents from JSONL (plain, gzip, zstd), Parquet, `datasets` folders and text folders.
+
+Every record gets a stable `doc_id`: its ordinal in the corpus (bad records and skipped records count too), so
+the same document has the same id whatever `--skip`, `--sample` or `--on-bad-line` select.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import heapq
+import io
+import json
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+
+from .config import CorpusConfig
+from .errors import CorpusError
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".jsonl.zstd", ".json.zst")
+TEXT_SUFFIXES = (".txt", ".md")
+
+
+@dataclass
+class Document:
+    """One document of the corpus, as read from disk."""
+
+    doc_id: int
+    text: str
+    domain: str
+    source: str
+
+
+@dataclass
+class _Record:
+    """A raw record before validation: a JSON line's bytes, a table row's dict, or a text file's bytes."""
+
+    index: int
+    source: str
+    payload: object
+    default_domain: str
+
+
+@dataclass
+class BadRecord:
+    source: str
+    reason: str
+
+
+@dataclass
+class Corpus:
+    """A corpus on disk, read as a stream of Documents with the selection options applied."""
+
+    config: CorpusConfig
+    bad_records: list[BadRecord] = field(default_factory=list)
+    records_read: int = 0
+    _fraction: float = 0.0
+
+    def __post_init__(self):
+        self.path = Path(self.config.path)
+        if not self.path.exists():
+            raise CorpusError(f"corpus not found: {self.path}", "check the --corpus path")
+        self.kind, self.files = _detect(self.path)
+
+    @property
+    def fraction_read(self) -> float:
+        """Share of the corpus consumed so far (bytes for files, rows for tables), for progress and ETA."""
+        return self._fraction
+
+    def __iter__(self) -> Iterator[Document]:
+        docs = self._valid_documents()
+        if self.config.sample is not None:
+            docs = _deterministic_sample(docs, self.config.sample, self.config.seed)
+        for n, doc in enumerate(docs):
+            if self.config.max_docs is not None and n >= self.config.max_docs:
+                return
+            yield doc
+
+    def _valid_documents(self) -> Iterator[Document]:
+        for record in self._records():
+            self.records_read += 1
+            if record.index < self.config.skip:
+                continue
+            try:
+                yield self._to_document(record)
+            except _BadRecord as bad:
+                if self.config.on_bad_line == "fail":
+                    raise CorpusError(
+                        f"{record.source}: {bad}",
+                        "fix or remove that record, or pass --on-bad-line skip to skip bad records "
+                        "(they are counted in summary.json)",
+                    ) from None
+                self.bad_records.append(BadRecord(record.source, str(bad)))
+
+    def _records(self) -> Iterator[_Record]:
+        readers = {"jsonl": _jsonl_records, "parquet": _parquet_records, "text": _text_records}
+        if self.kind == "datasets":
+            yield from _datasets_records(self, self.path)
+            return
+        total = sum(f.stat().st_size for f in self.files) or 1
+        done = 0
+        index = 0
+        for file in self.files:
+            size = file.stat().st_size
+            for record, position in readers[self.kind](file, index, self.path):
+                self._fraction = min(1.0, (done + position) / total)
+                index = record.index + 1
+                yield record
+            done += size
+            self._fraction = done / total
+
+    def _to_document(self, record: _Record) -> Document:
+        payload = record.payload
+        if isinstance(payload, bytes):
+            try:
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _BadRecord(f"invalid UTF-8 at byte {e.start}") from None
+            if self.kind == "text":
+                return _checked(record, text, record.default_domain)
+            try:
+                payload = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise _BadRecord(f"not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(payload, dict):
+            raise _BadRecord(f"expected a JSON object, got {type(payload).__name__}")
+        text = _lookup(payload, self.config.text_field)
+        if text is _MISSING:
+            fields = ", ".join(sorted(payload)) or "none"
+            raise _BadRecord(f"no field {self.config.text_field!r} (fields: {fields}); set --text-field")
+        if not isinstance(text, str):
+            raise _BadRecord(f"field {self.config.text_field!r} is a {type(text).__name__}, not a string")
+        domain = _lookup(payload, self.config.domain_field)
+        domain = record.default_domain if domain is _MISSING or domain is None else str(domain)
+        return _checked(record, text, domain)
+
+
+class _BadRecord(Exception):
+    pass
+
+
+_MISSING = object()
+
+
+def _checked(record: _Record, text: str, domain: str) -> Document:
+    if not text.strip():
+        raise _BadRecord("empty document")
+    return Document(doc_id=record.index, text=text, domain=domain, source=record.source)
+
+
+def _lookup(obj: dict, dotted: str):
+    """Nested field access: 'meta.pile_set_name' -> obj['meta']['pile_set_name']."""
+    for part in dotted.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            return _MISSING
+        obj = obj[part]
+    return obj
+
+
+def _detect(path: Path) -> tuple[str, list[Path]]:
+    if path.is_file():
+        name = path.name.lower()
+        if name.endswith(JSONL_SUFFIXES):
+            return "jsonl", [path]
+        if name.endswith(".parquet"):
+            return "parquet", [path]
+        if name.endswith(TEXT_SUFFIXES):
+            return "text", [path]
+        raise CorpusError(
+            f"{path}: unknown corpus format",
+            "use .jsonl, .jsonl.gz, .jsonl.zst, .parquet, .txt/.md, a folder of those, or a datasets folder",
+        )
+    if any((path / marker).exists() for marker in ("dataset_dict.json", "dataset_info.json", "state.json")):
+        return "datasets", []
+    for kind, suffixes in (("parquet", (".parquet",)), ("jsonl", JSONL_SUFFIXES), ("text", TEXT_SUFFIXES)):
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
+        if files:
+            return kind, files
+    raise CorpusError(f"{path}: folder holds no .jsonl, .parquet, .txt or .md files and no saved dataset")
+
+
+def _open_binary(path: Path) -> tuple[io.BufferedIOBase, io.BufferedIOBase]:
+    """Return (decompressed stream, raw file): the raw file's position drives progress."""
+    raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw), raw
+    if name.endswith((".zst", ".zstd")):
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        return io.BufferedReader(reader, buffer_size=1 << 20), raw
+    return raw, raw
+
+
+def _jsonl_records(path: Path, first_index: int, root: Path) -> Iterator[tuple[_Record, int]]:
+    stream, raw = _open_binary(path)
+    index = first_index
+    line_no = 0
+    try:
+        while True:
+            try:
+                line = stream.readline()
+            except (EOFError, OSError, zlib.error, zstandard.ZstdError) as e:
+                raise CorpusError(
+                    f"{path}: compressed data is corrupt or truncated after line {line_no} ({e})",
+                    "re-download or re-compress the file; records before it were read",
+                ) from None
+            if not line:
+                return
+            line_no += 1
+            if not line.strip():
+                continue
+            record = _Record(index, f"{path}:{line_no}", line.rstrip(b"\r\n"), _default_domain(path))
+            index += 1
+            yield record, raw.tell()
+    finally:
+        stream.close()
+        raw.close()
+
+
+def _parquet_records(path: Path, first_index: int, root: Path) -> Iterator[tuple[_Record, int]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as e:
+        raise CorpusError(f"{path}: not a readable Parquet file ({e})") from None
+    size = path.stat().st_size
+    n_rows = max(1, table.metadata.num_rows)
+    index = first_index
+    row_no = 0
+    for batch in table.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            yield _Record(index, f"{path}#row{row_no}", row, _default_domain(path)), size * row_no // n_rows
+            index += 1
+            row_no += 1
+
+
+def _text_records(path: Path, first_index: int, root: Path) -> Iterator[tuple[_Record, int]]:
+    rel = path.relative_to(root) if root.is_dir() else Path(path.name)
+    domain = rel.parts[0] if len(rel.parts) > 1 else (root.name if root.is_dir() else path.stem)
+    yield _Record(first_index, str(path), path.read_bytes(), domain), path.stat().st_size
+
+
+def _datasets_records(corpus: Corpus, path: Path) -> Iterator[_Record]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:
+        raise CorpusError(f"{path}: not a readable saved dataset ({e})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        split = corpus.config.split
+        if split is None and len(ds) == 1:
+            split = next(iter(ds))
+        if split not in ds:
+            raise CorpusError(
+                f"{path}: choose a split (has {', '.join(ds)})", f"pass --split {next(iter(ds))}"
+            )
+        ds = ds[split]
+    n = max(1, len(ds))
+    for i, row in enumerate(ds):
+        corpus._fraction = i / n
+        yield _Record(i, f"{path}#row{i}", row, path.name)
+
+
+def _default_domain(path: Path) -> str:
+    name = path.name
+    for suffix in sorted(JSONL_SUFFIXES + (".parquet",), key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _deterministic_sample(docs: Iterator[Document], n: int, seed: int) -> Iterator[Document]:
+    """Keep the n documents with the smallest seeded hash of their doc_id: order-independent, one pass."""
+    heap: list[tuple[int, int, Document]] = []
+    for doc in docs:
+        key = int.from_bytes(hashlib.blake2b(f"{seed}:{doc.doc_id}".encode(), digest_size=8).digest(), "big")
+        item = (-key, doc.doc_id, doc)
+        if len(heap) < n:
+            heapq.heappush(heap, item)
+        elif item > heap[0]:
+            heapq.heapreplace(heap, item)
+    yield from sorted((d for _, _, d in heap), key=lambda d: d.doc_id)

@@ -1,0 +1,83 @@
+"""Tokenization with an explicit BOS/EOS policy, and the UTF-8 byte count each document needs for bits per byte."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import TokenizeConfig
+from .corpus import Document
+from .errors import ModelError, UsageError
+
+
+@dataclass
+class TokenizedDocument:
+    doc_id: int
+    domain: str
+    source: str
+    ids: np.ndarray  # int64 token ids, BOS/EOS included per policy
+    n_bytes: int  # UTF-8 bytes of the text
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The BOS/EOS ids actually added to every document (None: not added)."""
+
+    bos_id: int | None
+    eos_id: int | None
+
+
+def resolve_special_tokens(tokenizer, cfg: TokenizeConfig, vocab_size: int) -> SpecialTokens:
+    """Apply the policy: BOS when the tokenizer defines one (unless told), EOS appended by default."""
+    bos = cfg.bos_id if cfg.bos_id is not None else tokenizer.bos_token_id
+    eos = cfg.eos_id if cfg.eos_id is not None else tokenizer.eos_token_id
+    if cfg.add_bos is True and bos is None:
+        raise UsageError("--bos: the tokenizer defines no BOS token", "name one with --bos-id N, or pass --no-bos")
+    add_bos = bos is not None if cfg.add_bos is None else cfg.add_bos
+    add_eos = cfg.add_eos and eos is not None  # a tokenizer without EOS gets none appended
+    special = SpecialTokens(bos if add_bos else None, eos if add_eos else None)
+    for name, value in (("bos-id", special.bos_id), ("eos-id", special.eos_id)):
+        if value is not None and not 0 <= value < vocab_size:
+            raise UsageError(f"--{name} {value} is outside the model's vocabulary (size {vocab_size})")
+    return special
+
+
+def encode_documents(
+    docs: Iterable[Document],
+    tokenizer,
+    special: SpecialTokens,
+    vocab_size: int,
+    max_tokens: int | None = None,
+    batch_docs: int = 64,
+) -> Iterator[TokenizedDocument]:
+    """Tokenize in small batches (fast tokenizers parallelise a batch); stop once max_tokens are taken."""
+    taken = 0
+    for chunk in _chunks(docs, batch_docs):
+        encoded = tokenizer([d.text for d in chunk], add_special_tokens=False)["input_ids"]
+        for doc, ids in zip(chunk, encoded, strict=True):
+            if max_tokens is not None and taken >= max_tokens:
+                return
+            parts = ([special.bos_id] if special.bos_id is not None else []) + list(ids)
+            if special.eos_id is not None:
+                parts.append(special.eos_id)
+            arr = np.asarray(parts, dtype=np.int64)
+            if arr.size and int(arr.max()) >= vocab_size:
+                raise ModelError(
+                    f"{doc.source}: token id {int(arr.max())} is outside the model's vocabulary ({vocab_size})",
+                    "the tokenizer does not belong to this model; load both from the same folder",
+                )
+            taken += arr.size
+            yield TokenizedDocument(doc.doc_id, doc.domain, doc.source, arr, len(doc.text.encode("utf-8")))
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

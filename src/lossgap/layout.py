@@ -1,0 +1,157 @@
+"""Layouts: place documents into rows (packed, as in pretraining, or one document per row) and collate batches.
+
+Targets are explicit and independent of the layout: with label offset k, a document of n tokens has targets
+k..n-1, each predicted from the position k tokens before it. A segment (a run of one document's tokens inside a
+row) scores the targets its positions predict, even when the target itself lies past the row's end, so every
+layout and mask scores exactly the same set of (document, position) pairs (contract 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import LayoutConfig
+from .encode import TokenizedDocument
+
+
+@dataclass
+class Segment:
+    """Tokens doc.ids[start:start+length] placed at row[offset:offset+length], scoring targets [target_lo, target_hi)."""
+
+    doc: TokenizedDocument
+    start: int
+    length: int
+    offset: int
+    target_lo: int
+    target_hi: int
+
+
+@dataclass
+class Row:
+    segments: list[Segment]
+
+    @property
+    def length(self) -> int:
+        last = self.segments[-1]
+        return last.offset + last.length
+
+
+@dataclass
+class Batch:
+    """Model inputs for B rows padded to L, plus the scored targets gathered from them."""
+
+    input_ids: torch.Tensor  # [B, L] int64
+    position_ids: torch.Tensor  # [B, L] int64
+    segment_ids: torch.Tensor  # [B, L] int64, -1 for padding; unique per segment within a row
+    flat_index: torch.Tensor  # [N] index into the flattened [B*L] positions that predict a target
+    targets: torch.Tensor  # [N] target token ids
+    doc_ids: np.ndarray  # [N] int64
+    target_pos: np.ndarray  # [N] int32, index of the target token within its document
+    truncated: np.ndarray  # [N] bool, the prediction did not see the whole document prefix
+    docs: dict[int, TokenizedDocument]
+    n_input_tokens: int
+
+    @property
+    def n_targets(self) -> int:
+        return int(self.targets.numel())
+
+
+def make_rows(docs: Iterable[TokenizedDocument], cfg: LayoutConfig) -> Iterator[Row]:
+    if cfg.layout == "packed":
+        return packed_rows(docs, cfg.seq_len, cfg.label_offset)
+    return single_rows(docs, cfg.seq_len, cfg.label_offset, cfg.stride)
+
+
+def packed_rows(docs: Iterable[TokenizedDocument], seq_len: int, k: int) -> Iterator[Row]:
+    """Concatenate documents into rows of seq_len; a document that does not fit continues in the next row."""
+    segments: list[Segment] = []
+    fill = 0
+    for doc in docs:
+        n = len(doc.ids)
+        start = 0
+        while start < n:
+            take = min(n - start, seq_len - fill)
+            segments.append(Segment(doc, start, take, fill, start + k, min(start + take + k, n)))
+            fill += take
+            start += take
+            if fill == seq_len:
+                yield Row(segments)
+                segments, fill = [], 0
+    if segments:
+        yield Row(segments)
+
+
+def single_rows(docs: Iterable[TokenizedDocument], seq_len: int, k: int, stride: int | None) -> Iterator[Row]:
+    """One document per row; a longer one is split into windows seq_len long, stride apart (disjoint by default).
+
+    Window w scores the targets not scored by window w-1, so each target is scored once; with a stride below
+    seq_len every window after the first keeps at least seq_len - stride tokens of context (the HF perplexity guide).
+    """
+    step = stride or seq_len
+    for doc in docs:
+        n = len(doc.ids)
+        begin, lo = 0, k
+        while True:
+            end = min(begin + seq_len, n)
+            hi = min(end + k, n)
+            yield Row([Segment(doc, begin, end - begin, 0, lo, hi)])
+            if hi >= n:
+                break
+            begin, lo = begin + step, hi
+
+
+def collate(rows: list[Row], k: int, position_mode: str, pad_id: int = 0) -> Batch:
+    """Pad rows to one length and gather the (position, target) pairs each segment scores."""
+    length = max(r.length for r in rows)
+    input_ids = np.full((len(rows), length), pad_id, dtype=np.int64)
+    position_ids = np.zeros((len(rows), length), dtype=np.int64)
+    segment_ids = np.full((len(rows), length), -1, dtype=np.int64)
+    flat, targets, doc_ids, target_pos, truncated = [], [], [], [], []
+    docs: dict[int, TokenizedDocument] = {}
+    for b, row in enumerate(rows):
+        for s, seg in enumerate(row.segments):
+            sl = slice(seg.offset, seg.offset + seg.length)
+            input_ids[b, sl] = seg.doc.ids[seg.start : seg.start + seg.length]
+            segment_ids[b, sl] = s
+            position_ids[b, sl] = np.arange(seg.length) if position_mode == "restart" else np.arange(sl.start, sl.stop)
+            docs[seg.doc.doc_id] = seg.doc
+            if seg.target_hi <= seg.target_lo:
+                continue
+            t = np.arange(seg.target_lo, seg.target_hi)
+            flat.append(b * length + seg.offset + (t - k - seg.start))
+            targets.append(seg.doc.ids[t])
+            doc_ids.append(np.full(t.size, seg.doc.doc_id, dtype=np.int64))
+            target_pos.append(t.astype(np.int32))
+            truncated.append(np.full(t.size, seg.start > 0))
+    cat = _concat_or_empty
+    return Batch(
+        input_ids=torch.from_numpy(input_ids),
+        position_ids=torch.from_numpy(position_ids),
+        segment_ids=torch.from_numpy(segment_ids),
+        flat_index=torch.from_numpy(cat(flat, np.int64)),
+        targets=torch.from_numpy(cat(targets, np.int64)),
+        doc_ids=cat(doc_ids, np.int64),
+        target_pos=cat(target_pos, np.int32),
+        truncated=cat(truncated, bool),
+        docs=docs,
+        n_input_tokens=sum(r.length for r in rows),
+    )
+
+
+def batches(rows: Iterable[Row], batch_size: int, k: int, position_mode: str) -> Iterator[Batch]:
+    group: list[Row] = []
+    for row in rows:
+        group.append(row)
+        if len(group) == batch_size:
+            yield collate(group, k, position_mode)
+            group = []
+    if group:
+        yield collate(group, k, position_mode)
+
+
+def _concat_or_empty(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)

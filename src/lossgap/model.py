@@ -1,0 +1,129 @@
+"""Load a causal LM and its tokenizer from a local folder, a GGUF file or a hub id, with clear errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .errors import ModelError, UsageError
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf", "model.safetensors.index.json")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    vocab_size: int
+    max_positions: int | None
+    attn: str
+
+    def describe(self) -> dict:
+        cfg = self.model.config
+        return {
+            "name": self.name,
+            "model_type": cfg.model_type,
+            "vocab_size": self.vocab_size,
+            "n_params": sum(p.numel() for p in self.model.parameters()),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "attn_implementation": self.attn,
+            "max_positions": self.max_positions,
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available", "use --device cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+def _locate(cfg: ModelConfig) -> tuple[str, str | None]:
+    """Return (folder or hub id, gguf file name or None), checking local folders before any hub call."""
+    path = Path(cfg.name).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelError(f"{path}: a model file must be .gguf", "pass the model folder, or a .gguf file")
+        return str(path.parent), path.name
+    if path.is_dir():
+        if cfg.gguf_file:
+            if not (path / cfg.gguf_file).is_file():
+                raise ModelError(f"{path}: no GGUF file {cfg.gguf_file!r} in the folder")
+            return str(path), cfg.gguf_file
+        if not (path / "config.json").is_file():
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return str(path), ggufs[0].name
+            raise ModelError(f"{path}: model folder has no config.json", "pass a folder saved with save_pretrained")
+        if not any(next(path.glob(p), None) for p in WEIGHT_PATTERNS):
+            raise ModelError(
+                f"{path}: model folder has no weights (no *.safetensors or pytorch_model*.bin)",
+                "copy the weight files into the folder, or save the model with save_pretrained",
+            )
+        return str(path), None
+    if cfg.name.startswith((".", "/", "~")) or cfg.name.count("/") > 1:
+        raise ModelError(f"model folder not found: {cfg.name}", "check the --model path")
+    return cfg.name, cfg.gguf_file
+
+
+def load_model(cfg: ModelConfig, quiet: bool = False) -> LoadedModel:
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if quiet:
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.attn == "flex" and device.type != "cuda":
+        raise UsageError("--attn flex runs on CUDA only (it crashes on the CPU with torch 2.13)", "use --attn sdpa")
+    where, gguf = _locate(cfg)
+    kwargs = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        model_kwargs = dict(kwargs, dtype=dtype)
+        if cfg.attn != "auto":
+            model_kwargs["attn_implementation"] = cfg.attn
+        model = AutoModelForCausalLM.from_pretrained(where, **model_kwargs)
+    except (OSError, ValueError, KeyError, ImportError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        fix = (
+            "check the path or hub id; without network access pass a local folder"
+            if not Path(where).exists()
+            else "check that the folder holds a complete Hugging Face model, or choose another --attn"
+        )
+        raise ModelError(f"could not load model {cfg.name!r}: {first}", fix) from None
+    model.to(device).eval()
+    config = model.config
+    max_positions = next(
+        (getattr(config, a) for a in ("max_position_embeddings", "n_positions", "max_sequence_length")
+         if isinstance(getattr(config, a, None), int)),
+        None,
+    )
+    vocab = model.get_output_embeddings().weight.shape[0]
+    return LoadedModel(model, tokenizer, cfg.name, device, dtype, vocab, max_positions, config._attn_implementation)
+
+
+def check_seq_len(loaded: LoadedModel, seq_len: int) -> None:
+    if loaded.max_positions is not None and seq_len > loaded.max_positions:
+        raise UsageError(
+            f"--seq-len {seq_len} is beyond what {loaded.name} can take ({loaded.max_positions} positions)",
+            f"use --seq-len {loaded.max_positions} or less",
+        )

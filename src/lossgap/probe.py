@@ -1,0 +1,61 @@
+"""Mask probe (contract 4): change one document and check whether the next document's logits move.
+
+Under the block mask they must not move; under the causal mask they must. A plan that fails is not trusted:
+eager attention given a boolean mask, for example, silently ignores it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from .encode import TokenizedDocument
+from .errors import PlanError
+from .head import OutputHead
+from .layout import collate, packed_rows
+
+
+@dataclass
+class ProbeResult:
+    plan: str
+    mask: str
+    max_logit_shift: float
+    tolerance: float
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.inference_mode()
+def probe_mask(plan, head: OutputHead, vocab_size: int, position_mode: str, k: int = 1) -> ProbeResult:
+    rng = np.random.default_rng(0)
+    len_a, len_b = 12, 10
+    a = rng.integers(0, vocab_size, len_a)
+    a_changed = (a + 1 + rng.integers(0, vocab_size - 1, len_a)) % vocab_size
+    b = rng.integers(0, vocab_size, len_b)
+
+    def logits_of_b(first: np.ndarray) -> torch.Tensor:
+        docs = [TokenizedDocument(0, "probe", "probe", first, 0), TokenizedDocument(1, "probe", "probe", b, 0)]
+        batch = collate(list(packed_rows(docs, len_a + len_b, k)), k, position_mode)
+        hidden = plan.hidden_states(batch)[0, len_a:]
+        return head.logits(hidden).float()
+
+    shift = (logits_of_b(a) - logits_of_b(a_changed)).abs().max().item()
+    tol = 1e-4 if plan.dtype == torch.float32 else 2e-2
+    passed = shift <= tol if plan.mask == "block" else shift > 10 * tol
+    return ProbeResult(plan.name, plan.mask, shift, tol, passed)
+
+
+def require_probe(result: ProbeResult, model_name: str, attn: str) -> None:
+    if result.passed:
+        return
+    if result.mask == "block":
+        msg = (f"mask probe failed on {model_name} ({attn} attention, plan {result.plan}): under the block mask a "
+               f"document's logits moved by {result.max_logit_shift:.3g} when the previous document changed")
+    else:
+        msg = (f"mask probe failed on {model_name} ({attn} attention, plan {result.plan}): under the causal mask a "
+               f"document's logits did not move ({result.max_logit_shift:.3g}) when the previous document changed")
+    raise PlanError(msg, "use --attn sdpa or --attn eager, or report this model to lossgap")

@@ -1,0 +1,227 @@
+"""`lossgap.score`: one model on one corpus, from the file on disk to per-token losses, documents and a summary."""
+
+from __future__ import annotations
+
+import errno
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import ScoreConfig
+from .corpus import Corpus
+from .encode import encode_documents, resolve_special_tokens
+from .errors import LossgapError, UsageError
+from .head import OutputHead
+from .layout import Batch, batches, make_rows
+from .model import check_seq_len, load_model
+from .plans import DensePlan
+from .probe import probe_mask, require_probe
+from .stats import summarize_documents
+from .store import (
+    SUMMARY_FILE,
+    DocumentTable,
+    TokenWriter,
+    existing_run_files,
+    write_documents,
+    write_json,
+)
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class ScoreResult:
+    out_dir: Path
+    summary: dict
+
+    @property
+    def tokens_path(self) -> Path:
+        return self.out_dir / "tokens.parquet"
+
+    @property
+    def documents_path(self) -> Path:
+        return self.out_dir / "documents.parquet"
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix runs: an output folder holding a previous run needs --overwrite."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file, not a folder")
+    found = existing_run_files(out_dir) if out_dir.exists() else []
+    if found and not overwrite:
+        raise UsageError(
+            f"--out {out_dir} already holds a run ({', '.join(found)})",
+            "choose another --out, or pass --overwrite to replace those files",
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def library_versions() -> dict:
+    import pyarrow
+    import tokenizers
+    import transformers
+
+    return {
+        "lossgap": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "pyarrow": pyarrow.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def score(cfg: ScoreConfig) -> ScoreResult:
+    """Score every document of the corpus with one model; write tokens.parquet, documents.parquet, summary.json."""
+    started = time.perf_counter()
+    cfg.validate()
+    out_dir = cfg.out_dir
+    corpus = Corpus(cfg.corpus)
+    prepare_out_dir(out_dir, cfg.run.overwrite)
+
+    loaded = load_model(cfg.model, quiet=cfg.run.quiet)
+    check_seq_len(loaded, cfg.layout.seq_len)
+    special = resolve_special_tokens(loaded.tokenizer, cfg.tokenize, loaded.vocab_size)
+    head = OutputHead(loaded.model, cfg.run.loss_chunk_mb)
+    head_diff = head.verify(loaded.vocab_size)
+    plan = DensePlan(loaded.model, cfg.layout.mask, cfg.run.mask_heads)
+    k = cfg.layout.label_offset
+    positions = cfg.layout.position_mode
+    probe = probe_mask(plan, head, loaded.vocab_size, positions, k) if cfg.run.probe else None
+    if probe is not None:
+        require_probe(probe, loaded.name, loaded.attn)
+    load_seconds = time.perf_counter() - started
+
+    metadata = {
+        "model": loaded.describe(),
+        "config": cfg.to_dict(),
+        "special_tokens": {"bos_id": special.bos_id, "eos_id": special.eos_id},
+        "plan": plan.name,
+        "schema_version": SCHEMA_VERSION,
+    }
+    writer = TokenWriter(out_dir, metadata)
+    documents = DocumentTable()
+    docs = encode_documents(corpus, loaded.tokenizer, special, loaded.vocab_size, cfg.corpus.max_tokens)
+    progress = _Progress(cfg, corpus, enabled=not cfg.run.quiet)
+    input_tokens = 0
+    error: LossgapError | None = None
+    score_started = time.perf_counter()
+    try:
+        for batch in batches(make_rows(docs, cfg.layout), cfg.run.batch_size, k, positions):
+            documents.register(batch.docs)
+            nll = score_batch(plan, head, batch)
+            _check_finite(nll, batch, loaded.name)
+            domains = [batch.docs[d].domain for d in batch.doc_ids.tolist()]
+            writer.write(batch.doc_ids, domains, batch.target_pos, batch.targets.numpy(), nll, batch.truncated)
+            documents.add(batch.doc_ids, nll, batch.truncated)
+            input_tokens += batch.n_input_tokens
+            progress.update(batch, input_tokens, len(documents.docs))
+    except LossgapError as e:
+        error = e
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        error = LossgapError(f"disk full while writing to {out_dir}", "free space and run again")
+    finally:
+        progress.close()
+    scoring_seconds = time.perf_counter() - score_started
+
+    complete = error is None
+    tokens_path = writer.close(complete)
+    table = documents.to_arrow()
+    write_documents(out_dir, table, metadata)
+    overall, per_domain = summarize_documents(table)
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "complete": complete,
+        "error": None if complete else str(error),
+        "tokens_file": tokens_path.name,
+        "model": metadata["model"],
+        "special_tokens": metadata["special_tokens"],
+        "label_offset": k,
+        "layout": cfg.layout.layout,
+        "mask": cfg.layout.mask,
+        "positions": positions,
+        "plan": plan.name,
+        "head_check_max_diff": head_diff,
+        "mask_probe": probe.to_dict() if probe else None,
+        **overall,
+        "per_domain": per_domain,
+        "corpus": {
+            "path": str(cfg.corpus.path),
+            "records_read": corpus.records_read,
+            "bad_records_skipped": len(corpus.bad_records),
+            "bad_records": [f"{b.source}: {b.reason}" for b in corpus.bad_records[:50]],
+        },
+        "input_tokens": input_tokens,
+        "tokens_per_second": input_tokens / scoring_seconds if scoring_seconds > 0 else None,
+        "scored_tokens_per_second": overall["n_tokens"] / scoring_seconds if scoring_seconds > 0 else None,
+        "load_seconds": load_seconds,
+        "scoring_seconds": scoring_seconds,
+        "elapsed_seconds": time.perf_counter() - started,
+        "config": metadata["config"],
+        "versions": library_versions(),
+    }
+    write_json(out_dir / SUMMARY_FILE, summary)
+    if error is not None:
+        raise error
+    return ScoreResult(out_dir, summary)
+
+
+@torch.inference_mode()
+def score_batch(plan, head: OutputHead, batch: Batch) -> np.ndarray:
+    """Per-token NLL (fp32, nats) of the batch's scored targets, in the batch's target order."""
+    hidden = plan.hidden_states(batch)
+    flat = hidden.reshape(-1, hidden.shape[-1])[batch.flat_index.to(hidden.device)]
+    return head.nll(flat, batch.targets.to(hidden.device)).cpu().numpy()
+
+
+def _check_finite(nll: np.ndarray, batch, model_name: str) -> None:
+    bad = ~np.isfinite(nll)
+    if bad.any():
+        doc = batch.docs[int(batch.doc_ids[np.argmax(bad)])]
+        raise LossgapError(
+            f"{model_name} produced a non-finite loss on {doc.source} (document {doc.doc_id})",
+            "try --dtype float32; results up to the previous batch are kept",
+        )
+
+
+class _Progress:
+    """A tqdm bar on stderr: share of the corpus done (for ETA), with tokens and tokens/s."""
+
+    def __init__(self, cfg: ScoreConfig, corpus: Corpus, enabled: bool):
+        self.cfg, self.corpus = cfg, corpus
+        self.bar = None
+        self.started = time.perf_counter()
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=100.0, file=sys.stderr, unit="%", dynamic_ncols=True,
+                            bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}",
+                            desc=f"scoring {Path(cfg.model.name).name}")
+
+    def update(self, batch, input_tokens: int, docs_seen: int) -> None:
+        if self.bar is None:
+            return
+        c = self.cfg.corpus
+        limits = [self.corpus.fraction_read if c.sample is None else 0.0]
+        if c.max_tokens:
+            limits.append(input_tokens / c.max_tokens)
+        doc_limit = min(x for x in (c.max_docs, c.sample) if x) if (c.max_docs or c.sample) else None
+        if doc_limit:
+            limits.append(docs_seen / doc_limit)
+        done = min(100.0, 100.0 * max(limits))
+        rate = input_tokens / max(1e-9, time.perf_counter() - self.started)
+        self.bar.set_postfix_str(f"{input_tokens:,} tok, {rate:,.0f} tok/s", refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,126 @@
+"""Per-token and per-document results on disk (Parquet), written as scoring goes so finished work survives errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .encode import TokenizedDocument
+
+TOKENS_FILE = "tokens.parquet"
+DOCUMENTS_FILE = "documents.parquet"
+SUMMARY_FILE = "summary.json"
+PARTIAL_SUFFIX = ".partial"
+RUN_FILES = (TOKENS_FILE, DOCUMENTS_FILE, SUMMARY_FILE, TOKENS_FILE + PARTIAL_SUFFIX)
+
+TOKEN_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.int64()),
+        ("domain", pa.dictionary(pa.int32(), pa.string())),
+        ("pos", pa.int32()),
+        ("target", pa.int32()),
+        ("nll", pa.float32()),
+        ("truncated", pa.bool_()),
+    ]
+)
+
+
+class TokenWriter:
+    """Streams scored tokens into tokens.parquet.partial; close(complete=True) renames it to tokens.parquet."""
+
+    def __init__(self, out_dir: Path, metadata: dict):
+        self.final_path = out_dir / TOKENS_FILE
+        self.path = out_dir / (TOKENS_FILE + PARTIAL_SUFFIX)
+        schema = TOKEN_SCHEMA.with_metadata({b"lossgap": json.dumps(metadata).encode()})
+        self.writer = pq.ParquetWriter(self.path, schema, compression="zstd")
+        self.rows = 0
+
+    def write(self, doc_ids: np.ndarray, domains: list[str], pos, target, nll, truncated) -> None:
+        table = pa.table(
+            {
+                "doc_id": pa.array(doc_ids, pa.int64()),
+                "domain": pa.array(domains, pa.string()).dictionary_encode(),
+                "pos": pa.array(pos, pa.int32()),
+                "target": pa.array(target, pa.int32()),
+                "nll": pa.array(nll, pa.float32()),
+                "truncated": pa.array(truncated, pa.bool_()),
+            },
+            schema=TOKEN_SCHEMA,
+        )
+        self.writer.write_table(table)
+        self.rows += len(table)
+
+    def close(self, complete: bool) -> Path:
+        """Close the file (it stays a valid Parquet file either way) and name it by whether the run finished."""
+        self.writer.close()
+        if complete:
+            os.replace(self.path, self.final_path)
+            return self.final_path
+        return self.path
+
+
+class DocumentTable:
+    """Per-document sums, accumulated batch by batch (a packed document can span several batches)."""
+
+    def __init__(self):
+        self.docs: dict[int, TokenizedDocument] = {}
+        self.n_tokens: dict[int, int] = {}
+        self.nll_sum: dict[int, float] = {}
+        self.truncated: dict[int, int] = {}
+
+    def register(self, docs: dict[int, TokenizedDocument]) -> None:
+        for doc_id, doc in docs.items():
+            if doc_id not in self.docs:
+                self.docs[doc_id] = doc
+                self.n_tokens[doc_id], self.nll_sum[doc_id], self.truncated[doc_id] = 0, 0.0, 0
+
+    def add(self, doc_ids: np.ndarray, nll: np.ndarray, truncated: np.ndarray) -> None:
+        if doc_ids.size == 0:
+            return
+        uniq, inv = np.unique(doc_ids, return_inverse=True)
+        sums = np.bincount(inv, weights=nll.astype(np.float64))
+        counts = np.bincount(inv)
+        trunc = np.bincount(inv, weights=truncated.astype(np.float64))
+        for i, doc_id in enumerate(uniq.tolist()):
+            self.n_tokens[doc_id] += int(counts[i])
+            self.nll_sum[doc_id] += float(sums[i])
+            self.truncated[doc_id] += int(trunc[i])
+
+    def to_arrow(self) -> pa.Table:
+        ids = sorted(self.docs)
+        return pa.table(
+            {
+                "doc_id": pa.array(ids, pa.int64()),
+                "domain": pa.array([self.docs[i].domain for i in ids], pa.string()),
+                "source": pa.array([self.docs[i].source for i in ids], pa.string()),
+                "n_input_tokens": pa.array([len(self.docs[i].ids) for i in ids], pa.int64()),
+                "n_tokens": pa.array([self.n_tokens[i] for i in ids], pa.int64()),
+                "n_bytes": pa.array([self.docs[i].n_bytes for i in ids], pa.int64()),
+                "nll_sum": pa.array([self.nll_sum[i] for i in ids], pa.float64()),
+                "truncated_context_tokens": pa.array([self.truncated[i] for i in ids], pa.int64()),
+            }
+        )
+
+
+def write_documents(out_dir: Path, table: pa.Table, metadata: dict) -> Path:
+    path = out_dir / DOCUMENTS_FILE
+    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
+    pq.write_table(table.replace_schema_metadata({b"lossgap": json.dumps(metadata).encode()}), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: Path, data: dict) -> Path:
+    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def existing_run_files(out_dir: Path) -> list[str]:
+    return [name for name in RUN_FILES if (out_dir / name).exists()]

@@ -1,0 +1,102 @@
+"""End-to-end scoring: explicit targets equal HF's own loss, and numbers do not depend on batching."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import ARCHS, read_summary, read_tokens, score_run, write_jsonl
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+def _hf_loss(model_dir, ids: list[int], labels: list[int]) -> float:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]), use_cache=False)
+    return out.loss.item()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_offsets_equal_hf_losses(tmp_path, tiny_models, arch):
+    """Offset 1 == HF loss with labels=input_ids; offset 2 == HF loss with labels shifted beforehand."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models[arch])
+    text = "def mean(values):\n    return sum(values) / len(values)\n"
+    corpus = write_jsonl(tmp_path / "one.jsonl", [{"text": text}])
+    ids = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    for offset, labels in ((1, ids), (2, ids[1:] + [-100])):
+        res = score_run(tiny_models[arch], corpus, tmp_path / f"o{offset}", layout="single", seq_len=128,
+                        label_offset=offset)
+        assert res.summary["n_tokens"] == len(ids) - offset
+        assert res.summary["mean_nll"] == pytest.approx(_hf_loss(tiny_models[arch], ids, labels), abs=1e-5)
+
+
+def test_batch_size_does_not_change_numbers(tmp_path, llama_dir, pile_jsonl):
+    runs = {}
+    for layout in ("packed", "single"):
+        for bs in (1, 3, 8):
+            res = score_run(llama_dir, pile_jsonl, tmp_path / f"{layout}{bs}", layout=layout, seq_len=48,
+                            batch_size=bs)
+            runs[(layout, bs)] = read_tokens(res.out_dir)
+    for layout in ("packed", "single"):
+        ref = runs[(layout, 1)]
+        for bs in (3, 8):
+            other = runs[(layout, bs)]
+            assert (other[["doc_id", "pos", "target"]].values == ref[["doc_id", "pos", "target"]].values).all()
+            assert np.abs(other.nll.values - ref.nll.values).max() <= 1e-5
+
+
+def test_outputs_agree_with_each_other(tmp_path, llama_dir, pile_jsonl, pile_records):
+    """documents.parquet and summary.json are the per-token file, summed independently here."""
+    res = score_run(llama_dir, pile_jsonl, tmp_path / "run", seq_len=64)
+    tokens = read_tokens(res.out_dir)
+    docs = pq.read_table(res.out_dir / "documents.parquet").to_pandas().set_index("doc_id")
+    by_doc = tokens.groupby("doc_id").nll.agg(["sum", "count"])
+    assert np.allclose(docs.loc[by_doc.index, "nll_sum"], by_doc["sum"], atol=1e-4)
+    assert (docs.loc[by_doc.index, "n_tokens"] == by_doc["count"]).all()
+    assert list(docs.n_bytes) == [len(r["text"].encode()) for r in pile_records]
+
+    s = read_summary(res.out_dir)
+    mean = tokens.nll.astype("float64").mean()
+    assert s["complete"] is True and s["tokens_file"] == "tokens.parquet"
+    assert s["n_tokens"] == len(tokens) and s["n_documents"] == len(pile_records)
+    assert s["mean_nll"] == pytest.approx(mean, rel=1e-6)
+    assert s["perplexity"] == pytest.approx(math.exp(mean), rel=1e-6)
+    n_bytes = sum(len(r["text"].encode()) for r in pile_records)
+    assert s["bits_per_byte"] == pytest.approx(tokens.nll.astype("float64").sum() / (math.log(2) * n_bytes), rel=1e-6)
+    for domain, group in tokens.groupby("domain", observed=True):
+        assert s["per_domain"][domain]["mean_nll"] == pytest.approx(group.nll.astype("float64").mean(), rel=1e-6)
+        assert s["per_domain"][domain]["n_tokens"] == len(group)
+    doc_means = (docs.nll_sum / docs.n_tokens).mean()
+    assert s["doc_mean_nll"] == pytest.approx(doc_means, rel=1e-6)
+    assert s["special_tokens"] == {"bos_id": 1, "eos_id": 2}
+    assert s["mask_probe"]["passed"] is True
+    assert s["truncated_context_tokens"] == int(tokens.truncated.sum()) > 0
+    assert s["versions"]["torch"] == torch.__version__
+    meta = json.loads(pq.read_schema(res.out_dir / "tokens.parquet").metadata[b"lossgap"])
+    assert meta["model"]["model_type"] == "llama" and meta["config"]["layout"]["seq_len"] == 64
+
+
+def test_bos_eos_policy_changes_the_scored_tokens(tmp_path, llama_dir, pile_jsonl, pile_records, tokenizer):
+    res = score_run(llama_dir, pile_jsonl, tmp_path / "plain", add_bos=False, add_eos=False)
+    n_text = sum(len(tokenizer(r["text"], add_special_tokens=False)["input_ids"]) for r in pile_records)
+    assert res.summary["n_tokens"] == n_text - len(pile_records)
+    assert res.summary["special_tokens"] == {"bos_id": None, "eos_id": None}
+    res = score_run(llama_dir, pile_jsonl, tmp_path / "both")
+    assert res.summary["n_tokens"] == n_text + len(pile_records)  # BOS never scored, EOS always scored
+
+
+def test_corpus_selection_options(tmp_path, llama_dir, pile_jsonl):
+    res = score_run(llama_dir, pile_jsonl, tmp_path / "a", skip=3, max_docs=5)
+    docs = pq.read_table(res.out_dir / "documents.parquet").column("doc_id").to_pylist()
+    assert docs == [3, 4, 5, 6, 7]
+    res = score_run(llama_dir, pile_jsonl, tmp_path / "b", sample=6, seed=7)
+    sample = pq.read_table(res.out_dir / "documents.parquet").column("doc_id").to_pylist()
+    res = score_run(llama_dir, pile_jsonl, tmp_path / "c", sample=6, seed=7)
+    assert pq.read_table(res.out_dir / "documents.parquet").column("doc_id").to_pylist() == sample
+    assert len(sample) == 6 and sample != list(range(6))
+    res = score_run(llama_dir, pile_jsonl, tmp_path / "d", max_tokens=200)
+    assert 200 <= res.summary["input_tokens"] < 200 + 300
