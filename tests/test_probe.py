@@ -1,0 +1,51 @@
+"""The mask probe trusts plans that keep documents apart and refuses ones that silently ignore the mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ARCHS
+from transformers import AutoModelForCausalLM
+
+from lossgap.errors import PlanError
+from lossgap.head import OutputHead
+from lossgap.plans import DensePlan
+from lossgap.probe import probe_mask, require_probe
+
+
+def load(folder, attn):
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=attn).eval()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_dense_plan_passes_the_probe(tiny_models, arch, attn):
+    if arch == "gemma2" and attn == "sdpa":
+        pytest.skip("transformers refuses sdpa for Gemma 2 (soft-capped attention)")
+    model = load(tiny_models[arch], attn)
+    head = OutputHead(model)
+    for mask, positions in (("block", "restart"), ("causal", "continuous")):
+        result = probe_mask(DensePlan(model, mask), head, model.config.vocab_size, positions)
+        assert result.passed, result
+        if mask == "block":
+            assert result.max_logit_shift <= 1e-5
+        else:
+            assert result.max_logit_shift > 1e-2
+        require_probe(result, "tiny", attn)
+
+
+class BooleanMaskPlan(DensePlan):
+    """The mistake DESIGN.md measured: a boolean mask handed to eager attention, which adds it as 0/1."""
+
+    def masks(self, segment_ids):
+        from lossgap.masks import allowed_pairs
+
+        return allowed_pairs(segment_ids, self.mask)[:, None]
+
+
+def test_probe_refuses_a_boolean_mask_under_eager_attention(llama_dir):
+    model = load(llama_dir, "eager")
+    result = probe_mask(BooleanMaskPlan(model, "block"), OutputHead(model), model.config.vocab_size, "restart")
+    assert not result.passed and result.max_logit_shift > 1e-2
+    with pytest.raises(PlanError, match="under the block mask a document's logits moved"):
+        require_probe(result, "tiny-llama", "eager")
