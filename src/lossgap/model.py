@@ -11,6 +11,7 @@ from .config import DEFAULT_SEQ_LEN, ModelConfig
 from .errors import ModelError, UsageError
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf", "model.safetensors.index.json")
+HF_ATTN = {"sdpa": "sdpa", "eager": "eager", "flex": "flex_attention"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -101,6 +102,21 @@ def _locate(cfg: ModelConfig) -> tuple[str, str | None]:
     return cfg.name, cfg.gguf_file
 
 
+def load_tokenizer(cfg: ModelConfig):
+    """The model's tokenizer alone (no weights): for checking tokenizers before any model is loaded."""
+    from transformers import AutoTokenizer
+
+    where, gguf = _locate(cfg)
+    kwargs = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    try:
+        return AutoTokenizer.from_pretrained(where, **kwargs)
+    except (OSError, ValueError, KeyError, ImportError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"could not load the tokenizer of {cfg.name!r}: {first}") from None
+
+
 def load_model(cfg: ModelConfig, quiet: bool = False) -> LoadedModel:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -120,7 +136,7 @@ def load_model(cfg: ModelConfig, quiet: bool = False) -> LoadedModel:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model_kwargs = dict(kwargs, dtype=dtype)
         if cfg.attn != "auto":
-            model_kwargs["attn_implementation"] = cfg.attn
+            model_kwargs["attn_implementation"] = HF_ATTN[cfg.attn]
         model = AutoModelForCausalLM.from_pretrained(where, **model_kwargs)
     except (OSError, ValueError, KeyError, ImportError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

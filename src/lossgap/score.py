@@ -19,7 +19,7 @@ from .encode import encode_documents, resolve_special_tokens
 from .errors import LossgapError, UsageError
 from .head import OutputHead
 from .layout import Batch, batches, make_rows
-from .model import load_model, resolve_seq_len
+from .model import LoadedModel, load_model, resolve_seq_len
 from .plans import DensePlan
 from .probe import probe_mask, require_probe
 from .stats import summarize_documents
@@ -78,18 +78,24 @@ def library_versions() -> dict:
     }
 
 
-def score(cfg: ScoreConfig) -> ScoreResult:
-    """Score every document of the corpus with one model; write tokens.parquet, documents.parquet, summary.json."""
+def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -> ScoreResult:
+    """Score every document of the corpus with one model; write tokens.parquet, documents.parquet, summary.json.
+
+    `loaded` reuses a model already in memory (a comparison scores several configurations per model);
+    `tokenizer` replaces the model's own (a comparison tokenizes every model's input with one tokenizer).
+    """
     started = time.perf_counter()
     cfg.validate()
     out_dir = cfg.out_dir
     corpus = Corpus(cfg.corpus)
     prepare_out_dir(out_dir, cfg.run.overwrite)
 
-    loaded = load_model(cfg.model, quiet=cfg.run.quiet)
+    if loaded is None:
+        loaded = load_model(cfg.model, quiet=cfg.run.quiet)
+    tokenizer = tokenizer or loaded.tokenizer
     cfg.layout.seq_len = resolve_seq_len(loaded, cfg.layout.seq_len)
     cfg.layout.validate()
-    special = resolve_special_tokens(loaded.tokenizer, cfg.tokenize, loaded.vocab_size)
+    special = resolve_special_tokens(tokenizer, cfg.tokenize, loaded.vocab_size)
     head = OutputHead(loaded.model, cfg.run.loss_chunk_mb)
     head_diff = head.verify(loaded.vocab_size)
     plan = DensePlan(loaded.model, cfg.layout.mask, cfg.run.mask_heads)
@@ -110,7 +116,7 @@ def score(cfg: ScoreConfig) -> ScoreResult:
     writer = TokenWriter(out_dir, metadata)
     documents = DocumentTable()
     stream = _StopAtError(corpus)
-    docs = encode_documents(stream, loaded.tokenizer, special, loaded.vocab_size, cfg.corpus.max_tokens)
+    docs = encode_documents(stream, tokenizer, special, loaded.vocab_size, cfg.corpus.max_tokens)
     progress = _Progress(cfg, corpus, enabled=not cfg.run.quiet)
     input_tokens = 0
     error: LossgapError | None = None

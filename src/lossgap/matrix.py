@@ -1,0 +1,60 @@
+"""Named scoring configurations, including the seed's six-row matrix with what each row really computes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Configuration:
+    key: str
+    label_offset: int
+    layout: str
+    mask: str
+    seed_group: str = ""
+    seed_setup: str = ""
+    seed_mask: str = ""
+
+    @property
+    def computes(self) -> str:
+        """What the row actually measures, in plain words."""
+        target = ("next-token loss" if self.label_offset == 1
+                  else "predicts token t+2: HF shifted the labels a second time")
+        if self.layout == "single":
+            context = "each document alone"
+        elif self.mask == "block":
+            context = "packed rows, documents kept apart by the block mask"
+        else:
+            context = "packed rows, context leaks across document boundaries"
+        return f"{target}; {context}"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "computes": self.computes}
+
+
+SHIFTED = "SHIFTED LABELS (next-token prediction)"
+NO_SHIFT = "NO SHIFTING (labels=input_ids)"
+
+SEED_MATRIX = (
+    Configuration("shifted-single-causal", 2, "single", "causal", SHIFTED, "Single document", "Default causal"),
+    Configuration("shifted-batch-block", 2, "packed", "block", SHIFTED, "Batch", "Proper 4D block"),
+    Configuration("shifted-batch-causal", 2, "packed", "causal", SHIFTED, "Batch", "Default causal"),
+    Configuration("next-single-causal", 1, "single", "causal", NO_SHIFT, "Single document", "Default causal"),
+    Configuration("next-batch-block", 1, "packed", "block", NO_SHIFT, "Batch", "Proper 4D block"),
+    Configuration("next-batch-causal", 1, "packed", "causal", NO_SHIFT, "Batch", "Default causal"),
+)
+
+
+def single_configuration(label_offset: int, layout: str, mask: str) -> Configuration:
+    return Configuration(f"k{label_offset}-{layout}-{mask}", label_offset, layout, mask)
+
+
+def leakage_pairs(configs) -> list[tuple[Configuration, Configuration]]:
+    """(block, causal) configurations on the same packed layout and offset: their difference is the leak."""
+    pairs = []
+    for block in configs:
+        if block.layout == "packed" and block.mask == "block":
+            for causal in configs:
+                if (causal.layout, causal.mask, causal.label_offset) == ("packed", "causal", block.label_offset):
+                    pairs.append((block, causal))
+    return pairs

@@ -1,0 +1,183 @@
+"""The report's four figures, drawn from results.json alone.
+
+Figures are built on the Agg canvas directly (no pyplot), so drawing never touches global GUI state, and are
+saved without a timestamp or version stamp, so the same results give byte-identical PNGs. A figure whose data
+is empty (no leakage pair, no second model) is skipped: the function returns None.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 110
+PNG_METADATA = {"Software": None}  # no matplotlib version in the file: same results, same bytes
+
+
+def _finite(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _others(results: dict) -> list[str]:
+    return [name for name in results["models"] if name != results["baseline"]]
+
+
+def _unit(results: dict) -> str:
+    return "nats/token" if results["mode"] == "tokens" else "bits/byte"
+
+
+def _main_row(results: dict) -> dict | None:
+    return next((r for r in results["configurations"] if r["key"] == results["main_configuration"]), None)
+
+
+def per_domain_difference(results: dict) -> Figure | None:
+    """Difference (other - baseline) per domain with its 95% bootstrap interval, on the main configuration."""
+    row = _main_row(results)
+    if row is None:
+        return None
+    series = []
+    for name in _others(results):
+        per_domain = row["comparisons"].get(name, {}).get("per_domain", {})
+        pts = [(d, c["diff"], c.get("ci_low"), c.get("ci_high")) for d, c in per_domain.items() if _finite(c["diff"])]
+        if pts:
+            series.append((name, pts))
+    if not series:
+        return None
+    domains = sorted({d for _, pts in series for d, *_ in pts})
+    fig = _figure(8.0, 1.6 + 0.42 * len(domains) * max(1, len(series) * 0.6))
+    ax = fig.add_subplot()
+    step = 0.7 / len(series)
+    for k, (name, pts) in enumerate(series):
+        y = [domains.index(d) + (k - (len(series) - 1) / 2) * step for d, *_ in pts]
+        x = [diff for _, diff, _, _ in pts]
+        lo = [diff - lo if _finite(lo) else 0.0 for _, diff, lo, _ in pts]
+        hi = [hi - diff if _finite(hi) else 0.0 for _, diff, _, hi in pts]
+        ax.errorbar(x, y, xerr=[lo, hi], fmt="o", capsize=4, label=f"{name} - {results['baseline']}")
+    ax.axvline(0.0, color="0.3", linewidth=1, linestyle="--")
+    ax.set_yticks(range(len(domains)), domains)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"difference in mean loss ({_unit(results)}); > 0: worse than {results['baseline']}")
+    ax.set_title(f"Difference by domain, {row['key']} (95% bootstrap CI)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    return fig
+
+
+def nll_by_position(results: dict) -> Figure | None:
+    """Mean NLL by position of the target within its document, one line per model."""
+    profile = results.get("position_profile") or {}
+    models = {n: [b for b in rows if _finite(b.get("mean_nll"))] for n, rows in (profile.get("models") or {}).items()}
+    models = {n: rows for n, rows in models.items() if rows}
+    if not models:
+        return None
+    labels = _bucket_order(rows for rows in models.values())
+    fig = _figure(8.5, 4.6)
+    ax = fig.add_subplot()
+    for name, rows in models.items():
+        ax.plot([labels.index(b["bucket"]) for b in rows], [b["mean_nll"] for b in rows], marker="o", label=name)
+    ax.set_xticks(range(len(labels)), labels, rotation=30)
+    ax.set_xlabel("target position within its document (buckets double in width)")
+    ax.set_ylabel("mean NLL (nats/token)")
+    ax.set_title(f"Mean NLL by position, {profile.get('configuration', '')}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def leakage_by_position(results: dict) -> Figure | None:
+    """Causal - block NLL of the same tokens by position (next-token pair if present), with the token share."""
+    pairs = results.get("leakage") or []
+    leak = next((p for p in pairs if p.get("label_offset") == 1), pairs[0] if pairs else None)
+    if leak is None:
+        return None
+    models = {n: [b for b in rows if b["bucket"] != "all"] for n, rows in leak["models"].items()}
+    models = {n: rows for n, rows in models.items() if rows}
+    if not models:
+        return None
+    labels = _bucket_order(models.values())
+    fig = _figure(8.5, 4.8)
+    ax = fig.add_subplot()
+    share_ax = ax.twinx()
+    first = next(iter(models.values()))
+    share_ax.bar([labels.index(b["bucket"]) for b in first], [100 * b["share_tokens"] for b in first],
+                 color="0.85", width=0.7, label="share of tokens")
+    share_ax.set_ylabel("share of scored tokens (%)", color="0.4")
+    share_ax.tick_params(axis="y", colors="0.4")
+    ax.set_zorder(share_ax.get_zorder() + 1)  # lines above the bars
+    ax.patch.set_visible(False)
+    for name, rows in models.items():
+        pts = [(labels.index(b["bucket"]), b["mean_diff"]) for b in rows if _finite(b.get("mean_diff"))]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+    ax.axhline(0.0, color="0.3", linewidth=1, linestyle="--")
+    ax.set_xticks(range(len(labels)), labels, rotation=30)
+    ax.set_xlabel("target position within its document")
+    ax.set_ylabel("mean NLL, causal - block (nats/token)")
+    ax.set_title(f"Cross-document leakage by position: {leak['causal']} - {leak['block']}")
+    ax.grid(alpha=0.3)
+    handles, names = ax.get_legend_handles_labels()
+    bars, bar_names = share_ax.get_legend_handles_labels()
+    ax.legend(handles + bars, names + bar_names, fontsize="small", loc="best")
+    return fig
+
+
+def doc_difference_histogram(results: dict) -> Figure | None:
+    """Distribution of per-document differences (other - baseline) on the main configuration."""
+    hist = (results.get("doc_difference_histogram") or {}).get("models") or {}
+    hist = {n: h for n, h in hist.items() if h.get("counts") and len(h["edges"]) == len(h["counts"]) + 1}
+    if not hist:
+        return None
+    fig = _figure(8.0, 4.2)
+    ax = fig.add_subplot()
+    for name, h in hist.items():
+        ax.stairs(h["counts"], h["edges"], fill=len(hist) == 1, alpha=0.6 if len(hist) == 1 else 1.0,
+                  label=f"{name} - {results['baseline']}")
+    ax.axvline(0.0, color="0.3", linewidth=1, linestyle="--")
+    ax.set_xlabel(f"per-document mean loss difference ({_unit(results)}); > 0: worse than {results['baseline']}")
+    ax.set_ylabel("documents")
+    ax.set_title(f"Per-document differences, {results['doc_difference_histogram'].get('configuration', '')}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _bucket_order(row_lists) -> list[str]:
+    """Bucket labels in the order they first appear (results list them from position 1 upwards)."""
+    labels: list[str] = []
+    for rows in row_lists:
+        for b in rows:
+            if b["bucket"] not in labels:
+                labels.append(b["bucket"])
+    return labels
+
+
+PLOTS = {
+    "per_domain_difference.png": per_domain_difference,
+    "nll_by_position.png": nll_by_position,
+    "leakage_by_position.png": leakage_by_position,
+    "doc_difference_histogram.png": doc_difference_histogram,
+}
+
+
+def write_plots(out: Path, results: dict) -> dict[str, Path | None]:
+    """Draw every figure into `out`; a skipped figure maps to None and any stale file of that name is removed."""
+    written: dict[str, Path | None] = {}
+    for name, draw in PLOTS.items():
+        path = Path(out) / name
+        fig = draw(results)
+        if fig is None:
+            path.unlink(missing_ok=True)
+            written[name] = None
+            continue
+        fig.savefig(path, format="png", dpi=DPI, metadata=PNG_METADATA)
+        written[name] = path
+    return written
