@@ -78,6 +78,6 @@ def test_leakage_by_position_by_hand():
     rows = {r["bucket"]: r for r in leakage_by_position(block, causal)}
     assert rows["1"]["mean_diff"] == pytest.approx(-3.0) and rows["1"]["share_tokens"] == pytest.approx(0.4)
     assert rows["2"]["mean_diff"] == 0.0 and rows["5-8"]["n_tokens"] == 1
-    assert rows["all"]["mean_diff"] == pytest.approx(-6 / 5) and rows["1"]["share_of_total_diff"] == 1.0
+    assert rows["all"]["mean_diff"] == pytest.approx(-6 / 5) and rows["1"]["share_of_abs_diff"] == pytest.approx(6 / 6)
     with pytest.raises(ValueError, match="different tokens"):
         leakage_by_position(block, dict(causal, pos=np.array([1, 2, 6, 1, 2])))

@@ -137,6 +137,7 @@ def leakage_by_position(block: dict, causal: dict) -> list[dict]:
         raise ValueError("block and causal runs scored different tokens")
     diff = causal["nll"].astype(np.float64) - block["nll"].astype(np.float64)
     buckets = position_bucket(block["pos"])
+    total_abs = float(np.abs(diff).sum())
     rows = []
     for i, label in enumerate(bucket_labels()):
         sel = buckets == i
@@ -147,12 +148,12 @@ def leakage_by_position(block: dict, causal: dict) -> list[dict]:
             "bucket": label, "n_tokens": n, "share_tokens": n / diff.size,
             "mean_block": float(block["nll"][sel].mean()), "mean_causal": float(causal["nll"][sel].mean()),
             "mean_diff": float(diff[sel].mean()), "mean_abs_diff": float(np.abs(diff[sel]).mean()),
-            "share_of_total_diff": float(diff[sel].sum() / diff.sum()) if diff.sum() else float("nan"),
+            "share_of_abs_diff": float(np.abs(diff[sel]).sum() / total_abs) if total_abs else float("nan"),
         })
     rows.append({"bucket": "all", "n_tokens": int(diff.size), "share_tokens": 1.0,
                  "mean_block": float(block["nll"].mean()), "mean_causal": float(causal["nll"].mean()),
                  "mean_diff": float(diff.mean()), "mean_abs_diff": float(np.abs(diff).mean()),
-                 "share_of_total_diff": 1.0})
+                 "share_of_abs_diff": 1.0})
     return rows
 
 

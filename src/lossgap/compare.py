@@ -39,7 +39,8 @@ class CompareConfig:
 
     def validate(self) -> CompareConfig:
         if len(self.models) < 2:
-            raise UsageError("compare needs at least two models", "pass --base A --instruct B, or --model NAME=PATH twice")
+            raise UsageError("compare needs at least two models",
+                             "pass --base A --instruct B, or --model NAME=PATH twice")
         names = [n for n, _ in self.models]
         if len(set(names)) != len(names):
             raise UsageError(f"model names must differ: {names}")
@@ -76,7 +77,7 @@ def compare(cfg: CompareConfig) -> dict:
     cfg.validate()
     out = Path(cfg.run.out)
     _prepare(out, cfg.run.overwrite)
-    corpus = Corpus(cfg.corpus)
+    Corpus(cfg.corpus)  # fail early on a missing or unreadable corpus, before any model is loaded
     model_cfgs = {name: replace(cfg.model, name=spec) for name, spec in cfg.models}
     tokenizers = {name: load_tokenizer(m) for name, m in model_cfgs.items()}
     base_name = cfg.models[0][0]
@@ -128,7 +129,6 @@ def compare(cfg: CompareConfig) -> dict:
         "bootstrap": cfg.bootstrap,
         "seed": cfg.seed,
         "corpus": asdict(cfg.corpus),
-        "records_read": corpus.records_read,
         "config": _jsonable(cfg),
         "versions": library_versions(),
         "elapsed_seconds": time.perf_counter() - started,

@@ -53,7 +53,7 @@ def per_domain_difference(results: dict) -> Figure | None:
     if not series:
         return None
     domains = sorted({d for _, pts in series for d, *_ in pts})
-    fig = _figure(8.0, 1.6 + 0.42 * len(domains) * max(1, len(series) * 0.6))
+    fig = _figure(8.0, max(3.0, 1.6 + 0.42 * len(domains) * max(1.0, 0.6 * len(series))))
     ax = fig.add_subplot()
     step = 0.7 / len(series)
     for k, (name, pts) in enumerate(series):
@@ -79,7 +79,7 @@ def nll_by_position(results: dict) -> Figure | None:
     models = {n: rows for n, rows in models.items() if rows}
     if not models:
         return None
-    labels = _bucket_order(rows for rows in models.values())
+    labels = bucket_order(rows for rows in models.values())
     fig = _figure(8.5, 4.6)
     ax = fig.add_subplot()
     for name, rows in models.items():
@@ -103,13 +103,14 @@ def leakage_by_position(results: dict) -> Figure | None:
     models = {n: rows for n, rows in models.items() if rows}
     if not models:
         return None
-    labels = _bucket_order(models.values())
+    labels = bucket_order(models.values())
     fig = _figure(8.5, 4.8)
     ax = fig.add_subplot()
     share_ax = ax.twinx()
     first = next(iter(models.values()))
-    share_ax.bar([labels.index(b["bucket"]) for b in first], [100 * b["share_tokens"] for b in first],
-                 color="0.85", width=0.7, label="share of tokens")
+    shares = [100 * b["share_tokens"] if _finite(b.get("share_tokens")) else 0.0 for b in first]
+    share_ax.bar([labels.index(b["bucket"]) for b in first], shares, color="0.85", width=0.7, label="share of tokens")
+    share_ax.set_ylim(0, 1.6 * max(max(shares), 1.0))  # bars in the lower part, room for the legend above
     share_ax.set_ylabel("share of scored tokens (%)", color="0.4")
     share_ax.tick_params(axis="y", colors="0.4")
     ax.set_zorder(share_ax.get_zorder() + 1)  # lines above the bars
@@ -126,7 +127,7 @@ def leakage_by_position(results: dict) -> Figure | None:
     ax.grid(alpha=0.3)
     handles, names = ax.get_legend_handles_labels()
     bars, bar_names = share_ax.get_legend_handles_labels()
-    ax.legend(handles + bars, names + bar_names, fontsize="small", loc="best")
+    ax.legend(handles + bars, names + bar_names, fontsize="small", loc="upper right")
     return fig
 
 
@@ -139,7 +140,8 @@ def doc_difference_histogram(results: dict) -> Figure | None:
     fig = _figure(8.0, 4.2)
     ax = fig.add_subplot()
     for name, h in hist.items():
-        ax.stairs(h["counts"], h["edges"], fill=len(hist) == 1, alpha=0.6 if len(hist) == 1 else 1.0,
+        single = len(hist) == 1  # one model: filled bars; several: outlines that stay readable when they overlap
+        ax.stairs(h["counts"], h["edges"], fill=single, alpha=0.6 if single else 1.0, linewidth=1 if single else 2,
                   label=f"{name} - {results['baseline']}")
     ax.axvline(0.0, color="0.3", linewidth=1, linestyle="--")
     ax.set_xlabel(f"per-document mean loss difference ({_unit(results)}); > 0: worse than {results['baseline']}")
@@ -150,7 +152,7 @@ def doc_difference_histogram(results: dict) -> Figure | None:
     return fig
 
 
-def _bucket_order(row_lists) -> list[str]:
+def bucket_order(row_lists) -> list[str]:
     """Bucket labels in the order they first appear (results list them from position 1 upwards)."""
     labels: list[str] = []
     for rows in row_lists:

@@ -119,7 +119,8 @@ def build_results(out: Path) -> dict:
     from .findings import findings
 
     results["findings"] = findings(results)
-    (out / "results.json").write_text(json.dumps(_finite(results), indent=2) + "\n")
+    results = _finite(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
@@ -144,7 +145,11 @@ def _tokenizer_diagnostics(m: dict) -> list[dict]:
 def _run_diagnostics(conf: Configuration, name: str, summary: dict, run: dict) -> list[dict]:
     where = f"{conf.key} / {name}"
     out = []
-    if summary["near_uniform"]:
+    if summary["near_uniform"] and summary["mean_nll"] > summary["ln_vocab"]:
+        out.append({"level": "warning", "code": "worse_than_uniform", "where": where,
+                    "message": f"mean NLL {summary['mean_nll']:.3f} exceeds ln(vocab) = {summary['ln_vocab']:.3f}: "
+                               "worse than a uniform guess; the model is untrained or broken, or targets misaligned"})
+    elif summary["near_uniform"]:
         out.append({"level": "warning", "code": "near_uniform", "where": where,
                     "message": f"mean NLL {summary['mean_nll']:.3f} is near ln(vocab) = {summary['ln_vocab']:.3f}: "
                                "near-uniform predictions; targets are likely misaligned, e.g. labels shifted twice"
