@@ -115,3 +115,25 @@ def test_existing_run_is_never_overwritten_silently(capsys, tmp_path, llama_dir,
     assert (out / "summary.json").read_text() == before
     code, _, err = run_cli(capsys, "--model", llama_dir, "--corpus", pile_jsonl, "--out", out, "--overwrite")
     assert code == 0 and json.loads((out / "summary.json").read_text())["n_documents"] == 24
+
+
+def test_disk_full_stops_with_a_message_and_keeps_finished_work(capsys, tmp_path, llama_dir, pile_jsonl, monkeypatch):
+    import errno
+
+    from lossgap.store import TokenWriter
+
+    original = TokenWriter.write
+    calls = {"n": 0}
+
+    def write_until_full(self, *args):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, *args)
+
+    monkeypatch.setattr(TokenWriter, "write", write_until_full)
+    code, _, err = run_cli(capsys, "--model", llama_dir, "--corpus", pile_jsonl, "--out", tmp_path / "r",
+                           "--seq-len", 64, "--batch-size", 2)
+    assert code == 1 and "disk full while writing to" in err and "free space" in err
+    kept = pq.read_table(tmp_path / "r" / "tokens.parquet.partial")
+    assert kept.num_rows > 0 and read_summary(tmp_path / "r")["complete"] is False

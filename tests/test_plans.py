@@ -24,15 +24,16 @@ def alone_nll(model_dir, pile_records, k: int = 1) -> dict[tuple[int, int], floa
     return out
 
 
+@pytest.mark.parametrize("plan", ["dense", "docs"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_packed_block_equals_documents_alone(tmp_path, tiny_models, pile_jsonl, pile_records, arch):
+def test_packed_block_equals_documents_alone(tmp_path, tiny_models, pile_jsonl, pile_records, arch, plan):
     alone = alone_nll(tiny_models[arch], pile_records)
     lengths = np.bincount(np.array([d for d, _ in alone])) + 1  # targets 1..n-1 per document
     seq_lens = (37, 200) if arch != "llama" else (16, 37, 64, 200)
     for seq_len in seq_lens:
         for bs in (1, 3):
             out = tmp_path / f"{seq_len}-{bs}"
-            score_run(tiny_models[arch], pile_jsonl, out, seq_len=seq_len, batch_size=bs)
+            score_run(tiny_models[arch], pile_jsonl, out, seq_len=seq_len, batch_size=bs, plan=plan)
             tokens = read_tokens(out)
             full = tokens[~tokens.truncated]
             ref = np.array([alone[(d, p)] for d, p in zip(full.doc_id, full.pos, strict=True)])
@@ -43,9 +44,11 @@ def test_packed_block_equals_documents_alone(tmp_path, tiny_models, pile_jsonl, 
             assert (tokens.truncated.values == (row_start > starts)).all()
 
 
-def test_causal_mask_leaks_across_documents(tmp_path, llama_dir, pile_jsonl, pile_records):
+@pytest.mark.parametrize(("plan", "positions"), [("dense", "restart"), ("dense", "continuous"),
+                                                ("nomask", "continuous")])
+def test_causal_mask_leaks_across_documents(tmp_path, llama_dir, pile_jsonl, pile_records, plan, positions):
     alone = alone_nll(llama_dir, pile_records)
-    score_run(llama_dir, pile_jsonl, tmp_path / "causal", mask="causal", seq_len=200, positions="restart")
+    score_run(llama_dir, pile_jsonl, tmp_path / "causal", mask="causal", seq_len=200, positions=positions, plan=plan)
     tokens = read_tokens(tmp_path / "causal")
     ref = np.array([alone[(d, p)] for d, p in zip(tokens.doc_id, tokens.pos, strict=True)])
     diff = np.abs(tokens.nll.values - ref)
@@ -57,19 +60,19 @@ def test_causal_mask_leaks_across_documents(tmp_path, llama_dir, pile_jsonl, pil
 
 
 @pytest.mark.parametrize("k", [1, 2])
-def test_scored_set_is_the_same_across_layouts_and_masks(tmp_path, llama_dir, pile_jsonl, pile_records, k):
+def test_scored_set_is_the_same_across_layouts_masks_and_plans(tmp_path, llama_dir, pile_jsonl, pile_records, k):
     tok = AutoTokenizer.from_pretrained(llama_dir)
     lengths = [len(tok(r["text"], add_special_tokens=False)["input_ids"]) + 2 for r in pile_records]
     expected = {(d, t) for d, n in enumerate(lengths) for t in range(k, n)}
-    for layout in ("packed", "single"):
-        for mask in ("block", "causal"):
-            out = tmp_path / f"{layout}-{mask}"
-            score_run(llama_dir, pile_jsonl, out, layout=layout, mask=mask, seq_len=40, label_offset=k)
-            tokens = read_tokens(out)
-            pairs = list(zip(tokens.doc_id, tokens.pos, strict=True))
-            assert len(pairs) == len(set(pairs)) and set(pairs) == expected, (layout, mask)
-            targets = {(d, p): t for d, p, t in zip(tokens.doc_id, tokens.pos, tokens.target, strict=True)}
-            assert targets[(0, k)] == tok(pile_records[0]["text"], add_special_tokens=False)["input_ids"][k - 1]
+    combos = [("block", "dense"), ("block", "docs"), ("causal", "dense"), ("causal", "nomask")]
+    for layout, (mask, plan) in [(lay, c) for lay in ("packed", "single") for c in combos]:
+        out = tmp_path / f"{layout}-{mask}-{plan}"
+        score_run(llama_dir, pile_jsonl, out, layout=layout, mask=mask, seq_len=40, label_offset=k, plan=plan)
+        tokens = read_tokens(out)
+        pairs = list(zip(tokens.doc_id, tokens.pos, strict=True))
+        assert pairs == sorted(pairs) and set(pairs) == expected, (layout, mask, plan)
+        targets = {(d, p): t for d, p, t in zip(tokens.doc_id, tokens.pos, tokens.target, strict=True)}
+        assert targets[(0, k)] == tok(pile_records[0]["text"], add_special_tokens=False)["input_ids"][k - 1]
 
 
 def test_mask_heads_and_continuous_positions(tmp_path, llama_dir, pile_jsonl):
@@ -80,3 +83,17 @@ def test_mask_heads_and_continuous_positions(tmp_path, llama_dir, pile_jsonl):
     assert np.abs(base.nll.values - heads.nll.values).max() <= 1e-5
     cont = read_tokens(score_run(llama_dir, pile_jsonl, tmp_path / "c", seq_len=64, positions="continuous").out_dir)
     assert np.abs(base.nll.values - cont.nll.values).max() <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_plan_matches_dense(tmp_path, tiny_models, pile_jsonl, arch):
+    """docs and nomask reproduce the dense reference token for token (fp32), for both masks and both layouts."""
+    for layout in ("packed", "single"):
+        for mask, fast in (("block", "docs"), ("causal", "nomask")):
+            ref = read_tokens(score_run(tiny_models[arch], pile_jsonl, tmp_path / f"d-{layout}-{mask}", layout=layout,
+                                        mask=mask, seq_len=48, batch_size=3, plan="dense").out_dir)
+            got = read_tokens(score_run(tiny_models[arch], pile_jsonl, tmp_path / f"f-{layout}-{mask}", layout=layout,
+                                        mask=mask, seq_len=48, batch_size=2, plan=fast, batch_tokens=100).out_dir)
+            assert (ref[["doc_id", "pos", "target", "truncated"]].values ==
+                    got[["doc_id", "pos", "target", "truncated"]].values).all()
+            assert np.abs(ref.nll.values - got.nll.values).max() <= 1e-4, (layout, mask)

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from lossgap.errors import PlanError
 from lossgap.head import OutputHead
-from lossgap.plans import DensePlan
+from lossgap.plans import DensePlan, DocsPlan, NoMaskPlan
 from lossgap.probe import probe_mask, require_probe
 
 
@@ -24,8 +24,9 @@ def test_dense_plan_passes_the_probe(tiny_models, arch, attn):
         pytest.skip("transformers refuses sdpa for Gemma 2 (soft-capped attention)")
     model = load(tiny_models[arch], attn)
     head = OutputHead(model)
-    for mask, positions in (("block", "restart"), ("causal", "continuous")):
-        result = probe_mask(DensePlan(model, mask), head, model.config.vocab_size, positions)
+    for plan_cls, mask, positions in ((DensePlan, "block", "restart"), (DensePlan, "causal", "continuous"),
+                                      (DocsPlan, "block", "restart"), (NoMaskPlan, "causal", "continuous")):
+        result = probe_mask(plan_cls(model, mask, positions, 1), head, model.config.vocab_size)
         assert result.passed, result
         if mask == "block":
             assert result.max_logit_shift <= 1e-5
@@ -37,15 +38,23 @@ def test_dense_plan_passes_the_probe(tiny_models, arch, attn):
 class BooleanMaskPlan(DensePlan):
     """The mistake DESIGN.md measured: a boolean mask handed to eager attention, which adds it as 0/1."""
 
-    def masks(self, segment_ids):
+    def attention_mask(self, batch):
         from lossgap.masks import allowed_pairs
 
-        return allowed_pairs(segment_ids, self.mask)[:, None]
+        return allowed_pairs(batch.segment_ids, self.mask)[:, None]
 
 
 def test_probe_refuses_a_boolean_mask_under_eager_attention(llama_dir):
     model = load(llama_dir, "eager")
-    result = probe_mask(BooleanMaskPlan(model, "block"), OutputHead(model), model.config.vocab_size, "restart")
+    result = probe_mask(BooleanMaskPlan(model, "block", "restart", 1), OutputHead(model), model.config.vocab_size)
     assert not result.passed and result.max_logit_shift > 1e-2
     with pytest.raises(PlanError, match="under the block mask a document's logits moved"):
         require_probe(result, "tiny-llama", "eager")
+
+
+def test_probe_refuses_restarting_positions_without_a_mask(llama_dir):
+    """DESIGN.md: with no mask and position ids restarting at 0, transformers builds a document mask itself, so a
+    'causal' run would silently keep documents apart. The probe catches it."""
+    model = load(llama_dir, "sdpa")
+    result = probe_mask(NoMaskPlan(model, "causal", "restart", 1), OutputHead(model), model.config.vocab_size)
+    assert not result.passed and result.max_logit_shift < 1e-4

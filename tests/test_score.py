@@ -100,3 +100,18 @@ def test_corpus_selection_options(tmp_path, llama_dir, pile_jsonl):
     assert len(sample) == 6 and sample != list(range(6))
     res = score_run(llama_dir, pile_jsonl, tmp_path / "d", max_tokens=200)
     assert 200 <= res.summary["input_tokens"] < 200 + 300
+
+
+def test_bfloat16_run_reports_its_deviation_from_float32(tmp_path, llama_dir, pile_jsonl):
+    ref = score_run(llama_dir, pile_jsonl, tmp_path / "fp32", seq_len=64, batch_size=4)
+    res = score_run(llama_dir, pile_jsonl, tmp_path / "bf16", seq_len=64, batch_size=4, dtype="bfloat16")
+    check = res.summary["fp32_check"]
+    assert ref.summary["fp32_check"] is None and res.summary["dtype"] == "bfloat16"
+    assert check["dtype"] == "bfloat16" and check["tokens"] > 100
+    # the recorded deviation is what an independent fp32 run of the same batch gives
+    a, b = read_tokens(ref.out_dir), read_tokens(res.out_dir)
+    full_run = np.abs(b.nll.values.astype(np.float64) - a.nll.values).mean()
+    assert 0 < check["max_abs_diff"] < 0.5 and check["mean_abs_diff"] < 0.05
+    assert 0.2 < check["mean_abs_diff"] / full_run < 5  # the sampled batch is typical of the whole run
+    assert abs(res.summary["mean_nll"] - ref.summary["mean_nll"]) < 2e-2
+    assert 0.0 <= res.summary["data_wait_share"] < 1.0

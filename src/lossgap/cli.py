@@ -27,6 +27,7 @@ from .config import (
     TokenizeConfig,
 )
 from .errors import LossgapError, UsageError
+from .plans import PLANS
 
 
 def _model_args(p: argparse.ArgumentParser, compare: bool) -> None:
@@ -41,7 +42,8 @@ def _model_args(p: argparse.ArgumentParser, compare: bool) -> None:
         m.add_argument("--model", help=spec)
         m.add_argument("--gguf-file", help="GGUF file name inside the --model folder")
         m.add_argument("--revision", help="hub revision")
-    m.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on CUDA, float32 on CPU")
+    m.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help="auto: bfloat16 on CUDA and on CPUs with avx512_bf16/AMX, else float32")
     m.add_argument("--device", default="auto", choices=DEVICES)
     m.add_argument("--attn", default="auto", choices=ATTNS, help="attention implementation")
     m.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model (off by default)")
@@ -87,7 +89,12 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--config", help="TOML file with any of these options")
     r.add_argument("--out", help="output folder")
     r.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
-    r.add_argument("--batch-size", type=int, default=1)
+    r.add_argument("--batch-size", type=int, default=1, help="rows per batch")
+    r.add_argument("--plan", default="auto", choices=PLANS,
+                   help="execution plan (auto: docs for the block mask, nomask for the causal one; dense: reference)")
+    r.add_argument("--batch-tokens", type=int, help="token budget of a length-bucketed batch (docs plan)")
+    r.add_argument("--no-fp32-check", dest="fp32_check", action="store_false",
+                   help="skip re-scoring the first batch in float32 when running in bf16/fp16")
     r.add_argument("--mask-heads", action="store_true", help="expand the mask to (B,H,T,T) as the seed did")
     r.add_argument("--loss-chunk-mb", type=int, default=256, help="memory budget of one chunk of logits")
     r.add_argument("--no-probe", dest="probe", action="store_false", help="skip the mask probe")
@@ -105,7 +112,8 @@ def _shared_configs(a: argparse.Namespace):
                           a.max_docs, a.max_tokens, a.on_bad_line)
     tokenize = TokenizeConfig(a.add_bos, a.add_eos, a.bos_id, a.eos_id)
     layout = LayoutConfig(a.layout, a.seq_len, a.stride, a.mask, a.positions, a.label_offset)
-    run = RunConfig(a.out, a.batch_size, a.mask_heads, a.loss_chunk_mb, a.probe, a.overwrite, a.quiet)
+    run = RunConfig(a.out, a.batch_size, a.plan, a.batch_tokens, a.fp32_check, a.mask_heads, a.loss_chunk_mb,
+                    a.probe, a.overwrite, a.quiet)
     return corpus, tokenize, layout, run
 
 

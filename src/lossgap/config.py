@@ -121,6 +121,9 @@ class RunConfig:
 
     out: str = "runs/score"
     batch_size: int = 1
+    plan: str = "auto"
+    batch_tokens: int | None = None  # token budget of a length-bucketed batch (docs plan)
+    fp32_check: bool = True  # below float32, re-score the first batch in float32 and report the deviation
     mask_heads: bool = False
     loss_chunk_mb: int = 256
     probe: bool = True
@@ -128,7 +131,11 @@ class RunConfig:
     quiet: bool = False
 
     def validate(self) -> None:
+        from .plans import PLANS
+
         _check_positive("batch-size", self.batch_size)
+        _check_positive("batch-tokens", self.batch_tokens)
+        _check_choice("plan", self.plan, PLANS)
         _check_positive("loss-chunk-mb", self.loss_chunk_mb)
 
 

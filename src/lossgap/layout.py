@@ -9,7 +9,7 @@ layout and mask scores exactly the same set of (document, position) pairs (contr
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ class Segment:
     offset: int
     target_lo: int
     target_hi: int
+    position_start: int | None = None  # continuous positions of a segment moved out of its row: its old offset
 
 
 @dataclass
@@ -113,11 +114,21 @@ def collate(rows: list[Row], k: int, position_mode: str, pad_id: int = 0) -> Bat
     flat, targets, doc_ids, target_pos, truncated = [], [], [], [], []
     docs: dict[int, TokenizedDocument] = {}
     for b, row in enumerate(rows):
+        # padding continues the last position: position ids that restart inside a row would make transformers
+        # build a document mask of its own when no mask is passed
+        last = row.segments[-1]
+        pad_from = (last.length if position_mode == "restart" else
+                    (last.offset if last.position_start is None else last.position_start) + last.length)
+        position_ids[b, row.length:] = np.arange(pad_from, pad_from + length - row.length)
         for s, seg in enumerate(row.segments):
             sl = slice(seg.offset, seg.offset + seg.length)
             input_ids[b, sl] = seg.doc.ids[seg.start : seg.start + seg.length]
             segment_ids[b, sl] = s
-            position_ids[b, sl] = np.arange(seg.length) if position_mode == "restart" else np.arange(sl.start, sl.stop)
+            if position_mode == "restart":
+                position_ids[b, sl] = np.arange(seg.length)
+            else:
+                first = sl.start if seg.position_start is None else seg.position_start
+                position_ids[b, sl] = np.arange(first, first + seg.length)
             docs[seg.doc.doc_id] = seg.doc
             if seg.target_hi <= seg.target_lo:
                 continue
@@ -151,6 +162,44 @@ def batches(rows: Iterable[Row], batch_size: int, k: int, position_mode: str) ->
             group = []
     if group:
         yield collate(group, k, position_mode)
+
+
+def windows(rows: Iterable[Row], window_tokens: int) -> Iterator[list[Row]]:
+    """Consecutive groups of rows of about window_tokens: a plan may reorder work inside a window, and the
+    results of a window are written in document order, so output order never depends on the plan."""
+    group: list[Row] = []
+    tokens = 0
+    for row in rows:
+        group.append(row)
+        tokens += row.length
+        if tokens >= window_tokens:
+            yield group
+            group, tokens = [], 0
+    if group:
+        yield group
+
+
+def isolate_segments(rows: Iterable[Row]) -> list[Row]:
+    """Each segment in a row of its own (keeping its positions): under the block mask nothing else was visible."""
+    isolated = []
+    for row in rows:
+        for seg in row.segments:
+            start = seg.offset if seg.position_start is None else seg.position_start
+            isolated.append(Row([replace(seg, offset=0, position_start=start)]))
+    return isolated
+
+
+def length_buckets(rows: list[Row], batch_tokens: int) -> Iterator[list[Row]]:
+    """Rows sorted by length, grouped so that rows x longest row stays within batch_tokens (padding is small)."""
+    ordered = sorted(rows, key=lambda r: r.length, reverse=True)
+    group: list[Row] = []
+    for row in ordered:
+        if group and (len(group) + 1) * group[0].length > batch_tokens:
+            yield group
+            group = []
+        group.append(row)
+    if group:
+        yield group
 
 
 def _concat_or_empty(parts: list[np.ndarray], dtype) -> np.ndarray:

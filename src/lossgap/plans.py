@@ -1,48 +1,148 @@
-"""Execution plans: how a batch of rows becomes hidden states. Every plan keeps contracts 2-4.
+"""Execution plans: how rows become batches and batches become hidden states. Every plan keeps contracts 2-4:
+the same scored tokens, and the same per-token NLL as `dense` within the dtype's tolerance.
 
-`dense` is the reference: the model's own forward with an explicit 4D additive mask and explicit position ids,
-i.e. what the seed did, minus `labels=`. Faster plans must reproduce its per-token NLL.
+- dense: the model's forward with an explicit 4D additive mask (what the seed did, minus `labels=`): the reference.
+- docs: every document segment in a row of its own, rows bucketed by length, plain causal attention with no mask
+  tensor: no attention is computed between documents at all (block mask only).
+- nomask: the causal (leaky) mask as plain causal attention over packed rows, no mask tensor, so SDPA takes its
+  fast path (needs running position ids: restarting ones make transformers build a document mask itself).
+- flex: FlexAttention with a document BlockMask built once per batch (CUDA only; it crashes on the CPU).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
-from .layout import Batch
+from .errors import UsageError
+from .layout import Batch, Row, collate, isolate_segments, length_buckets
 from .masks import additive_mask
 
+PLANS = ("auto", "dense", "docs", "nomask", "flex")
 
-class DensePlan:
-    """Reference plan: 4D float mask (B,1,T,T), or (B,H,T,T) with mask_heads, through the model's attention."""
+
+class Plan:
+    """Shared plumbing; subclasses choose how rows are batched and what mask the model gets."""
+
+    name = "plan"
+
+    def __init__(self, model: torch.nn.Module, mask: str, position_mode: str, k: int, batch_size: int = 1,
+                 batch_tokens: int | None = None):
+        self.model = model
+        self.mask = mask
+        self.position_mode = position_mode
+        self.k = k
+        self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+
+    def batches(self, rows: list[Row]) -> Iterator[Batch]:
+        """Rows of one window, in consecutive groups of batch_size."""
+        for i in range(0, len(rows), self.batch_size):
+            yield collate(rows[i : i + self.batch_size], self.k, self.position_mode)
+
+    def attention_mask(self, batch: Batch):
+        return None
+
+    @torch.inference_mode()
+    def hidden_states(self, batch: Batch) -> torch.Tensor:
+        """Final-norm hidden states [B, L, D] for every position of the batch."""
+        out = self.model.base_model(
+            input_ids=batch.input_ids.to(self.device),
+            position_ids=batch.position_ids.to(self.device),
+            attention_mask=self.attention_mask(batch),
+            use_cache=False,
+        )
+        return out.last_hidden_state
+
+
+class DensePlan(Plan):
+    """Reference: 4D float mask (B,1,T,T), or (B,H,T,T) with mask_heads, through the model's own attention."""
 
     name = "dense"
 
-    def __init__(self, model: torch.nn.Module, mask: str, mask_heads: bool = False):
-        self.model = model
-        self.mask = mask
-        cfg = model.config
+    def __init__(self, *args, mask_heads: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        cfg = self.model.config
         self.heads = cfg.num_attention_heads if mask_heads else None
         layer_types = getattr(cfg, "layer_types", None) or []
         # Models with sliding-window layers take one mask per layer type; a single 4D mask would skip the window.
         self.sliding_window = getattr(cfg, "sliding_window", None) if "sliding_attention" in layer_types else None
-        self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
 
-    def masks(self, segment_ids: torch.Tensor):
+    def attention_mask(self, batch: Batch):
+        segment_ids = batch.segment_ids.to(self.device)
         full = additive_mask(segment_ids, self.mask, self.dtype, self.heads)
         if self.sliding_window is None:
             return full
         sliding = additive_mask(segment_ids, self.mask, self.dtype, self.heads, self.sliding_window)
         return {"full_attention": full, "sliding_attention": sliding}
 
-    @torch.inference_mode()
-    def hidden_states(self, batch: Batch) -> torch.Tensor:
-        """Final-norm hidden states [B, L, D] for every position of the batch."""
-        segment_ids = batch.segment_ids.to(self.device)
-        out = self.model.base_model(
-            input_ids=batch.input_ids.to(self.device),
-            position_ids=batch.position_ids.to(self.device),
-            attention_mask=self.masks(segment_ids),
-            use_cache=False,
-        )
-        return out.last_hidden_state
+
+class DocsPlan(Plan):
+    """Each segment alone, length-bucketed under a token budget; causal attention with right padding needs no mask
+    (a real query never sees a later, padded key)."""
+
+    name = "docs"
+
+    def batches(self, rows: list[Row]) -> Iterator[Batch]:
+        budget = self.batch_tokens or self.batch_size * max(r.length for r in rows)
+        for group in length_buckets(isolate_segments(rows), budget):
+            yield collate(group, self.k, self.position_mode)
+
+
+class NoMaskPlan(Plan):
+    """The leaky causal mask as the model's default causal attention over packed rows."""
+
+    name = "nomask"
+
+
+class FlexPlan(Plan):
+    """FlexAttention with a block-diagonal causal BlockMask (CUDA only)."""
+
+    name = "flex"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.device.type != "cuda":
+            raise UsageError("--plan flex runs on CUDA only (FlexAttention crashes on the CPU with torch 2.13)",
+                             "use --plan docs or --plan dense")
+        if self.model.config._attn_implementation != "flex_attention":
+            self.model.set_attn_implementation("flex_attention")
+
+    def attention_mask(self, batch: Batch):
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        seg = batch.segment_ids.to(self.device)
+        block = self.mask == "block"
+
+        def document_causal(b, h, q, kv):
+            same = (seg[b, q] == seg[b, kv]) if block else (seg[b, kv] >= 0)
+            return ((kv <= q) & same & (seg[b, q] >= 0)) | (q == kv)
+
+        length = seg.shape[1]
+        return create_block_mask(document_causal, seg.shape[0], None, length, length, device=self.device)
+
+
+def choose_plan(name: str, mask: str, position_mode: str, device: torch.device) -> str:
+    """`auto`: the fastest plan valid for this device, mask and positions; an explicit name is checked."""
+    if name == "auto":
+        if mask == "block":
+            return "docs"
+        return "nomask" if position_mode == "continuous" else "dense"
+    if name == "docs" and mask != "block":
+        raise UsageError("--plan docs scores documents apart: it needs --mask block", "use --plan nomask or dense")
+    if name == "nomask" and (mask != "causal" or position_mode != "continuous"):
+        raise UsageError("--plan nomask needs --mask causal with continuous positions",
+                         "use --plan dense for other combinations")
+    if name == "flex" and device.type != "cuda":
+        raise UsageError("--plan flex runs on CUDA only", "use --plan docs or dense")
+    return name
+
+
+def make_plan(name: str, model: torch.nn.Module, mask: str, position_mode: str, k: int, batch_size: int,
+              batch_tokens: int | None = None, mask_heads: bool = False) -> Plan:
+    classes = {"dense": DensePlan, "docs": DocsPlan, "nomask": NoMaskPlan, "flex": FlexPlan}
+    kwargs = {"mask_heads": mask_heads} if name == "dense" else {}
+    return classes[name](model, mask, position_mode, k, batch_size, batch_tokens, **kwargs)

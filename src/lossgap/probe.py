@@ -14,7 +14,7 @@ import torch
 from .encode import TokenizedDocument
 from .errors import PlanError
 from .head import OutputHead
-from .layout import collate, packed_rows
+from .layout import packed_rows
 
 
 @dataclass
@@ -30,7 +30,8 @@ class ProbeResult:
 
 
 @torch.inference_mode()
-def probe_mask(plan, head: OutputHead, vocab_size: int, position_mode: str, k: int = 1) -> ProbeResult:
+def probe_mask(plan, head: OutputHead, vocab_size: int) -> ProbeResult:
+    """Two documents packed in one row, run through the plan's own batching and attention."""
     rng = np.random.default_rng(0)
     len_a, len_b = 12, 10
     a = rng.integers(0, vocab_size, len_a)
@@ -39,9 +40,12 @@ def probe_mask(plan, head: OutputHead, vocab_size: int, position_mode: str, k: i
 
     def logits_of_b(first: np.ndarray) -> torch.Tensor:
         docs = [TokenizedDocument(0, "probe", "probe", first, 0), TokenizedDocument(1, "probe", "probe", b, 0)]
-        batch = collate(list(packed_rows(docs, len_a + len_b, k)), k, position_mode)
-        hidden = plan.hidden_states(batch)[0, len_a:]
-        return head.logits(hidden).float()
+        out = []
+        for batch in plan.batches(list(packed_rows(docs, len_a + len_b, plan.k))):
+            hidden = plan.hidden_states(batch)
+            of_b = batch.flat_index[torch.from_numpy(batch.doc_ids == 1)].to(hidden.device)
+            out.append(head.logits(hidden.reshape(-1, hidden.shape[-1])[of_b]).float())
+        return torch.cat(out)
 
     shift = (logits_of_b(a) - logits_of_b(a_changed)).abs().max().item()
     tol = 1e-4 if plan.dtype == torch.float32 else 2e-2

@@ -18,9 +18,10 @@ from .corpus import Corpus
 from .encode import encode_documents, resolve_special_tokens
 from .errors import LossgapError, UsageError
 from .head import OutputHead
-from .layout import Batch, batches, make_rows
+from .layout import Batch, make_rows, windows
 from .model import LoadedModel, load_model, resolve_seq_len
-from .plans import DensePlan
+from .plans import choose_plan, make_plan
+from .prefetch import Prefetch
 from .probe import probe_mask, require_probe
 from .stats import summarize_documents
 from .store import (
@@ -98,10 +99,12 @@ def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -
     special = resolve_special_tokens(tokenizer, cfg.tokenize, loaded.vocab_size)
     head = OutputHead(loaded.model, cfg.run.loss_chunk_mb)
     head_diff = head.verify(loaded.vocab_size)
-    plan = DensePlan(loaded.model, cfg.layout.mask, cfg.run.mask_heads)
     k = cfg.layout.label_offset
     positions = cfg.layout.position_mode
-    probe = probe_mask(plan, head, loaded.vocab_size, positions, k) if cfg.run.probe else None
+    plan_name = choose_plan(cfg.run.plan, cfg.layout.mask, positions, loaded.device)
+    plan = make_plan(plan_name, loaded.model, cfg.layout.mask, positions, k, cfg.run.batch_size,
+                     cfg.run.batch_tokens, cfg.run.mask_heads)
+    probe = probe_mask(plan, head, loaded.vocab_size) if cfg.run.probe else None
     if probe is not None:
         require_probe(probe, loaded.name, loaded.attn)
     load_seconds = time.perf_counter() - started
@@ -117,20 +120,31 @@ def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -
     documents = DocumentTable()
     stream = _StopAtError(corpus)
     docs = encode_documents(stream, tokenizer, special, loaded.vocab_size, cfg.corpus.max_tokens)
+    window_tokens = max(1 << 16, 16 * cfg.run.batch_size * cfg.layout.seq_len)
+    work = Prefetch(windows(make_rows(docs, cfg.layout), window_tokens))
     progress = _Progress(cfg, corpus, enabled=not cfg.run.quiet)
     input_tokens = 0
+    fp32_check = None
     error: LossgapError | None = None
     score_started = time.perf_counter()
     try:
-        for batch in batches(make_rows(docs, cfg.layout), cfg.run.batch_size, k, positions):
-            documents.register(batch.docs)
-            nll = score_batch(plan, head, batch)
-            _check_finite(nll, batch, loaded.name)
-            domains = [batch.docs[d].domain for d in batch.doc_ids.tolist()]
-            writer.write(batch.doc_ids, domains, batch.target_pos, batch.targets.numpy(), nll, batch.truncated)
-            documents.add(batch.doc_ids, nll, batch.truncated)
-            input_tokens += batch.n_input_tokens
-            progress.update(batch, input_tokens, len(documents.docs))
+        for rows in work:
+            parts = []
+            for batch in plan.batches(rows):
+                documents.register(batch.docs)
+                nll = score_batch(plan, head, batch)
+                _check_finite(nll, batch, loaded.name)
+                if fp32_check is None and cfg.run.fp32_check and plan.dtype != torch.float32:
+                    fp32_check = fp32_deviation(plan, head, batch, nll)
+                parts.append((batch.doc_ids, batch.target_pos, batch.targets.numpy(), nll, batch.truncated))
+                input_tokens += batch.n_input_tokens
+                progress.update(input_tokens, len(documents.docs))
+            doc_ids, pos, targets, nll, truncated = (np.concatenate(p) for p in zip(*parts, strict=True))
+            order = np.lexsort((pos, doc_ids))  # document order, whatever order the plan scored in
+            doc_ids, pos, targets, nll, truncated = (a[order] for a in (doc_ids, pos, targets, nll, truncated))
+            domains = [documents.docs[d].domain for d in doc_ids.tolist()]
+            writer.write(doc_ids, domains, pos, targets, nll, truncated)
+            documents.add(doc_ids, nll, truncated)
         error = stream.error
     except LossgapError as e:
         error = e
@@ -139,6 +153,7 @@ def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -
             raise
         error = LossgapError(f"disk full while writing to {out_dir}", "free space and run again")
     finally:
+        work.close()
         progress.close()
     scoring_seconds = time.perf_counter() - score_started
 
@@ -159,6 +174,8 @@ def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -
         "mask": cfg.layout.mask,
         "positions": positions,
         "plan": plan.name,
+        "dtype": metadata["model"]["dtype"],
+        "fp32_check": fp32_check,
         "head_check_max_diff": head_diff,
         "mask_probe": probe.to_dict() if probe else None,
         **overall,
@@ -172,6 +189,7 @@ def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -
         "input_tokens": input_tokens,
         "tokens_per_second": input_tokens / scoring_seconds if scoring_seconds > 0 else None,
         "scored_tokens_per_second": overall["n_tokens"] / scoring_seconds if scoring_seconds > 0 else None,
+        "data_wait_share": work.wait_seconds / scoring_seconds if scoring_seconds > 0 else None,
         "load_seconds": load_seconds,
         "scoring_seconds": scoring_seconds,
         "elapsed_seconds": time.perf_counter() - started,
@@ -182,6 +200,24 @@ def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -
     if error is not None:
         raise error
     return ScoreResult(out_dir, summary)
+
+
+def fp32_deviation(plan, head: OutputHead, batch: Batch, nll: np.ndarray) -> dict:
+    """Score one batch again in float32 (bf16 -> fp32 -> bf16 round-trips exactly) and report how far the
+    reduced-precision per-token NLL is from it."""
+    dtype = plan.dtype
+    plan.model.to(torch.float32)
+    plan.dtype = torch.float32
+    try:
+        reference = score_batch(plan, head, batch)
+    finally:
+        plan.model.to(dtype)
+        plan.dtype = dtype
+    diff = nll.astype(np.float64) - reference.astype(np.float64)
+    return {"dtype": str(dtype).removeprefix("torch."), "tokens": int(diff.size),
+            "max_abs_diff": float(np.abs(diff).max()) if diff.size else 0.0,
+            "mean_abs_diff": float(np.abs(diff).mean()) if diff.size else 0.0,
+            "mean_nll_diff": float(diff.mean()) if diff.size else 0.0}
 
 
 @torch.inference_mode()
@@ -230,7 +266,7 @@ class _Progress:
                             bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}",
                             desc=f"scoring {Path(cfg.model.name).name}")
 
-    def update(self, batch, input_tokens: int, docs_seen: int) -> None:
+    def update(self, input_tokens: int, docs_seen: int) -> None:
         if self.bar is None:
             return
         c = self.cfg.corpus
