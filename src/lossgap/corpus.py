@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import zstandard
-
 from .config import CorpusConfig
 from .errors import CorpusError
 
@@ -217,6 +215,15 @@ def _open_binary(path: Path) -> tuple[io.BufferedIOBase, io.BufferedIOBase]:
     return raw, raw
 
 
+def _zstd_error() -> type[Exception]:
+    """zstandard's error type, imported only when needed (GPU images often lack the package)."""
+    try:
+        import zstandard
+    except ImportError:
+        return OSError
+    return zstandard.ZstdError
+
+
 class _ZstdFrames(io.RawIOBase):
     """Decompress a zstd stream of one or more frames, raising EOFError when the input ends inside a frame.
 
@@ -252,6 +259,8 @@ class _ZstdFrames(io.RawIOBase):
         out = []
         while data:
             if self._frame is None:
+                import zstandard
+
                 self._frame = zstandard.ZstdDecompressor().decompressobj()
             out.append(self._frame.decompress(data))
             if not self._frame.eof:
@@ -269,7 +278,7 @@ def _jsonl_records(path: Path, first_index: int, root: Path) -> Iterator[tuple[_
         while True:
             try:
                 line = stream.readline()
-            except (EOFError, OSError, zlib.error, zstandard.ZstdError) as e:
+            except (EOFError, OSError, zlib.error, _zstd_error()) as e:
                 raise CorpusError(
                     f"{path}:{line_no + 1}: compressed data is corrupt or truncated ({e})",
                     f"re-download or re-compress the file; the records on lines 1-{line_no} were read",

@@ -105,9 +105,10 @@ def single_rows(docs: Iterable[TokenizedDocument], seq_len: int, k: int, stride:
             begin, lo = begin + step, hi
 
 
-def collate(rows: list[Row], k: int, position_mode: str, pad_id: int = 0) -> Batch:
-    """Pad rows to one length and gather the (position, target) pairs each segment scores."""
-    length = max(r.length for r in rows)
+def collate(rows: list[Row], k: int, position_mode: str, pad_id: int = 0, pad_multiple: int = 1) -> Batch:
+    """Pad rows to one length (rounded up to pad_multiple: fewer distinct shapes, fewer kernel set-ups) and gather
+    the (position, target) pairs each segment scores."""
+    length = -(-max(r.length for r in rows) // pad_multiple) * pad_multiple
     input_ids = np.full((len(rows), length), pad_id, dtype=np.int64)
     position_ids = np.zeros((len(rows), length), dtype=np.int64)
     segment_ids = np.full((len(rows), length), -1, dtype=np.int64)

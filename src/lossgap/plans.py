@@ -20,6 +20,7 @@ from .layout import Batch, Row, collate, isolate_segments, length_buckets
 from .masks import additive_mask
 
 PLANS = ("auto", "dense", "docs", "nomask", "flex")
+PAD_MULTIPLE = 64  # docs plan: row lengths rounded up, so kernels see a few shapes, not one per document
 
 
 class Plan:
@@ -89,7 +90,7 @@ class DocsPlan(Plan):
     def batches(self, rows: list[Row]) -> Iterator[Batch]:
         budget = self.batch_tokens or self.batch_size * max(r.length for r in rows)
         for group in length_buckets(isolate_segments(rows), budget):
-            yield collate(group, self.k, self.position_mode)
+            yield collate(group, self.k, self.position_mode, pad_multiple=PAD_MULTIPLE)
 
 
 class NoMaskPlan(Plan):

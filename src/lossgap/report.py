@@ -127,7 +127,7 @@ def seed_table(results: dict) -> Table:
     base, others, tokens = results["baseline"], _others(results), _tokens_mode(results)
     metric, what = ("mean_nll", "Loss") if tokens else ("bits_per_byte", "bits/byte")
     names = [base, *others]
-    labels = ["Base", "Instruct", *others[1:]]
+    labels = ["Base", "Instruct", *others[1:]] if others else [base]  # one model alone: name it
     headers = ["Test Setup", "Attention Mask", *(f"{lab} {what}" for lab in labels)]
     headers += ["Difference" if i == 0 else f"Difference ({n})" for i, n in enumerate(others)]
     if tokens:
@@ -333,7 +333,12 @@ def sections(results: dict, figures: dict[str, Path | None]) -> list[Section]:
 
     seed = Section("The seed's table, recomputed", tables=[seed_table(results)])
     roles = f"Base = {base}" + (f", Instruct = {others[0]}" if others else "")
-    if tokens:
+    if not others:
+        seed.paragraphs.append(
+            f"One model ({base}) under the seed's configurations: mean loss in nats/token over the same scored "
+            "tokens in every row. \"near-uniform\" marks a mean loss close to ln(vocab): the targets are likely "
+            "misaligned.")
+    elif tokens:
         seed.paragraphs.append(
             f"Mean loss in nats/token over the same scored tokens for every model ({roles}). Difference = Instruct "
             "- Base; Relative perplexity = exp(difference) - 1. \"near-uniform\" marks a mean loss close to "
@@ -387,6 +392,8 @@ def sections(results: dict, figures: dict[str, Path | None]) -> list[Section]:
 
 def _title(results: dict) -> str:
     others = _others(results)
+    if not others:
+        return f"lossgap report: {results['baseline']}"
     return f"lossgap report: {', '.join(others)} vs {results['baseline']}"
 
 

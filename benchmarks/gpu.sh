@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One H100/H200, under 8 minutes: correctness of every plan on small models, then throughput of a
+# Llama-3.1-8B-shaped model (random bf16 weights) at T=8192 on Pile-like document lengths.
+# Run from the repository root on the lent GPU:  bash benchmarks/gpu.sh   (results under $OUT)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/out}
+mkdir -p "$OUT"
+export PYTHONPATH=src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
+    | tee -a "$OUT/gpu.txt"
+timeout 150 python3 benchmarks/gpu_check.py --device cuda 2>&1 | tee "$OUT/check.txt"
+# 64k tokens per batch (8 rows of 8192) for dense/nomask; the docs plan gets the same token budget.
+timeout 330 python3 benchmarks/throughput.py --arch llama-3.1-8b --device cuda --seq-len 8192 --tokens 196608 \
+    --batch-size 8 --dtypes bfloat16 --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.txt"

@@ -1,0 +1,90 @@
+"""Correctness of every execution plan on small models (Llama, Qwen2, Gemma 2), against the dense reference and the
+mask probe, on whatever device is given. Meant for the lent GPU (flex runs on CUDA only); runs on CPU too.
+
+  python benchmarks/gpu_check.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+
+from lossgap.config import LayoutConfig
+from lossgap.encode import TokenizedDocument
+from lossgap.head import OutputHead
+from lossgap.layout import make_rows, windows
+from lossgap.plans import make_plan
+from lossgap.probe import probe_mask
+from lossgap.score import score_batch
+
+
+def tiny(arch: str, device: str, dtype: torch.dtype, attn: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kw = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=1024, initializer_range=0.2, tie_word_embeddings=False)
+    if arch == "gemma2":
+        kw.update(head_dim=32, sliding_window=64, final_logit_softcapping=5.0, query_pre_attn_scalar=32)
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(arch, **kw)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def documents(n: int = 40, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return [TokenizedDocument(i, "d", f"d{i}", rng.integers(0, 512, int(rng.integers(20, 300))), 100)
+            for i in range(n)]
+
+
+def score_all(model, plan_name: str, layout: LayoutConfig, batch_size: int) -> np.ndarray:
+    plan = make_plan(plan_name, model, layout.mask, layout.position_mode, layout.label_offset, batch_size)
+    head = OutputHead(model)
+    out = []
+    for rows in windows(make_rows(documents(), layout), 1 << 16):
+        for batch in plan.batches(rows):
+            out.append((batch.doc_ids, batch.target_pos, score_batch(plan, head, batch)))
+    d, p, nll = (np.concatenate(x) for x in zip(*out, strict=True))
+    return nll[np.lexsort((p, d))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = ap.parse_args()
+    failures = 0
+    for arch in ("llama", "qwen2", "gemma2"):
+        attn = "eager" if arch == "gemma2" else "sdpa"
+        for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
+            model = tiny(arch, a.device, dtype, attn)
+            head = OutputHead(model)
+            for mask, fast in (("block", ["docs", "flex"]), ("causal", ["nomask", "flex"])):
+                layout = LayoutConfig("packed", 256, None, mask, None, 1)
+                ref = score_all(model, "dense", layout, 4)
+                for name in fast:
+                    if name == "flex" and a.device != "cuda":
+                        continue
+                    try:
+                        got = score_all(model, name, layout, 4)
+                        probe = probe_mask(make_plan(name, model, mask, layout.position_mode, 1, 1), head,
+                                           model.config.vocab_size)
+                        diff = float(np.abs(got.astype(np.float64) - ref).max())
+                        ok = diff <= (tol if dtype == torch.float32 else 0.1) and probe.passed
+                        status = "ok" if ok else "FAIL"
+                        detail = f"max|dNLL| {diff:.2e}, probe shift {probe.max_logit_shift:.2e}"
+                    except Exception as e:  # report and go on: one broken plan must not hide the others
+                        ok, status, detail = False, "ERROR", f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                    failures += not ok
+                    print(f"{status:5s} {arch:7s} {str(dtype)[6:]:9s} {mask:6s} {name:7s} vs dense: {detail}",
+                          flush=True)
+                if model.config._attn_implementation != attn:
+                    model.set_attn_implementation(attn)  # flex switched it
+    print(f"{failures} failures")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Throughput of lossgap's execution plans against the seed-style path, in one process.
+
+Measures a matmul peak first, then scores the same Pile-like documents (many short, a long tail) with:
+  seed-style  HF forward with a float (1,H,T,T) block mask and labels= (what the seed did), fp32
+  dense       lossgap's reference plan: explicit 4D (B,1,T,T) mask, chunked fp32 loss
+  docs        each document alone, length-bucketed, no mask tensor
+  nomask      the causal (leaky) mask as plain causal attention
+in the dtypes asked for, checks every plan against `dense` (per-token NLL), and prints tokens/s, the ratio to
+seed-style, peak memory and model-FLOPs utilisation (2 x parameters FLOPs per token / measured matmul peak).
+
+  python benchmarks/throughput.py                       # SmolLM2-135M shape, T=4096, CPU
+  python benchmarks/throughput.py --arch llama-3.1-8b --seq-len 8192 --tokens 131072 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lossgap.encode import TokenizedDocument
+from lossgap.head import OutputHead
+from lossgap.layout import collate, packed_rows, windows
+from lossgap.masks import additive_mask
+from lossgap.plans import make_plan
+from lossgap.score import score_batch
+
+ARCHS = {
+    # hidden, intermediate, layers, heads, kv heads, vocab, rope theta, tied
+    "smollm2-135m": (576, 1536, 30, 9, 3, 49152, 100000.0, True),
+    "llama-3.1-8b": (4096, 14336, 32, 32, 8, 128256, 500000.0, False),
+    "tiny": (128, 256, 2, 4, 2, 1024, 10000.0, True),
+}
+
+
+def build_model(arch: str, dtype: torch.dtype, device: str, seq_len: int) -> torch.nn.Module:
+    """The architecture with random weights (no hub here): speed does not depend on the weights' values."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    h, inter, layers, heads, kv, vocab, theta, tied = ARCHS[arch]
+    cfg = LlamaConfig(hidden_size=h, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
+                      num_key_value_heads=kv, vocab_size=vocab, max_position_embeddings=max(seq_len, 8192),
+                      rope_theta=theta, tie_word_embeddings=tied, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(dtype)
+    return model.eval()
+
+
+def pile_like_documents(n_tokens: int, vocab: int, seq_len: int, mean_len: int, seed: int = 0):
+    """Log-normal lengths: many short documents, a long tail, capped at 4 rows."""
+    rng = np.random.default_rng(seed)
+    docs, total, i = [], 0, 0
+    sigma = 1.0
+    mu = np.log(mean_len) - sigma**2 / 2
+    while total < n_tokens:
+        n = int(np.clip(rng.lognormal(mu, sigma), 16, 4 * seq_len))
+        docs.append(TokenizedDocument(i, "bench", f"doc{i}", rng.integers(0, vocab, n), 4 * n))
+        total += n
+        i += 1
+    return docs
+
+
+class PeakMemory:
+    """Peak memory while a block runs: CUDA allocator peak, or sampled RSS on the CPU (one process)."""
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def __enter__(self):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = _rss()
+            self.peak = self.base
+            self.stop = threading.Event()
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.peak_bytes = torch.cuda.max_memory_allocated()
+        else:
+            self.stop.set()
+            self.thread.join()
+            self.peak_bytes = max(self.peak, _rss())
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 5) -> float:
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def _sync(device: str):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.inference_mode()
+def run_seed_style(model, docs, seq_len: int, batch_size: int) -> tuple[int, float]:
+    """The seed: HF forward, float (B,H,T,T) block mask, labels=input_ids (its loss, not lossgap's)."""
+    heads = model.config.num_attention_heads
+    tokens = 0
+    rows = list(packed_rows(docs, seq_len, 1))
+    start = time.perf_counter()
+    for i in range(0, len(rows), batch_size):
+        batch = collate(rows[i : i + batch_size], 1, "continuous")
+        ids = batch.input_ids.to(model.device)
+        mask = additive_mask(batch.segment_ids.to(model.device), "block", model.dtype, heads)
+        model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False).loss.item()
+        tokens += batch.n_input_tokens
+    _sync(model.device.type)
+    return tokens, time.perf_counter() - start
+
+
+@torch.inference_mode()
+def run_plan(model, plan_name: str, mask: str, docs, seq_len: int, batch_size: int, batch_tokens: int | None):
+    positions = "restart" if mask == "block" else "continuous"
+    plan = make_plan(plan_name, model, mask, positions, 1, batch_size, batch_tokens)
+    head = OutputHead(model)
+    results, tokens = [], 0
+    start = time.perf_counter()
+    for rows in windows(packed_rows(docs, seq_len, 1), max(1 << 16, 16 * batch_size * seq_len)):
+        for batch in plan.batches(rows):
+            nll = score_batch(plan, head, batch)
+            results.append((batch.doc_ids, batch.target_pos, nll))
+            tokens += batch.n_input_tokens
+    _sync(model.device.type)
+    elapsed = time.perf_counter() - start
+    doc_ids, pos, nll = (np.concatenate(x) for x in zip(*results, strict=True))
+    order = np.lexsort((pos, doc_ids))
+    return tokens, elapsed, nll[order]
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="smollm2-135m", choices=sorted(ARCHS))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seq-len", type=int, default=4096)
+    p.add_argument("--tokens", type=int, default=12288, help="input tokens scored per variant")
+    p.add_argument("--mean-doc-len", type=int, default=400)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-tokens", type=int, help="docs plan token budget (default batch-size x seq-len)")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--skip-seed", action="store_true", help="skip the seed-style path (memory-bound at 8B)")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    a = p.parse_args(argv)
+    torch.set_grad_enabled(False)
+    dtypes = [getattr(torch, d) for d in a.dtypes.split(",")]
+    peaks = {str(d).removeprefix("torch."): matmul_peak(d, a.device) for d in {torch.float32, *dtypes}}
+    machine = torch.cuda.get_device_name() if a.device == "cuda" else f"{platform.processor() or 'cpu'}, " \
+        f"{torch.get_num_threads()} threads"
+    print(f"# {a.arch} on {a.device} ({machine}), T={a.seq_len}, ~{a.tokens} tokens/variant, torch {torch.__version__}")
+    for d, f in peaks.items():
+        print(f"matmul peak {d}: {f / 1e12:.2f} TFLOP/s")
+    rows, report = [], {"arch": a.arch, "device": a.device, "machine": machine, "seq_len": a.seq_len,
+                        "matmul_peak_flops": peaks, "variants": []}
+    reference = {}
+    seed_tps = None
+    for dtype in dtypes:
+        dname = str(dtype).removeprefix("torch.")
+        model = build_model(a.arch, dtype, a.device, a.seq_len)
+        n_params = sum(p.numel() for p in model.parameters())
+        docs = pile_like_documents(a.tokens, model.config.vocab_size, a.seq_len, a.mean_doc_len)
+        variants = []
+        if dtype == torch.float32 and not a.skip_seed:
+            variants.append(("seed-style", "block"))
+        variants += [("dense", "block"), ("docs", "block"), ("dense", "causal"), ("nomask", "causal")]
+        warmup = docs[: max(2, len(docs) // 16)]
+        for name, mask in variants:
+            # one untimed pass over a few documents: kernel selection and allocator growth are not throughput
+            if name == "seed-style":
+                run_seed_style(model, warmup, a.seq_len, a.batch_size)
+            else:
+                run_plan(model, name, mask, warmup, a.seq_len, a.batch_size, a.batch_tokens)
+            with PeakMemory(a.device) as mem:
+                if name == "seed-style":
+                    tokens, elapsed = run_seed_style(model, docs, a.seq_len, a.batch_size)
+                    nll = None
+                else:
+                    tokens, elapsed, nll = run_plan(model, name, mask, docs, a.seq_len, a.batch_size, a.batch_tokens)
+            tps = tokens / elapsed
+            if name == "seed-style":
+                seed_tps = tps
+            agree = None
+            if nll is not None:
+                key = (dname, mask)
+                if name == "dense":
+                    reference[key] = nll
+                agree = float(np.abs(nll.astype(np.float64) - reference[key]).max())
+            mfu = 2 * n_params * tps / peaks[dname]
+            row = {"variant": name, "mask": mask, "dtype": dname, "tokens_per_s": tps,
+                   "ratio_to_seed": tps / seed_tps if seed_tps else None, "peak_mem_gb": mem.peak_bytes / 2**30,
+                   "max_abs_diff_vs_dense": agree, "mfu": mfu}
+            report["variants"].append(row)
+            rows.append(row)
+            ratio = f"{row['ratio_to_seed']:.2f}x" if row["ratio_to_seed"] else "n/a"
+            diff = "" if agree is None else f"  max|dNLL| vs dense {agree:.2e}"
+            print(f"{name:10s} {mask:6s} {dname:8s} {tps:10,.0f} tok/s  {ratio:>7s} seed  "
+                  f"peak {row['peak_mem_gb']:6.2f} GB  MFU {mfu:6.1%}{diff}", flush=True)
+        del model
+    if a.json:
+        a.json.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
