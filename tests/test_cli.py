@@ -120,9 +120,9 @@ def test_existing_run_is_never_overwritten_silently(capsys, tmp_path, llama_dir,
 def test_disk_full_stops_with_a_message_and_keeps_finished_work(capsys, tmp_path, llama_dir, pile_jsonl, monkeypatch):
     import errno
 
-    from lossgap.store import TokenWriter
+    from lossgap.shards import ShardStore
 
-    original = TokenWriter.write
+    original = ShardStore.write
     calls = {"n": 0}
 
     def write_until_full(self, *args):
@@ -131,9 +131,16 @@ def test_disk_full_stops_with_a_message_and_keeps_finished_work(capsys, tmp_path
             raise OSError(errno.ENOSPC, "No space left on device")
         return original(self, *args)
 
-    monkeypatch.setattr(TokenWriter, "write", write_until_full)
-    code, _, err = run_cli(capsys, "--model", llama_dir, "--corpus", pile_jsonl, "--out", tmp_path / "r",
-                           "--seq-len", 64, "--batch-size", 2)
-    assert code == 1 and "disk full while writing to" in err and "free space" in err
+    monkeypatch.setattr(ShardStore, "write", write_until_full)
+    args = ["--model", llama_dir, "--corpus", pile_jsonl, "--out", tmp_path / "r", "--seq-len", 64,
+            "--batch-size", 2, "--window-tokens", 256]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 1 and "disk full while writing to" in err and "--resume" in err
     kept = pq.read_table(tmp_path / "r" / "tokens.parquet.partial")
     assert kept.num_rows > 0 and read_summary(tmp_path / "r")["complete"] is False
+    # space is back: --resume finishes the run from the two finished windows
+    monkeypatch.setattr(ShardStore, "write", original)
+    code, _, err = run_cli(capsys, *args, "--resume")
+    assert code == 0, err
+    summary = read_summary(tmp_path / "r")
+    assert summary["complete"] and summary["windows_resumed"] == 2 and summary["windows"] > 2

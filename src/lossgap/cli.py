@@ -89,6 +89,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--config", help="TOML file with any of these options")
     r.add_argument("--out", help="output folder")
     r.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (same inputs)")
+    r.add_argument("--window-tokens", type=int, help="tokens per result shard, the unit of resume")
     r.add_argument("--batch-size", type=int, default=1, help="rows per batch")
     r.add_argument("--plan", default="auto", choices=PLANS,
                    help="execution plan (auto: docs for the block mask, nomask for the causal one; dense: reference)")
@@ -113,7 +115,7 @@ def _shared_configs(a: argparse.Namespace):
     tokenize = TokenizeConfig(a.add_bos, a.add_eos, a.bos_id, a.eos_id)
     layout = LayoutConfig(a.layout, a.seq_len, a.stride, a.mask, a.positions, a.label_offset)
     run = RunConfig(a.out, a.batch_size, a.plan, a.batch_tokens, a.fp32_check, a.mask_heads, a.loss_chunk_mb,
-                    a.probe, a.overwrite, a.quiet)
+                    a.probe, a.overwrite, a.quiet, a.resume, a.window_tokens)
     return corpus, tokenize, layout, run
 
 
@@ -147,6 +149,8 @@ def cmd_score(a: argparse.Namespace) -> int:
 
     result = score(score_config_from_args(a))
     s = result.summary
+    if not s:  # a torchrun rank other than 0: rank 0 merged and reports
+        return 0
     print(f"{s['model']['name']}: mean NLL {s['mean_nll']:.4f} nats/token, perplexity {s['perplexity']:.3f}, "
           f"{s['bits_per_byte']:.4f} bits/byte over {s['n_tokens']:,} tokens in {s['n_documents']:,} documents")
     print(f"{s['tokens_per_second']:,.0f} tokens/s; results in {result.out_dir}/")
@@ -167,7 +171,9 @@ def cmd_compare(a: argparse.Namespace) -> int:
     from .compare import compare
 
     cfg = compare_config_from_args(a)
-    _print_report(Path(cfg.run.out), compare(cfg))
+    results = compare(cfg)
+    if results:  # empty on torchrun ranks other than 0
+        _print_report(Path(cfg.run.out), results)
     return 0
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .config import CorpusConfig, LayoutConfig, ModelConfig, RunConfig, ScoreConfig, TokenizeConfig
 from .corpus import Corpus
+from .dist import init_distributed
 from .encode import resolve_special_tokens
 from .errors import UsageError
 from .matrix import SEED_MATRIX, Configuration, single_configuration
@@ -120,6 +121,8 @@ def compare(cfg: CompareConfig, min_models: int = 2) -> dict:
         del loaded
         gc.collect()
 
+    if not init_distributed(cfg.model.device).main:
+        return {}  # under torchrun, rank 0 analyses and reports
     manifest = {
         "schema_version": 1,
         "baseline": base_name,

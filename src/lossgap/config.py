@@ -129,12 +129,15 @@ class RunConfig:
     probe: bool = True
     overwrite: bool = False
     quiet: bool = False
+    resume: bool = False  # continue an interrupted run in the same --out from its finished windows
+    window_tokens: int | None = None  # tokens per result shard (None: max(65536, 16 x batch x seq-len))
 
     def validate(self) -> None:
         from .plans import PLANS
 
         _check_positive("batch-size", self.batch_size)
         _check_positive("batch-tokens", self.batch_tokens)
+        _check_positive("window-tokens", self.window_tokens)
         _check_choice("plan", self.plan, PLANS)
         _check_positive("loss-chunk-mb", self.loss_chunk_mb)
 

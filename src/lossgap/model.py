@@ -126,7 +126,7 @@ def load_tokenizer(cfg: ModelConfig):
         raise ModelError(f"could not load the tokenizer of {cfg.name!r}: {first}") from None
 
 
-def load_model(cfg: ModelConfig, quiet: bool = False) -> LoadedModel:
+def load_model(cfg: ModelConfig, quiet: bool = False, local_rank: int = 0) -> LoadedModel:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -134,6 +134,8 @@ def load_model(cfg: ModelConfig, quiet: bool = False) -> LoadedModel:
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)  # one GPU per torchrun process
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.attn == "flex" and device.type != "cuda":
         raise UsageError("--attn flex runs on CUDA only (it crashes on the CPU with torch 2.13)", "use --attn sdpa")

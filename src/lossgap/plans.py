@@ -39,10 +39,19 @@ class Plan:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
 
-    def batches(self, rows: list[Row]) -> Iterator[Batch]:
-        """Rows of one window, in consecutive groups of batch_size."""
+    pad_multiple = 1
+
+    def groups(self, rows: list[Row]) -> Iterator[list[Row]]:
+        """The rows of one window, grouped into batches: consecutive groups of batch_size."""
         for i in range(0, len(rows), self.batch_size):
-            yield collate(rows[i : i + self.batch_size], self.k, self.position_mode)
+            yield rows[i : i + self.batch_size]
+
+    def collate(self, group: list[Row]) -> Batch:
+        return collate(group, self.k, self.position_mode, pad_multiple=self.pad_multiple)
+
+    def batches(self, rows: list[Row]) -> Iterator[Batch]:
+        for group in self.groups(rows):
+            yield self.collate(group)
 
     def attention_mask(self, batch: Batch):
         return None
@@ -86,11 +95,11 @@ class DocsPlan(Plan):
     (a real query never sees a later, padded key)."""
 
     name = "docs"
+    pad_multiple = PAD_MULTIPLE
 
-    def batches(self, rows: list[Row]) -> Iterator[Batch]:
+    def groups(self, rows: list[Row]) -> Iterator[list[Row]]:
         budget = self.batch_tokens or self.batch_size * max(r.length for r in rows)
-        for group in length_buckets(isolate_segments(rows), budget):
-            yield collate(group, self.k, self.position_mode, pad_multiple=PAD_MULTIPLE)
+        yield from length_buckets(isolate_segments(rows), budget)
 
 
 class NoMaskPlan(Plan):

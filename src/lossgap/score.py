@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import platform
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ import torch
 from . import __version__
 from .config import ScoreConfig
 from .corpus import Corpus
+from .dist import init_distributed
 from .encode import encode_documents, resolve_special_tokens
 from .errors import LossgapError, UsageError
 from .head import OutputHead
@@ -23,12 +26,14 @@ from .model import LoadedModel, load_model, resolve_seq_len
 from .plans import choose_plan, make_plan
 from .prefetch import Prefetch
 from .probe import probe_mask, require_probe
+from .shards import ShardStore, corpus_fingerprint, model_fingerprint
 from .stats import summarize_documents
 from .store import (
     SUMMARY_FILE,
     DocumentTable,
     TokenWriter,
     existing_run_files,
+    token_table,
     write_documents,
     write_json,
 )
@@ -84,15 +89,20 @@ def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -
 
     `loaded` reuses a model already in memory (a comparison scores several configurations per model);
     `tokenizer` replaces the model's own (a comparison tokenizes every model's input with one tokenizer).
+    Under torchrun each rank scores its share of the windows and rank 0 merges; results are written per window,
+    so `--resume` continues an interrupted run.
     """
     started = time.perf_counter()
     cfg.validate()
+    dist = init_distributed(cfg.model.device)
     out_dir = cfg.out_dir
     corpus = Corpus(cfg.corpus)
-    prepare_out_dir(out_dir, cfg.run.overwrite)
+    if dist.main:
+        prepare_out_dir(out_dir, cfg.run.overwrite or cfg.run.resume)
+    dist.barrier()
 
     if loaded is None:
-        loaded = load_model(cfg.model, quiet=cfg.run.quiet)
+        loaded = load_model(cfg.model, quiet=cfg.run.quiet, local_rank=dist.local_rank)
     tokenizer = tokenizer or loaded.tokenizer
     cfg.layout.seq_len = resolve_seq_len(loaded, cfg.layout.seq_len)
     cfg.layout.validate()
@@ -116,49 +126,70 @@ def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -
         "plan": plan.name,
         "schema_version": SCHEMA_VERSION,
     }
-    writer = TokenWriter(out_dir, metadata)
+    window_tokens = cfg.run.window_tokens or max(1 << 16, 16 * cfg.run.batch_size * cfg.layout.seq_len)
+    manifest = {
+        "config": _results_config(cfg, special),
+        "corpus": corpus_fingerprint(corpus.files) if corpus.files else {"path": str(corpus.path)},
+        "model": model_fingerprint(loaded.name, metadata["model"]),
+        "window_tokens": window_tokens,
+    }
+    shards = ShardStore(out_dir, manifest, cfg.run.resume, main=dist.main)
+    dist.barrier()
+
     documents = DocumentTable()
     stream = _StopAtError(corpus)
     docs = encode_documents(stream, tokenizer, special, loaded.vocab_size, cfg.corpus.max_tokens)
-    window_tokens = max(1 << 16, 16 * cfg.run.batch_size * cfg.layout.seq_len)
     work = Prefetch(windows(make_rows(docs, cfg.layout), window_tokens))
-    progress = _Progress(cfg, corpus, enabled=not cfg.run.quiet)
-    input_tokens = 0
-    fp32_check = None
+    progress = _Progress(cfg, corpus, enabled=not cfg.run.quiet and dist.main)
+    runner = _Runner(plan, head, loaded.name, cfg.run.fp32_check)
+    n_windows = resumed = 0
     error: LossgapError | None = None
+    signals = _StopOnSignal()
     score_started = time.perf_counter()
     try:
-        for rows in work:
-            parts = []
-            for batch in plan.batches(rows):
-                documents.register(batch.docs)
-                nll = score_batch(plan, head, batch)
-                _check_finite(nll, batch, loaded.name)
-                if fp32_check is None and cfg.run.fp32_check and plan.dtype != torch.float32:
-                    fp32_check = fp32_deviation(plan, head, batch, nll)
-                parts.append((batch.doc_ids, batch.target_pos, batch.targets.numpy(), nll, batch.truncated))
-                input_tokens += batch.n_input_tokens
-                progress.update(input_tokens, len(documents.docs))
-            doc_ids, pos, targets, nll, truncated = (np.concatenate(p) for p in zip(*parts, strict=True))
-            order = np.lexsort((pos, doc_ids))  # document order, whatever order the plan scored in
-            doc_ids, pos, targets, nll, truncated = (a[order] for a in (doc_ids, pos, targets, nll, truncated))
-            domains = [documents.docs[d].domain for d in doc_ids.tolist()]
-            writer.write(doc_ids, domains, pos, targets, nll, truncated)
-            documents.add(doc_ids, nll, truncated)
-        error = stream.error
+        for window, rows in enumerate(work):
+            n_windows = window + 1
+            documents.register(seg.doc for row in rows for seg in row.segments)
+            if shards.done(window):
+                resumed += 1
+            elif dist.owns(window):
+                shards.write(window, runner.score_window(rows, documents))
+            progress.update(runner.input_tokens, len(documents.docs))
+            if signals.received:
+                error = Interrupted(f"stopped by {signals.received} after window {window}: finished windows are kept",
+                                    "continue with the same command and --resume")
+                break
+        error = error or stream.error
     except LossgapError as e:
         error = e
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
-        error = LossgapError(f"disk full while writing to {out_dir}", "free space and run again")
+        error = LossgapError(f"disk full while writing to {out_dir}", "free space, then rerun with --resume")
     finally:
+        signals.restore()
         work.close()
         progress.close()
+    if dist.any(error is not None) and error is None:
+        error = LossgapError("another rank failed; see its message", "fix the cause, then rerun with --resume")
     scoring_seconds = time.perf_counter() - score_started
+    input_tokens = dist.sum(runner.input_tokens)
+    dist.barrier()
+    if not dist.main:
+        if error is not None:
+            raise error
+        return ScoreResult(out_dir, {})
 
     complete = error is None
+    writer = TokenWriter(out_dir, metadata)
+    for window in range(n_windows):  # document order, whichever rank or earlier run scored the window
+        if shards.done(window):
+            table = shards.read(window)
+            writer.write(table)
+            documents.add(*(table.column(c).to_numpy() for c in ("doc_id", "nll", "truncated")))
     tokens_path = writer.close(complete)
+    if complete:
+        shards.remove()
     table = documents.to_arrow()
     write_documents(out_dir, table, metadata)
     overall, per_domain = summarize_documents(table)
@@ -175,7 +206,7 @@ def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -
         "positions": positions,
         "plan": plan.name,
         "dtype": metadata["model"]["dtype"],
-        "fp32_check": fp32_check,
+        "fp32_check": runner.fp32_check,
         "head_check_max_diff": head_diff,
         "mask_probe": probe.to_dict() if probe else None,
         **overall,
@@ -188,8 +219,11 @@ def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -
         },
         "input_tokens": input_tokens,
         "tokens_per_second": input_tokens / scoring_seconds if scoring_seconds > 0 else None,
-        "scored_tokens_per_second": overall["n_tokens"] / scoring_seconds if scoring_seconds > 0 else None,
         "data_wait_share": work.wait_seconds / scoring_seconds if scoring_seconds > 0 else None,
+        "oom_retries": runner.oom_retries,
+        "windows": n_windows,
+        "windows_resumed": resumed,
+        "world_size": dist.world,
         "load_seconds": load_seconds,
         "scoring_seconds": scoring_seconds,
         "elapsed_seconds": time.perf_counter() - started,
@@ -236,6 +270,85 @@ def _check_finite(nll: np.ndarray, batch, model_name: str) -> None:
             f"{model_name} produced a non-finite loss on {doc.source} (document {doc.doc_id})",
             "try --dtype float32; results up to the previous batch are kept",
         )
+
+
+class Interrupted(LossgapError):
+    exit_code = 130
+
+
+class _Runner:
+    """Scores the windows this process owns: batches, OOM back-off, finiteness, document order."""
+
+    def __init__(self, plan, head: OutputHead, model_name: str, fp32_check: bool):
+        self.plan, self.head, self.model_name = plan, head, model_name
+        self.want_fp32_check = fp32_check and plan.dtype != torch.float32
+        self.fp32_check: dict | None = None
+        self.input_tokens = 0
+        self.oom_retries = 0
+
+    def score_window(self, rows, documents: DocumentTable):
+        parts = []
+        for group in self.plan.groups(rows):
+            for batch, nll in self._score_group(group):
+                _check_finite(nll, batch, self.model_name)
+                if self.want_fp32_check and self.fp32_check is None:
+                    self.fp32_check = fp32_deviation(self.plan, self.head, batch, nll)
+                parts.append((batch.doc_ids, batch.target_pos, batch.targets.numpy(), nll, batch.truncated))
+                self.input_tokens += batch.n_input_tokens
+        doc_ids, pos, targets, nll, truncated = (np.concatenate(p) for p in zip(*parts, strict=True))
+        order = np.lexsort((pos, doc_ids))  # document order, whatever order the plan scored in
+        doc_ids, pos, targets, nll, truncated = (a[order] for a in (doc_ids, pos, targets, nll, truncated))
+        domains = [documents.docs[d].domain for d in doc_ids.tolist()]
+        return token_table(doc_ids, domains, pos, targets, nll, truncated)
+
+    def _score_group(self, group):
+        batch = self.plan.collate(group)
+        try:
+            return [(batch, score_batch(self.plan, self.head, batch))]
+        except torch.OutOfMemoryError:
+            if len(group) == 1:
+                raise LossgapError(
+                    f"out of memory on a single row of {group[0].length} tokens",
+                    "lower --seq-len, --batch-tokens or --loss-chunk-mb",
+                ) from None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.oom_retries += 1
+        print(f"lossgap: out of memory on a batch of {len(group)} rows; retrying in halves", file=sys.stderr)
+        half = len(group) // 2
+        return self._score_group(group[:half]) + self._score_group(group[half:])
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM finish the window being scored, then stop cleanly (resumable); a second signal kills."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.received:
+            self.restore()
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
+def _results_config(cfg: ScoreConfig, special) -> dict:
+    """The settings that decide the numbers, flattened (what --resume must find unchanged)."""
+    d = cfg.to_dict()
+    for key in ("out", "overwrite", "quiet", "resume", "probe"):
+        d["run"].pop(key, None)
+    flat = {f"{part}.{k}": v for part, values in d.items() for k, v in values.items()}
+    flat["special_tokens"] = [special.bos_id, special.eos_id]
+    return flat
 
 
 class _StopAtError:

@@ -16,7 +16,7 @@ TOKENS_FILE = "tokens.parquet"
 DOCUMENTS_FILE = "documents.parquet"
 SUMMARY_FILE = "summary.json"
 PARTIAL_SUFFIX = ".partial"
-RUN_FILES = (TOKENS_FILE, DOCUMENTS_FILE, SUMMARY_FILE, TOKENS_FILE + PARTIAL_SUFFIX)
+RUN_FILES = (TOKENS_FILE, DOCUMENTS_FILE, SUMMARY_FILE, TOKENS_FILE + PARTIAL_SUFFIX, "shards")
 
 TOKEN_SCHEMA = pa.schema(
     [
@@ -30,6 +30,21 @@ TOKEN_SCHEMA = pa.schema(
 )
 
 
+def token_table(doc_ids: np.ndarray, domains: list[str], pos, target, nll, truncated) -> pa.Table:
+    """Scored tokens as an Arrow table with the tokens.parquet schema."""
+    return pa.table(
+        {
+            "doc_id": pa.array(doc_ids, pa.int64()),
+            "domain": pa.array(domains, pa.string()).dictionary_encode(),
+            "pos": pa.array(pos, pa.int32()),
+            "target": pa.array(target, pa.int32()),
+            "nll": pa.array(nll, pa.float32()),
+            "truncated": pa.array(truncated, pa.bool_()),
+        },
+        schema=TOKEN_SCHEMA,
+    )
+
+
 class TokenWriter:
     """Streams scored tokens into tokens.parquet.partial; close(complete=True) renames it to tokens.parquet."""
 
@@ -40,18 +55,7 @@ class TokenWriter:
         self.writer = pq.ParquetWriter(self.path, schema, compression="zstd")
         self.rows = 0
 
-    def write(self, doc_ids: np.ndarray, domains: list[str], pos, target, nll, truncated) -> None:
-        table = pa.table(
-            {
-                "doc_id": pa.array(doc_ids, pa.int64()),
-                "domain": pa.array(domains, pa.string()).dictionary_encode(),
-                "pos": pa.array(pos, pa.int32()),
-                "target": pa.array(target, pa.int32()),
-                "nll": pa.array(nll, pa.float32()),
-                "truncated": pa.array(truncated, pa.bool_()),
-            },
-            schema=TOKEN_SCHEMA,
-        )
+    def write(self, table: pa.Table) -> None:
         self.writer.write_table(table)
         self.rows += len(table)
 
@@ -73,8 +77,10 @@ class DocumentTable:
         self.nll_sum: dict[int, float] = {}
         self.truncated: dict[int, int] = {}
 
-    def register(self, docs: dict[int, TokenizedDocument]) -> None:
-        for doc_id, doc in docs.items():
+    def register(self, docs) -> None:
+        """Remember documents (a dict by id, or any iterable of TokenizedDocument) on first sight."""
+        for doc in docs.values() if isinstance(docs, dict) else docs:
+            doc_id = doc.doc_id
             if doc_id not in self.docs:
                 self.docs[doc_id] = doc
                 self.n_tokens[doc_id], self.nll_sum[doc_id], self.truncated[doc_id] = 0, 0.0, 0
