@@ -144,3 +144,14 @@ def test_disk_full_stops_with_a_message_and_keeps_finished_work(capsys, tmp_path
     assert code == 0, err
     summary = read_summary(tmp_path / "r")
     assert summary["complete"] and summary["windows_resumed"] == 2 and summary["windows"] > 2
+
+
+def test_every_file_written_stays_inside_out(capsys, tmp_path, llama_dir, pile_records):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    corpus = write_jsonl(workdir / "c.jsonl", pile_records)
+    before = {p for p in tmp_path.rglob("*")}
+    out = workdir / "out"
+    assert run_cli(capsys, "--model", llama_dir, "--corpus", corpus, "--out", out, "--seq-len", 64)[0] == 0
+    new = {p for p in tmp_path.rglob("*")} - before
+    assert new and all(p == out or out in p.parents for p in new)

@@ -47,6 +47,8 @@ def _model_args(p: argparse.ArgumentParser, compare: bool) -> None:
     m.add_argument("--device", default="auto", choices=DEVICES)
     m.add_argument("--attn", default="auto", choices=ATTNS, help="attention implementation")
     m.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the model (off by default)")
+    m.add_argument("--device-map", help="accelerate device map, e.g. auto: one model over several GPUs")
+    m.add_argument("--tp", action="store_true", help="tensor parallel over torchrun processes (tp_plan=auto)")
 
 
 def _corpus_args(p: argparse.ArgumentParser) -> None:
@@ -122,7 +124,8 @@ def _shared_configs(a: argparse.Namespace):
 def score_config_from_args(a: argparse.Namespace) -> ScoreConfig:
     _require(a, "model", "corpus", "out")
     corpus, tokenize, layout, run = _shared_configs(a)
-    model = ModelConfig(a.model, a.gguf_file, a.revision, a.dtype, a.device, a.attn, a.trust_remote_code)
+    model = ModelConfig(a.model, a.gguf_file, a.revision, a.dtype, a.device, a.attn, a.trust_remote_code,
+                        a.device_map, a.tp)
     return ScoreConfig(model=model, corpus=corpus, tokenize=tokenize, layout=layout, run=run)
 
 
@@ -139,7 +142,7 @@ def compare_config_from_args(a: argparse.Namespace):
             raise UsageError(f"--model {item!r}: expected NAME=PATH")
         models.append((name, spec))
     corpus, tokenize, layout, run = _shared_configs(a)
-    model = ModelConfig("", None, None, a.dtype, a.device, a.attn, a.trust_remote_code)
+    model = ModelConfig("", None, None, a.dtype, a.device, a.attn, a.trust_remote_code, a.device_map, a.tp)
     return CompareConfig(models=models, corpus=corpus, model=model, tokenize=tokenize, layout=layout, run=run,
                          matrix=a.matrix, bootstrap=a.bootstrap, seed=a.bootstrap_seed)
 

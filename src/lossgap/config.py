@@ -108,6 +108,8 @@ class ModelConfig:
     device: str = "auto"
     attn: str = "auto"
     trust_remote_code: bool = False
+    device_map: str | None = None  # e.g. "auto": accelerate spreads a model too large for one GPU over several
+    tp: bool = False  # tensor parallel over the torchrun processes (tp_plan="auto"), for 70B-class models
 
     def validate(self) -> None:
         _check_choice("dtype", self.dtype, DTYPES)

@@ -143,9 +143,18 @@ def load_model(cfg: ModelConfig, quiet: bool = False, local_rank: int = 0) -> Lo
     kwargs = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
     if gguf:
         kwargs["gguf_file"] = gguf
+    placement = {}
+    if cfg.tp:
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+            raise UsageError("--tp shards the model over torchrun processes", "run under torchrun --nproc-per-node N")
+        placement["tp_plan"] = "auto"
+    elif cfg.device_map:
+        placement["device_map"] = cfg.device_map
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        model_kwargs = dict(kwargs, dtype=dtype)
+        model_kwargs = dict(kwargs, dtype=dtype, **placement)
         if cfg.attn != "auto":
             model_kwargs["attn_implementation"] = HF_ATTN[cfg.attn]
         model = AutoModelForCausalLM.from_pretrained(where, **model_kwargs)
@@ -157,7 +166,10 @@ def load_model(cfg: ModelConfig, quiet: bool = False, local_rank: int = 0) -> Lo
             else "check that the folder holds a complete Hugging Face model, or choose another --attn"
         )
         raise ModelError(f"could not load model {cfg.name!r}: {first}", fix) from None
-    model.to(device).eval()
+    if not placement:
+        model.to(device)
+    model.eval()
+    device = next(model.parameters()).device
     config = model.config
     max_positions = next(
         (getattr(config, a) for a in ("max_position_embeddings", "n_positions", "max_sequence_length")

@@ -152,8 +152,10 @@ def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -
             documents.register(seg.doc for row in rows for seg in row.segments)
             if shards.done(window):
                 resumed += 1
-            elif dist.owns(window):
-                shards.write(window, runner.score_window(rows, documents))
+            elif cfg.model.tp or dist.owns(window):  # tensor parallel: every rank computes every window
+                table = runner.score_window(rows, documents)
+                if dist.main or not cfg.model.tp:
+                    shards.write(window, table)
             progress.update(runner.input_tokens, len(documents.docs))
             if signals.received:
                 error = Interrupted(f"stopped by {signals.received} after window {window}: finished windows are kept",
@@ -173,7 +175,7 @@ def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -
     if dist.any(error is not None) and error is None:
         error = LossgapError("another rank failed; see its message", "fix the cause, then rerun with --resume")
     scoring_seconds = time.perf_counter() - score_started
-    input_tokens = dist.sum(runner.input_tokens)
+    input_tokens = runner.input_tokens if cfg.model.tp else dist.sum(runner.input_tokens)
     dist.barrier()
     if not dist.main:
         if error is not None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from .encode import TokenizedDocument
 
 TOKENS_FILE = "tokens.parquet"
 DOCUMENTS_FILE = "documents.parquet"
@@ -68,11 +68,21 @@ class TokenWriter:
         return self.path
 
 
+@dataclass(frozen=True)
+class DocumentInfo:
+    """What the documents table needs of a document: not its token ids, so memory stays small on a big corpus."""
+
+    domain: str
+    source: str
+    n_input_tokens: int
+    n_bytes: int
+
+
 class DocumentTable:
     """Per-document sums, accumulated batch by batch (a packed document can span several batches)."""
 
     def __init__(self):
-        self.docs: dict[int, TokenizedDocument] = {}
+        self.docs: dict[int, DocumentInfo] = {}
         self.n_tokens: dict[int, int] = {}
         self.nll_sum: dict[int, float] = {}
         self.truncated: dict[int, int] = {}
@@ -82,7 +92,7 @@ class DocumentTable:
         for doc in docs.values() if isinstance(docs, dict) else docs:
             doc_id = doc.doc_id
             if doc_id not in self.docs:
-                self.docs[doc_id] = doc
+                self.docs[doc_id] = DocumentInfo(sys.intern(doc.domain), doc.source, len(doc.ids), doc.n_bytes)
                 self.n_tokens[doc_id], self.nll_sum[doc_id], self.truncated[doc_id] = 0, 0.0, 0
 
     def add(self, doc_ids: np.ndarray, nll: np.ndarray, truncated: np.ndarray) -> None:
@@ -104,7 +114,7 @@ class DocumentTable:
                 "doc_id": pa.array(ids, pa.int64()),
                 "domain": pa.array([self.docs[i].domain for i in ids], pa.string()),
                 "source": pa.array([self.docs[i].source for i in ids], pa.string()),
-                "n_input_tokens": pa.array([len(self.docs[i].ids) for i in ids], pa.int64()),
+                "n_input_tokens": pa.array([self.docs[i].n_input_tokens for i in ids], pa.int64()),
                 "n_tokens": pa.array([self.n_tokens[i] for i in ids], pa.int64()),
                 "n_bytes": pa.array([self.docs[i].n_bytes for i in ids], pa.int64()),
                 "nll_sum": pa.array([self.nll_sum[i] for i in ids], pa.float64()),
