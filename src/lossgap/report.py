@@ -28,35 +28,23 @@ def _value(x) -> float | None:
     return x + 0  # -0.0 -> 0.0: an exact zero never prints with a minus sign
 
 
-def loss(x) -> str:
-    v = _value(x)
-    return NA if v is None else f"{v:.4f}"
+def _formatter(spec: str, scale: float = 1, suffix: str = "", doc: str = ""):
+    """A number formatter that prints n/a for missing or non-finite values."""
+
+    def fmt(x) -> str:
+        v = _value(x)
+        return NA if v is None else f"{scale * v:{spec}}{suffix}"
+
+    fmt.__doc__ = doc
+    return fmt
 
 
-def signed(x) -> str:
-    v = _value(x)
-    return NA if v is None else f"{v:+.4f}"
-
-
-def change(x) -> str:
-    """A relative change as a signed percentage: 0.1549 -> +15.5%."""
-    v = _value(x)
-    return NA if v is None else f"{100 * v:+.1f}%"
-
-
-def share(x) -> str:
-    v = _value(x)
-    return NA if v is None else f"{100 * v:.1f}%"
-
-
-def count(x) -> str:
-    v = _value(x)
-    return NA if v is None else f"{int(v):,}"
-
-
-def pvalue(x) -> str:
-    v = _value(x)
-    return NA if v is None else f"{v:.2g}"
+loss = _formatter(".4f", doc="A loss: 2.5140.")
+signed = _formatter("+.4f", doc="A difference: +0.1440.")
+change = _formatter("+.1f", 100, "%", doc="A relative change as a signed percentage: 0.1549 -> +15.5%.")
+share = _formatter(".1f", 100, "%", doc="A share as a percentage: 0.25 -> 25.0%.")
+count = _formatter(",.0f", doc="A count with thousands separators.")
+pvalue = _formatter(".2g", doc="A p-value, two significant digits.")
 
 
 def interval(lo, hi, fmt=signed) -> str:
