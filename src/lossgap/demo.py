@@ -6,6 +6,8 @@ mini-Pile is built at run time from text on this machine (`lossgap corpus build`
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from .compare import CompareConfig, compare
 from .config import CorpusConfig, LayoutConfig, ModelConfig, RunConfig
+from .corpus import Corpus
 from .corpus_build import build_corpus
 from .errors import ModelError
 
@@ -23,7 +26,7 @@ DEMO_MODELS = Path(__file__).parent / "demo_models"
 class DemoConfig:
     out: str = "runs/demo"
     smollm: bool = False  # score with SmolLM2-135M-Instruct (real pretrained weights) instead of the shipped pair
-    max_docs: int = 48  # held-out documents, a deterministic sample
+    chars_per_domain: int = 16_000  # held-out text per domain: every domain shows, the run stays in minutes
     seq_len: int = 1024
     bootstrap: int = 1000
     overwrite: bool = True  # the demo's folder holds only the demo: re-running replaces it
@@ -39,6 +42,23 @@ def demo_models() -> list[tuple[str, str]]:
     return [(name, str(folder)) for name, folder in pair]
 
 
+def select_per_domain(corpus: Path, out: Path, chars_per_domain: int) -> tuple[Path, dict[str, int]]:
+    """A deterministic subset with up to chars_per_domain characters of each domain (documents in hash order,
+    at least one each), so short domains are not drowned by long source files."""
+    docs = list(Corpus(CorpusConfig(str(corpus))))
+    chosen, used = [], {}
+    for doc in sorted(docs, key=lambda d: hashlib.sha256(d.text.encode()).hexdigest()):
+        taken = used.get(doc.domain)
+        if taken is None or taken + len(doc.text) <= chars_per_domain:
+            chosen.append(doc)
+            used[doc.domain] = (taken or 0) + len(doc.text)
+    with open(out, "w", encoding="utf-8") as f:
+        for doc in sorted(chosen, key=lambda d: d.doc_id):
+            f.write(json.dumps({"text": doc.text, "meta": {"pile_set_name": doc.domain}}, ensure_ascii=False) + "\n")
+    counts = {d: sum(1 for doc in chosen if doc.domain == d) for d in used}
+    return out, counts
+
+
 def demo(cfg: DemoConfig) -> dict:
     started = time.perf_counter()
     out = Path(cfg.out)
@@ -46,11 +66,13 @@ def demo(cfg: DemoConfig) -> dict:
     say = (lambda m: None) if cfg.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     say("building the held-out mini-Pile from text on this machine ...")
     built = build_corpus(out / "mini-pile-heldout.jsonl.zst", only_split="heldout")
-    say(f"  {built.path}: " + ", ".join(f"{d} {sum(c.values())}" for d, c in sorted(built.counts.items())))
+    chars = cfg.chars_per_domain // (4 if cfg.smollm else 1)  # a 135M model is ~20x slower than the shipped pair
+    subset, counts = select_per_domain(built.path, out / "mini-pile-demo.jsonl", chars)
+    say(f"  {built.path} -> {subset}: " + ", ".join(f"{d} {n}" for d, n in sorted(counts.items())))
     models = [("smollm2", "smollm2")] if cfg.smollm else demo_models()
     compare_cfg = CompareConfig(
         models=models,
-        corpus=CorpusConfig(str(built.path), sample=cfg.max_docs, seed=0),
+        corpus=CorpusConfig(str(subset)),
         model=ModelConfig("", dtype="auto", device="auto"),
         layout=LayoutConfig(seq_len=cfg.seq_len),
         run=RunConfig(out=str(out / "compare"), batch_size=4, overwrite=cfg.overwrite, quiet=cfg.quiet),

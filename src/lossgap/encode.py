@@ -61,7 +61,8 @@ def encode_documents(
     """Tokenize in small batches (fast tokenizers parallelise a batch); stop once max_tokens are taken."""
     taken = 0
     for chunk in _chunks(docs, batch_docs):
-        encoded = tokenizer([d.text for d in chunk], add_special_tokens=False)["input_ids"]
+        # verbose=False: whole documents are meant to exceed model_max_length; layouts cut them, not the tokenizer
+        encoded = tokenizer([d.text for d in chunk], add_special_tokens=False, verbose=False)["input_ids"]
         for doc, ids in zip(chunk, encoded, strict=True):
             if max_tokens is not None and taken >= max_tokens:
                 return

@@ -27,6 +27,7 @@ class Plan:
     """Shared plumbing; subclasses choose how rows are batched and what mask the model gets."""
 
     name = "plan"
+    isolates_documents = False  # True: documents never share a row, whatever the mask
 
     def __init__(self, model: torch.nn.Module, mask: str, position_mode: str, k: int, batch_size: int = 1,
                  batch_tokens: int | None = None):
@@ -96,6 +97,7 @@ class DocsPlan(Plan):
 
     name = "docs"
     pad_multiple = PAD_MULTIPLE
+    isolates_documents = True
 
     def groups(self, rows: list[Row]) -> Iterator[list[Row]]:
         budget = self.batch_tokens or self.batch_size * max(r.length for r in rows)
@@ -135,14 +137,17 @@ class FlexPlan(Plan):
         return create_block_mask(document_causal, seg.shape[0], None, length, length, device=self.device)
 
 
-def choose_plan(name: str, mask: str, position_mode: str, device: torch.device) -> str:
-    """`auto`: the fastest plan valid for this device, mask and positions; an explicit name is checked."""
+def choose_plan(name: str, mask: str, position_mode: str, device: torch.device, layout: str = "packed") -> str:
+    """`auto`: the fastest plan valid for this device, mask, positions and layout; an explicit name is checked.
+    With one document per row (layout single) the block and causal masks are the same, so `docs` serves both."""
+    apart = mask == "block" or layout == "single"
     if name == "auto":
-        if mask == "block":
+        if apart:
             return "docs"
         return "nomask" if position_mode == "continuous" else "dense"
-    if name == "docs" and mask != "block":
-        raise UsageError("--plan docs scores documents apart: it needs --mask block", "use --plan nomask or dense")
+    if name == "docs" and not apart:
+        raise UsageError("--plan docs scores documents apart: it needs --mask block or --layout single",
+                         "use --plan nomask or dense")
     if name == "nomask" and (mask != "causal" or position_mode != "continuous"):
         raise UsageError("--plan nomask needs --mask causal with continuous positions",
                          "use --plan dense for other combinations")

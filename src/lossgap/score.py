@@ -111,7 +111,7 @@ def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -
     head_diff = head.verify(loaded.vocab_size)
     k = cfg.layout.label_offset
     positions = cfg.layout.position_mode
-    plan_name = choose_plan(cfg.run.plan, cfg.layout.mask, positions, loaded.device)
+    plan_name = choose_plan(cfg.run.plan, cfg.layout.mask, positions, loaded.device, cfg.layout.layout)
     plan = make_plan(plan_name, loaded.model, cfg.layout.mask, positions, k, cfg.run.batch_size,
                      cfg.run.batch_tokens, cfg.run.mask_heads)
     probe = probe_mask(plan, head, loaded.vocab_size) if cfg.run.probe else None

@@ -44,8 +44,8 @@ def compare_tokenizers(ref, other, texts: Iterable[str], ref_name: str = "base",
     extra_seen: set[str] = set()
     only_other_ids = {v_other[t] for t in only_other}
     for chunk in _chunks(texts, 64):
-        ids_ref = ref(chunk, add_special_tokens=False)["input_ids"]
-        ids_other = other(chunk, add_special_tokens=False)["input_ids"]
+        ids_ref = ref(chunk, add_special_tokens=False, verbose=False)["input_ids"]
+        ids_other = other(chunk, add_special_tokens=False, verbose=False)["input_ids"]
         for a, b in zip(ids_ref, ids_other, strict=True):
             checked += 1
             differing += a != b

@@ -93,6 +93,7 @@ class TrainConfig:
     instruct_lr: float = 1e-3
     instruct_warmup: int = 20
     instruct_weight_decay: float = 0.0
+    instruct_replay_rows: int = 0  # rows per batch taken from the pretraining stream (the rest are chat rows)
     # bookkeeping
     log_every: int = 10
     threads: int = 2
@@ -538,7 +539,7 @@ def chat_eval(folder: Path, conversations: list[tuple[str, list[dict]]], new_tok
         mask = torch.tensor(trained[1:])
         answer_nll -= float(logp[mask].sum())
         answer_tokens += int(mask.sum())
-        if len(samples) < 6:
+        if sum(x["kind"] == kind for x in samples) < 2:
             samples.append({"kind": kind, "prompt": prompt_msgs[-1]["content"][:300], "reference": reference[:300],
                             "generated": tokenizer.decode(gen, skip_special_tokens=False)[:300]})
     n = len(conversations)
@@ -557,11 +558,20 @@ def _environment(threads: int) -> dict:
     import tokenizers
     import transformers
 
+    names = [line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo") if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor()
     return {
-        "python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(),
+        "python": sys.version.split()[0], "platform": platform.platform(), "machine": platform.machine(), "cpu": cpu,
         "torch": torch.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
         "numpy": np.__version__, "threads": threads,
     }
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
 
 
 def _params(model) -> int:
@@ -569,9 +579,12 @@ def _params(model) -> int:
 
 
 def train_pair(out_dir: Path, minutes: float = 12.0, quick: bool = False, seed: int = 0,
-               cfg: TrainConfig | None = None, corpus_dir: Path | None = None) -> dict:
+               cfg: TrainConfig | None = None, corpus_dir: Path | None = None, reuse_base: bool = False) -> dict:
     """Build the corpus, train tokenizer, base and instruct models, save them under out_dir/{base,instruct} with a
-    training_log.json each (held-out numbers computed from the saved weights). Returns both logs."""
+    training_log.json each (held-out numbers computed from the saved weights). Returns both logs.
+
+    reuse_base: keep the base model already saved in out_dir/base (checked to come from the same corpus, tokenizer
+    and base settings) and train only the instruct model."""
     cfg = cfg or (QUICK if quick else TrainConfig())
     out_dir = Path(out_dir)
     threads_before, det_before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
@@ -579,13 +592,14 @@ def train_pair(out_dir: Path, minutes: float = 12.0, quick: bool = False, seed: 
     torch.use_deterministic_algorithms(True)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            return _train_pair(out_dir, minutes, quick, seed, cfg, Path(corpus_dir or tmp))
+            return _train_pair(out_dir, minutes, quick, seed, cfg, Path(corpus_dir or tmp), reuse_base)
     finally:
         torch.set_num_threads(threads_before)
         torch.use_deterministic_algorithms(det_before)
 
 
-def _train_pair(out_dir: Path, minutes: float, quick: bool, seed: int, cfg: TrainConfig, corpus_dir: Path) -> dict:
+def _train_pair(out_dir: Path, minutes: float, quick: bool, seed: int, cfg: TrainConfig, corpus_dir: Path,
+                reuse_base: bool = False) -> dict:
     from .corpus_build import build_corpus
 
     t_start = time.perf_counter()
@@ -617,10 +631,112 @@ def _train_pair(out_dir: Path, minutes: float, quick: bool, seed: int, cfg: Trai
     tok_info = {"kind": "byte-level BPE (HF tokenizers), digits split one by one", "vocab_size": len(tokenizer),
                 "special_tokens": {t: i for i, t in enumerate(SPECIAL_TOKENS)}, "bos = eos = pad": EOT,
                 "trained_on": "training split, corpus order", "training_tokens": int(sum(map(len, token_docs)))}
-
-    # base pretraining on packed rows
-    model = make_model(cfg, seed)
     rows = base_rows(token_docs, cfg.seq_len, tokenizer.eos_token_id)
+    base_dir, inst_dir = out_dir / "base", out_dir / "instruct"
+    reused = _reused_base_log(base_dir, tokenizer, built.sha256, cfg, seed) if reuse_base else None
+    if reused is not None:
+        cfg = replace(cfg, base_steps=reused["training"]["steps"])
+    common = {
+        "created_by": "python -m lossgap.train_demo", "quick": quick, "seed": seed,
+        "seeds": {"torch.manual_seed (init)": seed, "row order": f"torch.Generator().manual_seed(s*1000+epoch), s = "
+                  f"{seed} (base rows), {seed + 1} (chat rows), {seed + 2} (replay rows)",
+                  "chat data": f"random.Random({seed})", "corpus (math generator)": cfg.corpus_seed},
+        "environment": _environment(cfg.threads), "corpus": corpus_info, "tokenizer": tok_info,
+        "hyperparameters": _jsonable(asdict(cfg)), "deterministic": "torch.use_deterministic_algorithms(True)",
+        "unigram": {"estimated_on": "training split", "smoothing": "add-one over the vocabulary",
+                    "n_tokens": int(counts.sum()), "counts": counts.tolist()},
+    }
+    if reused is not None:
+        base_log = reused
+    else:
+        base_log = {**common, "model": "base", **_train_base(cfg, seed, minutes, rows, tokenizer, base_dir)}
+
+    # instruct: fine-tuned from the saved (bfloat16) base weights, loss on assistant tokens only
+    model, _ = load_model(base_dir)
+    base_log["parameters"] = _params(model)
+    kinds = chat_examples(train, seed)
+    convs, dropped = [], 0
+    for kind in kinds:
+        for msgs in kinds[kind]:
+            ids, trained = encode_chat(chat_tokenizer, msgs)
+            if len(ids) > cfg.seq_len + 1:
+                dropped += 1
+            else:
+                convs.append((ids, trained))
+    random.Random(seed).shuffle(convs)
+    chat_ids, chat_mask = chat_rows(convs, cfg.seq_len, tokenizer.eos_token_id)
+    n_replay = cfg.instruct_replay_rows
+    chat_order = cycle_batches(len(chat_ids), cfg.batch_size - n_replay, seed + 1)
+    replay_order = cycle_batches(len(rows), n_replay, seed + 2) if n_replay else None
+
+    def chat_batch():
+        index = next(chat_order)
+        ids, mask = chat_ids[index], chat_mask[index]
+        inputs, targets = ids[:, :-1], torch.where(mask[:, 1:], ids[:, 1:], -100)
+        if replay_order is not None:
+            replay = rows[next(replay_order)]
+            inputs, targets = torch.cat([inputs, replay[:, :-1]]), torch.cat([targets, replay[:, 1:]])
+        return inputs, targets
+
+    opt, sched = make_optimizer(model, cfg.instruct_lr, cfg.instruct_weight_decay, cfg.betas, cfg.instruct_warmup,
+                                cfg.instruct_steps, cfg.min_lr_ratio)
+    i_curve, i_wall = train_loop(model, chat_batch, cfg.instruct_steps, opt, sched, cfg, "instruct")
+    save_model(model, chat_tokenizer, inst_dir, [chat_tokenizer.convert_tokens_to_ids(IM_END),
+                                                  tokenizer.eos_token_id])
+    del model, opt, sched
+    chat_rows_used = cfg.instruct_steps * (cfg.batch_size - n_replay)
+    inst_log = {
+        **common, "model": "instruct", "parameters": base_log["parameters"],
+        "fine_tuned_from": "../base (its saved bfloat16 weights, loaded as float32)"
+                           + (" - reused from an earlier run of this script (--reuse-base)" if reuse_base else ""),
+        "training": {
+            "objective": "next-token loss on assistant content and its <|im_end|> only"
+                         + (f"; plus {n_replay} pretraining row(s) per batch (replay, all tokens)" if n_replay else ""),
+            "data": {"conversations": {k: len(v) for k, v in kinds.items()}, "dropped_longer_than_row": dropped,
+                     "rows": len(chat_ids), "trained_tokens_per_epoch": int(chat_mask.sum()),
+                     "chat_rows_per_batch": cfg.batch_size - n_replay, "replay_rows_per_batch": n_replay,
+                     "system_prompt": SYSTEM_PROMPT + " (in a seeded half of the conversations)",
+                     "questions": {"pydoc": PYDOC_QUESTIONS, "code": CODE_QUESTIONS},
+                     "math": "the training split's Question/Answer pairs, 1-3 per conversation as turns"},
+            "steps": cfg.instruct_steps, "chat_epochs": round(chat_rows_used / len(chat_ids), 3),
+            "wall_time_s": round(i_wall, 1), "precision": "bf16 autocast, fp32 master weights and loss",
+            "optimizer": "AdamW, linear warmup then cosine to min_lr_ratio", "loss_curve": i_curve},
+        "chat_template": CHAT_TEMPLATE,
+    }
+
+    # held-out evaluation from the saved weights
+    evals = {}
+    for name, folder in (("base", base_dir), ("instruct", inst_dir)):
+        m, tok = load_model(folder)
+        evals[name] = evaluate_records(m, tok, heldout, counts, cfg.eval_batch_tokens)
+        evals[name].update({"split": "heldout", "corpus_sha256": built.sha256})
+        if cfg.eval_max_doc_tokens is not None:
+            evals[name]["selection"] = f"documents of at most {cfg.eval_max_doc_tokens} tokens (quick run)"
+        print(f"[eval] {name}: " + ", ".join(f"{d} {s['nll']:.3f}" for d, s in evals[name]["domains"].items())
+              + f" | general {evals[name]['general']['nll']:.3f}", file=sys.stderr)
+    held_kinds = chat_examples(heldout, seed)
+    held_convs = [(k, c) for k in held_kinds for c in held_kinds[k][: cfg.chat_eval_per_kind]]
+    chat = {name: chat_eval(folder, held_convs, cfg.chat_eval_new_tokens)
+            for name, folder in (("base", base_dir), ("instruct", inst_dir))}
+    chat["prompts"] = "first user turn of the first chat_eval_per_kind held-out conversations of each kind"
+    comparison = {
+        "general_nll": {n: evals[n]["general"]["nll"] for n in evals},
+        "instruct_minus_base_general": evals["instruct"]["general"]["nll"] - evals["base"]["general"]["nll"],
+        "instruct_minus_base_by_domain": {d: evals["instruct"]["domains"][d]["nll"] - s["nll"]
+                                          for d, s in evals["base"]["domains"].items()},
+    }
+    comparison["relative_perplexity_general"] = math.exp(comparison["instruct_minus_base_general"]) - 1
+    total = round(time.perf_counter() - t_start, 1)
+    for name, log, folder in (("base", base_log, base_dir), ("instruct", inst_log, inst_dir)):
+        log.update({"heldout_eval": evals[name], "chat_eval": chat, "comparison": comparison,
+                    "total_wall_time_s": total, "files": _files(folder)})
+        (folder / "training_log.json").write_text(json.dumps(log, indent=1, ensure_ascii=False) + "\n")
+    return {"base": base_log, "instruct": inst_log}
+
+
+def _train_base(cfg: TrainConfig, seed: int, minutes: float, rows: torch.Tensor, tokenizer, base_dir: Path) -> dict:
+    """Pretrain on packed rows, save to base_dir; returns the log's training section."""
+    model = make_model(cfg, seed)
     order = cycle_batches(len(rows), cfg.batch_size, seed)
 
     def base_batch():
@@ -639,99 +755,46 @@ def _train_pair(out_dir: Path, minutes: float, quick: bool, seed: int, cfg: Trai
     opt, sched = make_optimizer(model, cfg.base_lr, cfg.weight_decay, cfg.betas, cfg.base_warmup, steps,
                                 cfg.min_lr_ratio)
     curve, wall = train_loop(model, base_batch, steps, opt, sched, cfg, "base")
-    base_dir, inst_dir = out_dir / "base", out_dir / "instruct"
     save_model(model, tokenizer, base_dir, [tokenizer.eos_token_id])
-    del model, opt, sched
-
-    common = {
-        "created_by": "python -m lossgap.train_demo", "quick": quick, "seed": seed,
-        "seeds": {"torch.manual_seed (init)": seed, "row order": f"torch.Generator().manual_seed({seed}*1000+epoch)",
-                  "chat data": seed, "corpus (math generator)": cfg.corpus_seed},
-        "environment": _environment(cfg.threads), "corpus": corpus_info, "tokenizer": tok_info,
-        "hyperparameters": _jsonable(asdict(cfg)), "deterministic": "torch.use_deterministic_algorithms(True)",
-        "unigram": {"estimated_on": "training split", "smoothing": "add-one over the vocabulary",
-                    "n_tokens": int(counts.sum()), "counts": counts.tolist()},
-    }
-    base_log = {
-        **common, "model": "base", "parameters": None,
+    return {
+        "parameters": _params(model),
         "training": {"objective": "next-token prediction on all tokens of packed rows",
-                     "data": "training split in corpus order, joined as EOT d1 EOT d2 ..., rows of seq_len+1",
+                     "data": "training split in corpus order, joined as EOT d1 EOT d2 ... EOT, cut into rows of "
+                             "seq_len+1 tokens overlapping by one, rows shuffled each epoch",
                      "rows": len(rows), "steps": steps, "tokens_seen": steps * cfg.batch_size * cfg.seq_len,
                      "epochs": round(steps * cfg.batch_size / len(rows), 3), "wall_time_s": round(wall, 1),
                      "step_time_benchmark": bench, "precision": "bf16 autocast, fp32 master weights and loss",
                      "optimizer": "AdamW, linear warmup then cosine to min_lr_ratio", "loss_curve": curve},
     }
 
-    # instruct: fine-tuned from the saved (bfloat16) base weights, loss on assistant tokens only
-    model, _ = load_model(base_dir)
-    base_log["parameters"] = _params(model)
-    kinds = chat_examples(train, seed)
-    convs, dropped = [], 0
-    for kind in kinds:
-        for msgs in kinds[kind]:
-            ids, trained = encode_chat(chat_tokenizer, msgs)
-            if len(ids) > cfg.seq_len + 1:
-                dropped += 1
-            else:
-                convs.append((ids, trained))
-    rng = random.Random(seed)
-    rng.shuffle(convs)
-    chat_ids, chat_mask = chat_rows(convs, cfg.seq_len, tokenizer.eos_token_id)
-    chat_order = cycle_batches(len(chat_ids), cfg.batch_size, seed + 1)
 
-    def chat_batch():
-        index = next(chat_order)
-        ids, mask = chat_ids[index], chat_mask[index]
-        return ids[:, :-1], torch.where(mask[:, 1:], ids[:, 1:], -100)
+_BASE_KEYS = ("corpus_seed", "math_docs", "max_docs_per_source", "vocab_size", "hidden_size", "num_layers",
+              "num_heads", "num_kv_heads", "intermediate_size", "max_positions", "rope_theta", "seq_len", "batch_size",
+              "base_lr", "base_warmup", "min_lr_ratio", "weight_decay", "betas", "grad_clip")
 
-    opt, sched = make_optimizer(model, cfg.instruct_lr, cfg.instruct_weight_decay, cfg.betas, cfg.instruct_warmup,
-                                cfg.instruct_steps, cfg.min_lr_ratio)
-    model.train()
-    i_curve, i_wall = train_loop(model, chat_batch, cfg.instruct_steps, opt, sched, cfg, "instruct")
-    save_model(model, chat_tokenizer, inst_dir, [chat_tokenizer.convert_tokens_to_ids(IM_END),
-                                                  tokenizer.eos_token_id])
-    del model, opt, sched
-    inst_log = {
-        **common, "model": "instruct", "parameters": base_log["parameters"], "fine_tuned_from": "../base (saved "
-        "bfloat16 weights, loaded as float32)",
-        "training": {"objective": "next-token loss on assistant content and its <|im_end|> only",
-                     "data": {"conversations": {k: len(v) for k, v in kinds.items()}, "dropped_longer_than_row":
-                              dropped, "rows": len(chat_ids), "trained_tokens": int(chat_mask.sum()),
-                              "system_prompt": SYSTEM_PROMPT, "questions": {"pydoc": PYDOC_QUESTIONS,
-                                                                             "code": CODE_QUESTIONS}},
-                     "steps": cfg.instruct_steps, "epochs": round(cfg.instruct_steps * cfg.batch_size
-                                                                  / len(chat_ids), 3),
-                     "wall_time_s": round(i_wall, 1), "precision": "bf16 autocast, fp32 master weights and loss",
-                     "optimizer": "AdamW, linear warmup then cosine to min_lr_ratio", "loss_curve": i_curve},
-        "chat_template": CHAT_TEMPLATE,
-    }
 
-    # held-out evaluation from the saved weights
-    evals = {}
-    for name, folder in (("base", base_dir), ("instruct", inst_dir)):
-        m, tok = load_model(folder)
-        evals[name] = evaluate_records(m, tok, heldout, counts, cfg.eval_batch_tokens)
-        evals[name].update({"split": "heldout", "corpus_sha256": built.sha256})
-        print(f"[eval] {name}: " + ", ".join(f"{d} {s['nll']:.3f}" for d, s in evals[name]["domains"].items())
-              + f" | general {evals[name]['general']['nll']:.3f}", file=sys.stderr)
-    held_kinds = chat_examples(heldout, seed)
-    per = cfg.chat_eval_per_kind
-    held_convs = [(k, c) for k in held_kinds for c in held_kinds[k][:per]]
-    chat = {name: chat_eval(folder, held_convs, cfg.chat_eval_new_tokens)
-            for name, folder in (("base", base_dir), ("instruct", inst_dir))}
-    comparison = {
-        "general_nll": {n: evals[n]["general"]["nll"] for n in evals},
-        "instruct_minus_base_general": evals["instruct"]["general"]["nll"] - evals["base"]["general"]["nll"],
-        "instruct_minus_base_by_domain": {d: evals["instruct"]["domains"][d]["nll"] - s["nll"]
-                                          for d, s in evals["base"]["domains"].items()},
-    }
-    comparison["relative_perplexity_general"] = math.exp(comparison["instruct_minus_base_general"]) - 1
-    total = round(time.perf_counter() - t_start, 1)
-    for name, log, folder in (("base", base_log, base_dir), ("instruct", inst_log, inst_dir)):
-        log.update({"heldout_eval": evals[name], "chat_eval": chat, "comparison": comparison,
-                    "total_wall_time_s": total, "files": _files(folder)})
-        (folder / "training_log.json").write_text(json.dumps(log, indent=1, ensure_ascii=False) + "\n")
-    return {"base": base_log, "instruct": inst_log}
+def _reused_base_log(base_dir: Path, tokenizer, corpus_sha: str, cfg: TrainConfig, seed: int) -> dict:
+    """The log of a base model saved by an earlier run, after checking that this run would train the same one."""
+    log = json.loads((base_dir / "training_log.json").read_text())
+    saved = json.loads((base_dir / "tokenizer.json").read_text())
+    problems = []
+    if log["corpus"]["sha256"] != corpus_sha:
+        problems.append("the corpus differs")
+    if saved["model"] != json.loads(tokenizer.backend_tokenizer.to_str())["model"]:
+        problems.append("the retrained tokenizer differs")
+    wanted = _jsonable(asdict(cfg))
+    changed = [k for k in _BASE_KEYS if log["hyperparameters"].get(k) != wanted[k]]
+    if cfg.base_steps not in (None, log["training"]["steps"]):
+        changed.append("base_steps")
+    if changed or log["seed"] != seed:
+        problems.append(f"base settings differ: {', '.join(changed) or 'seed'}")
+    if problems:
+        raise RuntimeError(f"--reuse-base: {base_dir} was not trained by this configuration ({'; '.join(problems)})")
+    for key in ("heldout_eval", "chat_eval", "comparison", "total_wall_time_s", "files"):
+        log.pop(key, None)
+    log["hyperparameters"] = {k: v for k, v in log["hyperparameters"].items() if k in _BASE_KEYS or "base" in k}
+    log["reused"] = "weights and training record from an earlier run; evaluated again by the run that trained instruct"
+    return log
 
 
 def _files(folder: Path) -> dict:
@@ -752,14 +815,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-steps", type=int, help="fixed base step count (overrides --minutes)")
     p.add_argument("--instruct-steps", type=int)
     p.add_argument("--instruct-lr", type=float)
+    p.add_argument("--instruct-replay-rows", type=int, help="pretraining rows mixed into each instruct batch")
     p.add_argument("--threads", type=int)
+    p.add_argument("--reuse-base", action="store_true",
+                   help="keep the base already in OUT/base (same corpus and settings) and train only the instruct")
     p.add_argument("--corpus-dir", type=Path, help="keep the built corpus here (default: a temporary folder)")
     args = p.parse_args(argv)
     cfg = QUICK if args.quick else TrainConfig()
     overrides = {"base_steps": args.base_steps, "instruct_steps": args.instruct_steps,
-                 "instruct_lr": args.instruct_lr, "threads": args.threads}
+                 "instruct_lr": args.instruct_lr, "instruct_replay_rows": args.instruct_replay_rows,
+                 "threads": args.threads}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    logs = train_pair(args.out, args.minutes, args.quick, args.seed, cfg, args.corpus_dir)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # per-call progress bars and "sequence longer than" notices
+    hf_logging.disable_progress_bar()
+    logs = train_pair(args.out, args.minutes, args.quick, args.seed, cfg, args.corpus_dir, args.reuse_base)
     print(json.dumps(logs["base"]["comparison"], indent=1))
     return 0
 
