@@ -2,10 +2,12 @@
 
 The held-out numbers in each training_log.json are re-derived here from the shipped weights on a corpus rebuilt in
 a temporary folder. The corpus depends on the Python install (standard-library sources, pydoc topics, licence
-files), so documents are matched by the sha256 of their text: where the rebuilt corpus has the recorded sha256,
-every cheap document (pydoc, licences, math) must be found and match; where it differs (another Python build or
-machine), only the pydoc and math documents found with identical text are compared (pydoc depends on the Python
-version only, math on the seed only), and the full reproduction (slow) is skipped, saying why.
+files), so documents are matched by the sha256 of their text. The fast tests rescore a cheap sample: every held-out
+math document (its text depends on the seed only), the two shortest held-out pydoc topics (Python version only) and
+the two shortest held-out standard-library files (where this install has them), and compare document by document
+with the recorded numbers. The slow test rescores the whole held-out
+split and compares the per-domain means; it runs only where the rebuilt corpus has the recorded sha256 (same
+Python install and licence files) and is skipped, saying why, elsewhere.
 """
 
 from __future__ import annotations
@@ -25,8 +27,7 @@ from lossgap.corpus_build import build_corpus
 
 DEMO = Path(lossgap.__file__).parent / "demo_models"
 MAX_BYTES = 25_000_000
-CHEAP = ("PydocTopics", "DM Mathematics", "Licenses")  # small held-out domains, rescored in the fast tests
-PORTABLE = ("PydocTopics", "DM Mathematics")  # depend on the Python version and the seed only
+FAST_SHORTEST = {"PydocTopics": 2, "Github": 2}  # the shortest held-out documents rescored by the fast tests
 PER_DOC_TOL = 2e-4  # nats/token between the recorded and the rescored mean of one document (fp32, CPU)
 
 needs_demo = pytest.mark.skipif(
@@ -53,13 +54,15 @@ def rebuilt(tmp_path_factory, logs) -> dict:
     same = built.sha256 == logs["base"]["corpus"]["sha256"]
     recorded = {d["text_sha256"]: d for d in logs["base"]["heldout_eval"]["documents"]}
     heldout = train_demo.read_corpus(built.path, "heldout")
-    domains = CHEAP if same else PORTABLE
-    cheap = [r for r in heldout if r["meta"]["pile_set_name"] in domains
-             and train_demo.text_sha256(r["text"]) in recorded]
+    found = [r for r in heldout if train_demo.text_sha256(r["text"]) in recorded]
+    cheap = [r for r in found if r["meta"]["pile_set_name"] == "DM Mathematics"]
+    for domain, n in FAST_SHORTEST.items():
+        cheap += sorted((r for r in found if r["meta"]["pile_set_name"] == domain), key=lambda r: len(r["text"]))[:n]
     note = None if same else (
-        f"rebuilt corpus sha256 {built.sha256[:12]} (Python {logs['base']['environment']['python']} recorded "
-        f"{logs['base']['corpus']['sha256'][:12]}): the Python install differs, so only {len(cheap)} pydoc/math "
-        "held-out documents with identical text are compared"
+        f"rebuilt corpus sha256 {built.sha256[:12]} differs from the recorded {logs['base']['corpus']['sha256'][:12]} "
+        f"(built on Python {logs['base']['corpus']['python']}, here another Python install or other licence files): "
+        f"{len(found)} of {len(recorded)} held-out documents have identical text; the fast tests compare {len(cheap)} "
+        "of them"
     )
     return {"path": built.path, "same": same, "heldout": heldout, "cheap": cheap, "note": note}
 
@@ -143,6 +146,9 @@ def test_heldout_losses_reproduce(logs, rebuilt, rescored):
     matched = {r["meta"]["pile_set_name"] for r in rebuilt["cheap"]}
     if "DM Mathematics" not in matched:
         pytest.skip("no recorded held-out math document was rebuilt identically (seeded generator changed?)")
+    if rebuilt["same"]:  # the seeded math documents are all there
+        assert len(rescored["base"]["documents"]) == logs["base"]["heldout_eval"]["domains"]["DM Mathematics"][
+            "n_docs"] + sum(FAST_SHORTEST.values())
     for name in ("base", "instruct"):
         recorded = {d["text_sha256"]: d for d in logs[name]["heldout_eval"]["documents"]}
         for doc in rescored[name]["documents"]:
@@ -150,12 +156,6 @@ def test_heldout_losses_reproduce(logs, rebuilt, rescored):
             assert doc["n_targets"] == ref["n_targets"], doc["source"]  # same tokenizer, same text
             assert abs(doc["nll_sum"] - ref["nll_sum"]) / doc["n_targets"] <= PER_DOC_TOL, (name, doc["source"])
             assert math.isclose(doc["unigram_nll_sum"], ref["unigram_nll_sum"], rel_tol=1e-9)
-        if rebuilt["same"]:  # every recorded document of these domains was rebuilt: the means must agree too
-            for domain in CHEAP:
-                got, ref = rescored[name]["domains"][domain], logs[name]["heldout_eval"]["domains"][domain]
-                assert got["n_docs"] == ref["n_docs"] and got["n_targets"] == ref["n_targets"]
-                assert got["nll"] == pytest.approx(ref["nll"], abs=1e-4)
-                assert got["unigram_nll"] == pytest.approx(ref["unigram_nll"], abs=1e-9)
 
 
 @needs_demo
@@ -178,16 +178,22 @@ def test_protocol_matches_hf_loss(models, logs, rebuilt):
 @pytest.mark.slow
 @needs_demo
 def test_heldout_full_reproduction(logs, rebuilt):
-    """Every domain of the held-out split, through evaluate() (about a minute on 2 CPU cores)."""
+    """Every document of the held-out split through evaluate() (about 4 minutes on 2 CPU cores)."""
     if not rebuilt["same"]:
         pytest.skip(rebuilt["note"])
     for name in ("base", "instruct"):
         got = train_demo.evaluate(DEMO / name, rebuilt["path"])
         ref = logs[name]["heldout_eval"]
         for domain, stats in ref["domains"].items():
+            assert got["domains"][domain]["n_docs"] == stats["n_docs"]
             assert got["domains"][domain]["n_targets"] == stats["n_targets"]
             assert got["domains"][domain]["nll"] == pytest.approx(stats["nll"], abs=1e-4), (name, domain)
-        assert got["general"]["nll"] == pytest.approx(ref["general"]["nll"], abs=1e-4)
+            assert got["domains"][domain]["unigram_nll"] == pytest.approx(stats["unigram_nll"], abs=1e-9)
+        for scope in ("general", "overall"):
+            assert got[scope]["nll"] == pytest.approx(ref[scope]["nll"], abs=1e-4), (name, scope)
+        assert got["general"]["nll"] - got["general"]["unigram_nll"] < -1.0
+    base = logs["base"]["heldout_eval"]["general"]["nll"]
+    assert base < logs["instruct"]["heldout_eval"]["general"]["nll"]
 
 
 @needs_demo
@@ -195,8 +201,11 @@ def test_base_beats_instruct_on_general_text(logs, rescored):
     base, inst = logs["base"]["heldout_eval"], logs["instruct"]["heldout_eval"]
     assert base["general"]["nll"] < inst["general"]["nll"]
     assert logs["base"]["comparison"]["instruct_minus_base_general"] > 0
-    # and live, on the general documents rescored here
-    live = {n: [d for d in rescored[n]["documents"] if d["domain"] in train_demo.GENERAL_DOMAINS] for n in rescored}
+    for domain in train_demo.GENERAL_DOMAINS:  # each general domain, not only the token-weighted mix
+        assert base["domains"][domain]["nll"] < inst["domains"][domain]["nll"], domain
+    # and live, on the standard-library files rescored here (short pydoc topics close to the instruct's pydoc
+    # answers can favour the instruct: the gap is a property of the domain, not of every document)
+    live = {n: [d for d in rescored[n]["documents"] if d["domain"] == "Github"] for n in rescored}
     if live["base"]:
         means = {n: sum(d["nll_sum"] for d in v) / sum(d["n_targets"] for d in v) for n, v in live.items()}
         assert means["base"] < means["instruct"]
@@ -247,9 +256,9 @@ def test_quick_training_is_deterministic(tmp_path):
 
 
 def test_pydoc_and_code_extraction():
-    text = "Title\n*****\n\nFirst prose paragraph of the section, long enough to count.\n\nMore.\n"
+    text = "Title\n*****\n\nFirst prose paragraph of the section, long enough to be counted.\n\nMore.\n"
     assert list(train_demo.pydoc_sections(text)) == [
-        ("Title", "First prose paragraph of the section, long enough to count.")]
+        ("Title", "First prose paragraph of the section, long enough to be counted.")]
     code = 'def f(x):\n    """Return x doubled, exactly as the name says.\n\n    More.\n    """\n    return 2 * x\n'
     assert list(train_demo.docstring_functions(code)) == [
         ("f", "def f(x):\n    return 2 * x", "Return x doubled, exactly as the name says.")]

@@ -90,24 +90,24 @@ class TrainConfig:
     grad_clip: float = 1.0
     # instruct fine-tuning
     instruct_steps: int = 300
-    instruct_lr: float = 1e-3
+    instruct_lr: float = 5e-4
     instruct_warmup: int = 20
     instruct_weight_decay: float = 0.0
-    instruct_replay_rows: int = 0  # rows per batch taken from the pretraining stream (the rest are chat rows)
+    instruct_replay_fraction: float = 0.0625  # share of instruct rows taken from the pretraining stream (replay)
     # bookkeeping
     log_every: int = 10
     threads: int = 2
     eval_batch_tokens: int = 8192
     eval_max_doc_tokens: int | None = None  # skip longer held-out documents (quick runs only; logged)
-    chat_eval_per_kind: int = 20
-    chat_eval_new_tokens: int = 48
+    chat_eval_per_kind: int = 15
+    chat_eval_new_tokens: int = 128
 
 
 QUICK = TrainConfig(
     math_docs=12, max_docs_per_source=12, vocab_size=320, hidden_size=32, num_layers=2, num_heads=2,
     num_kv_heads=1, intermediate_size=64, max_positions=128, seq_len=64, batch_size=2, base_steps=6, base_warmup=2,
-    instruct_steps=4, instruct_warmup=1, log_every=2, chat_eval_per_kind=2, chat_eval_new_tokens=8,
-    eval_batch_tokens=1024, eval_max_doc_tokens=1500, threads=1,
+    instruct_steps=4, instruct_warmup=1, instruct_replay_fraction=0.25, log_every=2, chat_eval_per_kind=2,
+    chat_eval_new_tokens=8, eval_batch_tokens=1024, eval_max_doc_tokens=1500, threads=1,
 )
 
 
@@ -121,7 +121,7 @@ def read_corpus(path: Path, split: str | None = None) -> list[dict]:
         data = raw.read()
     if path.name.endswith(".zst"):
         data = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
-    records = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    records = [json.loads(line) for line in data.decode("utf-8").split("\n") if line.strip()]
     return [r for r in records if split is None or r["meta"]["split"] == split]
 
 
@@ -296,6 +296,20 @@ def chat_rows(convs: list[tuple[list[int], list[bool]]], seq_len: int, eot: int)
         rows.append(ids + [eot] * (seq_len + 1 - len(ids)))
         masks.append(mask + [False] * (seq_len + 1 - len(mask)))
     return torch.tensor(rows, dtype=torch.int64), torch.tensor(masks, dtype=torch.bool)
+
+
+def cycle_rows(n_rows: int, seed: int) -> Iterator[int]:
+    """Row indices one by one, a fresh seeded permutation each epoch."""
+    epoch = 0
+    while True:
+        yield from torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+        epoch += 1
+
+
+def replay_schedule(fraction: float, batch_size: int, steps: int) -> list[int]:
+    """Replayed rows in each step's batch: `fraction` of all rows, spread evenly (0.0625 x 4 rows: one every 4th)."""
+    per_step = round(fraction * batch_size * 2**20)  # fixed point: no float rounding drift over the steps
+    return [((s + 1) * per_step >> 20) - (s * per_step >> 20) for s in range(steps)]
 
 
 def cycle_batches(n_rows: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
@@ -665,16 +679,17 @@ def _train_pair(out_dir: Path, minutes: float, quick: bool, seed: int, cfg: Trai
                 convs.append((ids, trained))
     random.Random(seed).shuffle(convs)
     chat_ids, chat_mask = chat_rows(convs, cfg.seq_len, tokenizer.eos_token_id)
-    n_replay = cfg.instruct_replay_rows
-    chat_order = cycle_batches(len(chat_ids), cfg.batch_size - n_replay, seed + 1)
-    replay_order = cycle_batches(len(rows), n_replay, seed + 2) if n_replay else None
+    chat_order, replay_order = cycle_rows(len(chat_ids), seed + 1), cycle_rows(len(rows), seed + 2)
+    n_replay = replay_schedule(cfg.instruct_replay_fraction, cfg.batch_size, cfg.instruct_steps)
+    step_of = iter(range(cfg.instruct_steps))
 
     def chat_batch():
-        index = next(chat_order)
+        r = n_replay[next(step_of)]
+        index = torch.tensor([next(chat_order) for _ in range(cfg.batch_size - r)], dtype=torch.int64)
         ids, mask = chat_ids[index], chat_mask[index]
         inputs, targets = ids[:, :-1], torch.where(mask[:, 1:], ids[:, 1:], -100)
-        if replay_order is not None:
-            replay = rows[next(replay_order)]
+        if r:
+            replay = rows[torch.tensor([next(replay_order) for _ in range(r)], dtype=torch.int64)]
             inputs, targets = torch.cat([inputs, replay[:, :-1]]), torch.cat([targets, replay[:, 1:]])
         return inputs, targets
 
@@ -684,17 +699,19 @@ def _train_pair(out_dir: Path, minutes: float, quick: bool, seed: int, cfg: Trai
     save_model(model, chat_tokenizer, inst_dir, [chat_tokenizer.convert_tokens_to_ids(IM_END),
                                                   tokenizer.eos_token_id])
     del model, opt, sched
-    chat_rows_used = cfg.instruct_steps * (cfg.batch_size - n_replay)
+    chat_rows_used = cfg.instruct_steps * cfg.batch_size - sum(n_replay)
     inst_log = {
         **common, "model": "instruct", "parameters": base_log["parameters"],
         "fine_tuned_from": "../base (its saved bfloat16 weights, loaded as float32)"
                            + (" - reused from an earlier run of this script (--reuse-base)" if reuse_base else ""),
         "training": {
             "objective": "next-token loss on assistant content and its <|im_end|> only"
-                         + (f"; plus {n_replay} pretraining row(s) per batch (replay, all tokens)" if n_replay else ""),
+                         + ("; plus replayed pretraining rows (all tokens)" if sum(n_replay) else ""),
             "data": {"conversations": {k: len(v) for k, v in kinds.items()}, "dropped_longer_than_row": dropped,
                      "rows": len(chat_ids), "trained_tokens_per_epoch": int(chat_mask.sum()),
-                     "chat_rows_per_batch": cfg.batch_size - n_replay, "replay_rows_per_batch": n_replay,
+                     "chat_rows_used": chat_rows_used, "replay_rows_used": sum(n_replay),
+                     "replay": "pretraining rows (the base's own data) mixed into the batches: "
+                               "instruct_replay_fraction of all rows, spread evenly over the steps",
                      "system_prompt": SYSTEM_PROMPT + " (in a seeded half of the conversations)",
                      "questions": {"pydoc": PYDOC_QUESTIONS, "code": CODE_QUESTIONS},
                      "math": "the training split's Question/Answer pairs, 1-3 per conversation as turns"},
@@ -815,7 +832,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-steps", type=int, help="fixed base step count (overrides --minutes)")
     p.add_argument("--instruct-steps", type=int)
     p.add_argument("--instruct-lr", type=float)
-    p.add_argument("--instruct-replay-rows", type=int, help="pretraining rows mixed into each instruct batch")
+    p.add_argument("--instruct-replay-fraction", type=float, help="share of instruct rows that replay pretraining data")
     p.add_argument("--threads", type=int)
     p.add_argument("--reuse-base", action="store_true",
                    help="keep the base already in OUT/base (same corpus and settings) and train only the instruct")
@@ -823,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = QUICK if args.quick else TrainConfig()
     overrides = {"base_steps": args.base_steps, "instruct_steps": args.instruct_steps,
-                 "instruct_lr": args.instruct_lr, "instruct_replay_rows": args.instruct_replay_rows,
+                 "instruct_lr": args.instruct_lr, "instruct_replay_fraction": args.instruct_replay_fraction,
                  "threads": args.threads}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     from transformers.utils import logging as hf_logging
