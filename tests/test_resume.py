@@ -130,3 +130,20 @@ def test_out_of_memory_batches_are_retried_in_halves(tmp_path, llama_dir, pile_j
     assert res.summary["oom_retries"] > 0
     a, b = pq.read_table(ref.out_dir / "tokens.parquet"), pq.read_table(res.out_dir / "tokens.parquet")
     assert np.abs(a.column("nll").to_numpy() - b.column("nll").to_numpy()).max() <= 1e-5
+
+
+def test_nan_loss_stops_the_run_naming_the_document(tmp_path, llama_dir, pile_jsonl, monkeypatch, capsys):
+    score_mod = sys.modules["lossgap.score"]
+    original = score_mod.score_batch
+
+    def nan_in_doc_5(plan, head, batch):
+        nll = original(plan, head, batch)
+        nll[batch.doc_ids == 5] = np.nan
+        return nll
+
+    monkeypatch.setattr(score_mod, "score_batch", nan_in_doc_5)
+    code = main(["score", "--model", str(llama_dir), "--corpus", str(pile_jsonl), "--out", str(tmp_path / "r"),
+                 "--seq-len", "64", "--window-tokens", "256", "--device", "cpu", "--dtype", "float32", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "non-finite loss" in err and "pile.jsonl:6 (document 5)" in err
+    assert read_summary(tmp_path / "r")["complete"] is False
