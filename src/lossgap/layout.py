@@ -154,17 +154,6 @@ def collate(rows: list[Row], k: int, position_mode: str, pad_id: int = 0, pad_mu
     )
 
 
-def batches(rows: Iterable[Row], batch_size: int, k: int, position_mode: str) -> Iterator[Batch]:
-    group: list[Row] = []
-    for row in rows:
-        group.append(row)
-        if len(group) == batch_size:
-            yield collate(group, k, position_mode)
-            group = []
-    if group:
-        yield collate(group, k, position_mode)
-
-
 def windows(rows: Iterable[Row], window_tokens: int) -> Iterator[list[Row]]:
     """Consecutive groups of rows of about window_tokens: a plan may reorder work inside a window, and the
     results of a window are written in document order, so output order never depends on the plan."""

@@ -111,24 +111,36 @@ def _locate(cfg: ModelConfig) -> tuple[str, str | None]:
     return cfg.name, cfg.gguf_file
 
 
-def load_tokenizer(cfg: ModelConfig):
-    """The model's tokenizer alone (no weights): for checking tokenizers before any model is loaded."""
-    from transformers import AutoTokenizer
+LOAD_ERRORS = (OSError, ValueError, KeyError, ImportError)
 
+
+def _source(cfg: ModelConfig) -> tuple[str, dict]:
+    """Where from_pretrained reads, and the keyword arguments the tokenizer and the model share."""
     where, gguf = _locate(cfg)
     kwargs = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
     if gguf:
         kwargs["gguf_file"] = gguf
+    return where, kwargs
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """The model's tokenizer alone (no weights): for checking tokenizers before any model is loaded."""
+    from transformers import AutoTokenizer
+
+    where, kwargs = _source(cfg)
     try:
         return AutoTokenizer.from_pretrained(where, **kwargs)
-    except (OSError, ValueError, KeyError, ImportError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelError(f"could not load the tokenizer of {cfg.name!r}: {first}") from None
+    except LOAD_ERRORS as e:
+        raise ModelError(f"could not load the tokenizer of {cfg.name!r}: {_first_line(e)}") from None
 
 
 def load_model(cfg: ModelConfig, quiet: bool = False, local_rank: int = 0) -> LoadedModel:
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if quiet:
         transformers.utils.logging.set_verbosity_error()
@@ -139,10 +151,8 @@ def load_model(cfg: ModelConfig, quiet: bool = False, local_rank: int = 0) -> Lo
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.attn == "flex" and device.type != "cuda":
         raise UsageError("--attn flex runs on CUDA only (it crashes on the CPU with torch 2.13)", "use --attn sdpa")
-    where, gguf = _locate(cfg)
-    kwargs = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
-    if gguf:
-        kwargs["gguf_file"] = gguf
+    where, kwargs = _source(cfg)
+    tokenizer = load_tokenizer(cfg)
     placement = {}
     if cfg.tp:
         import os
@@ -153,19 +163,17 @@ def load_model(cfg: ModelConfig, quiet: bool = False, local_rank: int = 0) -> Lo
     elif cfg.device_map:
         placement["device_map"] = cfg.device_map
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model_kwargs = dict(kwargs, dtype=dtype, **placement)
         if cfg.attn != "auto":
             model_kwargs["attn_implementation"] = HF_ATTN[cfg.attn]
         model = AutoModelForCausalLM.from_pretrained(where, **model_kwargs)
-    except (OSError, ValueError, KeyError, ImportError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except LOAD_ERRORS as e:
         fix = (
             "check the path or hub id; without network access pass a local folder"
             if not Path(where).exists()
             else "check that the folder holds a complete Hugging Face model, or choose another --attn"
         )
-        raise ModelError(f"could not load model {cfg.name!r}: {first}", fix) from None
+        raise ModelError(f"could not load model {cfg.name!r}: {_first_line(e)}", fix) from None
     if not placement:
         model.to(device)
     model.eval()

@@ -53,11 +53,9 @@ class TokenWriter:
         self.path = out_dir / (TOKENS_FILE + PARTIAL_SUFFIX)
         schema = TOKEN_SCHEMA.with_metadata({b"lossgap": json.dumps(metadata).encode()})
         self.writer = pq.ParquetWriter(self.path, schema, compression="zstd")
-        self.rows = 0
 
     def write(self, table: pa.Table) -> None:
         self.writer.write_table(table)
-        self.rows += len(table)
 
     def close(self, complete: bool) -> Path:
         """Close the file (it stays a valid Parquet file either way) and name it by whether the run finished."""
