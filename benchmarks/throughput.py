@@ -15,16 +15,16 @@ seed-style, peak memory and model-FLOPs utilisation (2 x parameters FLOPs per to
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import os
 import platform
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lossgap.batching import PeakMemory, trim_heap
 from lossgap.encode import TokenizedDocument
 from lossgap.head import OutputHead
 from lossgap.layout import collate, packed_rows, windows
@@ -66,45 +66,6 @@ def pile_like_documents(n_tokens: int, vocab: int, seq_len: int, mean_len: int, 
         total += n
         i += 1
     return docs
-
-
-class PeakMemory:
-    """Peak memory while a block runs: CUDA allocator peak, or sampled RSS on the CPU (one process)."""
-
-    def __init__(self, device: str):
-        self.device = device
-
-    def __enter__(self):
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            self.base = _rss()
-            self.peak = self.base
-            self.stop = threading.Event()
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
-        return self
-
-    def _sample(self):
-        while not self.stop.is_set():
-            self.peak = max(self.peak, _rss())
-            time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            self.peak_bytes = torch.cuda.max_memory_allocated()
-        else:
-            self.stop.set()
-            self.thread.join()
-            self.peak_bytes = max(self.peak, _rss())
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 5) -> float:
@@ -202,7 +163,7 @@ def main(argv=None) -> dict:
                 run_seed_style(model, warmup, a.seq_len, a.batch_size)
             else:
                 run_plan(model, name, mask, warmup, a.seq_len, a.batch_size, a.batch_tokens)
-            with PeakMemory(a.device) as mem:
+            with PeakMemory([torch.device(a.device)]) as mem:
                 if name == "seed-style":
                     tokens, elapsed = run_seed_style(model, docs, a.seq_len, a.batch_size)
                     nll = None
@@ -219,15 +180,19 @@ def main(argv=None) -> dict:
                 agree = float(np.abs(nll.astype(np.float64) - reference[key]).max())
             mfu = 2 * n_params * tps / peaks[dname]
             row = {"variant": name, "mask": mask, "dtype": dname, "tokens_per_s": tps,
-                   "ratio_to_seed": tps / seed_tps if seed_tps else None, "peak_mem_gb": mem.peak_bytes / 2**30,
+                   "ratio_to_seed": tps / seed_tps if seed_tps else None, "peak_mem_gb": mem.peak / 2**30,
+                   "working_mem_gb": mem.bytes / 2**30,
                    "max_abs_diff_vs_dense": agree, "mfu": mfu}
             report["variants"].append(row)
             rows.append(row)
             ratio = f"{row['ratio_to_seed']:.2f}x" if row["ratio_to_seed"] else "n/a"
             diff = "" if agree is None else f"  max|dNLL| vs dense {agree:.2e}"
             print(f"{name:10s} {mask:6s} {dname:8s} {tps:10,.0f} tok/s  {ratio:>7s} seed  "
-                  f"peak {row['peak_mem_gb']:6.2f} GB  MFU {mfu:6.1%}{diff}", flush=True)
-        del model
+                  f"peak {row['peak_mem_gb']:6.2f} GB (working {row['working_mem_gb']:5.2f})  MFU {mfu:6.1%}{diff}",
+                  flush=True)
+        del model, docs
+        gc.collect()
+        trim_heap()
     if a.json:
         a.json.write_text(json.dumps(report, indent=2))
     return report

@@ -9,7 +9,7 @@ from conftest import ARCHS
 from transformers import AutoModelForCausalLM
 
 from lossgap.errors import ModelError
-from lossgap.head import OutputHead
+from lossgap.head import CPU_CHUNK_BYTES, OutputHead
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -38,8 +38,10 @@ def test_gemma_softcapping_is_applied_and_checked(tiny_models):
         head.verify(model.config.vocab_size)
 
 
-def test_chunk_size_follows_the_memory_budget(llama_dir):
+def test_chunk_size_follows_the_memory_budget_and_the_cpu_cache(llama_dir):
     model = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32)
     vocab = model.config.vocab_size
     assert OutputHead(model, chunk_mb=1).chunk_tokens == (1 << 20) // (vocab * 12)
-    assert OutputHead(model, chunk_mb=1024).chunk_tokens == (1024 << 20) // (vocab * 12)
+    # on the CPU a large budget is capped so one chunk's fp32 logits fit CPU_CHUNK_BYTES
+    assert OutputHead(model, chunk_mb=1024).chunk_tokens == CPU_CHUNK_BYTES // (vocab * 4)
+    assert (1024 << 20) // (vocab * 12) > CPU_CHUNK_BYTES // (vocab * 4)

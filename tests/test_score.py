@@ -115,3 +115,48 @@ def test_bfloat16_run_reports_its_deviation_from_float32(tmp_path, llama_dir, pi
     assert 0.2 < check["mean_abs_diff"] / full_run < 5  # the sampled batch is typical of the whole run
     assert abs(res.summary["mean_nll"] - ref.summary["mean_nll"]) < 2e-2
     assert 0.0 <= res.summary["data_wait_share"] < 1.0
+
+
+def _score_config(model, corpus, out, layout, mask, k, stride=None, plan="auto", batch_size=2):
+    from lossgap import CorpusConfig, LayoutConfig, ModelConfig, RunConfig, ScoreConfig, TokenizeConfig
+
+    return ScoreConfig(model=ModelConfig(str(model), dtype="float32", device="cpu"), corpus=CorpusConfig(str(corpus)),
+                       tokenize=TokenizeConfig(add_eos=True),
+                       layout=LayoutConfig(layout, 40, stride, mask, None, k),
+                       run=RunConfig(str(out), batch_size=batch_size, plan=plan, quiet=True))
+
+
+@pytest.mark.parametrize(("layout", "mask", "stride", "plan"), [
+    ("packed", "block", None, "auto"), ("packed", "block", None, "dense"), ("packed", "causal", None, "auto"),
+    ("single", "causal", None, "auto"), ("single", "causal", 16, "auto"),
+])
+def test_offsets_from_one_pass_equal_separate_runs(tmp_path, llama_dir, pile_jsonl, layout, mask, stride, plan):
+    """score_offsets writes, for each offset, the files a run of that offset alone writes."""
+    from lossgap.score import score, score_offsets
+
+    together = score_offsets([_score_config(llama_dir, pile_jsonl, tmp_path / f"t{k}", layout, mask, k, stride, plan)
+                              for k in (2, 1)])
+    assert [r.summary["label_offset"] for r in together] == [2, 1]  # in the order asked for
+    for k, res in zip((2, 1), together, strict=True):
+        alone = score(_score_config(llama_dir, pile_jsonl, tmp_path / f"a{k}", layout, mask, k, stride, plan))
+        a, b = read_tokens(alone.out_dir), read_tokens(res.out_dir)
+        assert (a[["doc_id", "pos", "target", "truncated"]].values == b[["doc_id", "pos", "target", "truncated"]]
+                .values).all()
+        assert np.abs(a.nll.values - b.nll.values).max() <= 1e-5
+        assert res.summary["n_tokens"] == alone.summary["n_tokens"]
+        assert res.summary["mean_nll"] == pytest.approx(alone.summary["mean_nll"], abs=1e-6)
+        assert res.summary["offsets_from_one_pass"] == [2, 1] and alone.summary["offsets_from_one_pass"] is None
+    # one pass: the input tokens counted once, as many as one offset alone needs (offset 1's rows serve offset 2)
+    assert together[0].summary["input_tokens"] == score(
+        _score_config(llama_dir, pile_jsonl, tmp_path / "k1", layout, mask, 1, stride, plan)).summary["input_tokens"]
+
+
+def test_offsets_from_one_pass_refuse_different_configurations(tmp_path, llama_dir, pile_jsonl):
+    from lossgap.score import score_offsets
+
+    with pytest.raises(ValueError, match="differ only in label_offset"):
+        score_offsets([_score_config(llama_dir, pile_jsonl, tmp_path / "a", "packed", "block", 1),
+                       _score_config(llama_dir, pile_jsonl, tmp_path / "b", "packed", "causal", 2)])
+    with pytest.raises(ValueError, match="its own label offset"):
+        score_offsets([_score_config(llama_dir, pile_jsonl, tmp_path / "a", "packed", "block", 1),
+                       _score_config(llama_dir, pile_jsonl, tmp_path / "b", "packed", "block", 1)])

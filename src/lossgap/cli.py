@@ -93,7 +93,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out (same inputs)")
     r.add_argument("--window-tokens", type=int, help="tokens per result shard, the unit of resume")
-    r.add_argument("--batch-size", type=int, default=1, help="rows per batch")
+    r.add_argument("--batch-size", type=_batch_size, default=1,
+                   help="rows per batch, or auto: the most that fit in memory, measured on the model at start")
     r.add_argument("--plan", default="auto", choices=PLANS,
                    help="execution plan (auto: docs for the block mask, nomask for the causal one; dense: reference)")
     r.add_argument("--batch-tokens", type=int, help="token budget of a length-bucketed batch (docs plan)")
@@ -103,6 +104,15 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--loss-chunk-mb", type=int, default=256, help="memory budget of one chunk of logits")
     r.add_argument("--no-probe", dest="probe", action="store_false", help="skip the mask probe")
     r.add_argument("--quiet", action="store_true")
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of rows or auto") from None
 
 
 def _require(a: argparse.Namespace, *names: str) -> None:

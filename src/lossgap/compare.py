@@ -16,7 +16,7 @@ from .encode import resolve_special_tokens
 from .errors import UsageError
 from .matrix import SEED_MATRIX, Configuration, single_configuration
 from .model import load_model, load_tokenizer, resolve_seq_len
-from .score import library_versions, prepare_out_dir, score
+from .score import library_versions, prepare_out_dir, score_offsets
 from .store import write_json
 
 MANIFEST = "compare.json"
@@ -107,17 +107,21 @@ def compare(cfg: CompareConfig, min_models: int = 2) -> dict:
             tokenize = TokenizeConfig(special.bos_id is not None, special.eos_id is not None,
                                       special.bos_id, special.eos_id)
         model_info[name] = {"spec": mcfg.name, **loaded.describe()}
-        for conf in configs:
-            step += 1
-            _say(cfg, f"[{step}/{len(configs) * len(model_cfgs)}] {name}: {conf.key} ({conf.computes})")
-            layout = replace(cfg.layout, layout=conf.layout, mask=conf.mask, label_offset=conf.label_offset,
-                             seq_len=seq_len, stride=cfg.layout.stride if conf.layout == "single" else None)
-            run_cfg = ScoreConfig(
-                model=mcfg, corpus=copy.deepcopy(cfg.corpus), tokenize=tokenize, layout=layout,
-                run=replace(cfg.run, out=str(run_dir(out, conf.key, name)), overwrite=True),
-            )
-            score(run_cfg, loaded, tokenizers[base_name] if mode == "tokens" else None)
-            runs[conf.key][name] = str(run_dir(out, conf.key, name).relative_to(out))
+        # the offsets of one layout and mask share their forward passes: one pass per batch serves all of them
+        for group in _offset_groups(configs):
+            step += len(group)
+            keys = " + ".join(f"{conf.key} ({conf.computes})" for conf in group)
+            _say(cfg, f"[{step}/{len(configs) * len(model_cfgs)}] {name}: {keys}")
+            run_cfgs = []
+            for conf in group:
+                layout = replace(cfg.layout, layout=conf.layout, mask=conf.mask, label_offset=conf.label_offset,
+                                 seq_len=seq_len, stride=cfg.layout.stride if conf.layout == "single" else None)
+                run_cfgs.append(ScoreConfig(
+                    model=mcfg, corpus=copy.deepcopy(cfg.corpus), tokenize=tokenize, layout=layout,
+                    run=replace(cfg.run, out=str(run_dir(out, conf.key, name)), overwrite=True),
+                ))
+                runs[conf.key][name] = str(run_dir(out, conf.key, name).relative_to(out))
+            score_offsets(run_cfgs, loaded, tokenizers[base_name] if mode == "tokens" else None)
         del loaded
         gc.collect()
 
@@ -142,6 +146,14 @@ def compare(cfg: CompareConfig, min_models: int = 2) -> dict:
     results = build_results(out)
     write_report(out, results)
     return results
+
+
+def _offset_groups(configs) -> list[list[Configuration]]:
+    """Configurations that differ only in label offset, together, in the order they first appear."""
+    groups: dict[tuple[str, str], list[Configuration]] = {}
+    for conf in configs:
+        groups.setdefault((conf.layout, conf.mask), []).append(conf)
+    return list(groups.values())
 
 
 def _prepare(out: Path, overwrite: bool) -> None:

@@ -122,7 +122,7 @@ class RunConfig:
     """Execution and output settings that do not change which tokens are scored."""
 
     out: str = "runs/score"
-    batch_size: int = 1
+    batch_size: int | str = 1  # rows per batch, or "auto": the most that fit in memory (measured at start)
     plan: str = "auto"
     batch_tokens: int | None = None  # token budget of a length-bucketed batch (docs plan)
     fp32_check: bool = True  # below float32, re-score the first batch in float32 and report the deviation
@@ -137,7 +137,8 @@ class RunConfig:
     def validate(self) -> None:
         from .plans import PLANS
 
-        _check_positive("batch-size", self.batch_size)
+        if self.batch_size != "auto":
+            _check_positive("batch-size", self.batch_size)
         _check_positive("batch-tokens", self.batch_tokens)
         _check_positive("window-tokens", self.window_tokens)
         _check_choice("plan", self.plan, PLANS)

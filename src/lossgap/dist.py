@@ -33,6 +33,9 @@ class Dist:
         """True on every rank if flag is true on any rank (a failure on one rank stops all of them cleanly)."""
         return self._reduce(1.0 if flag else 0.0, torch.distributed.ReduceOp.MAX) > 0 if self.world > 1 else flag
 
+    def min(self, value: float) -> float:
+        return self._reduce(value, torch.distributed.ReduceOp.MIN) if self.world > 1 else value
+
     def sum(self, value: float) -> float:
         return self._reduce(value, torch.distributed.ReduceOp.SUM) if self.world > 1 else value
 

@@ -7,6 +7,10 @@ import torch.nn.functional as F
 
 from .errors import ModelError
 
+# On the CPU a chunk's fp32 logits should stay in cache: 24 MiB chunks (128 tokens at V=49k) made the head 1.6x faster
+# than 256 MB ones on a 2-core Xeon (matmul, upcast and log-softmax then reuse cached data; benchmarks/RESULTS.md).
+CPU_CHUNK_BYTES = 24 << 20
+
 
 class OutputHead:
     """The model's output projection plus its logit transforms (Gemma soft-capping, Cohere/Granite scaling)."""
@@ -21,6 +25,8 @@ class OutputHead:
         vocab = self.proj.weight.shape[0]
         # fp32 logits, their softmax workspace and the model-dtype logits: about 3 copies of V floats a token
         self.chunk_tokens = max(1, (chunk_mb << 20) // (vocab * 4 * 3))
+        if self.proj.weight.device.type == "cpu":
+            self.chunk_tokens = min(self.chunk_tokens, max(16, CPU_CHUNK_BYTES // (vocab * 4)))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits as the model's own forward computes them (in its dtype, transforms included)."""

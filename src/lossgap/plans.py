@@ -20,7 +20,7 @@ from .layout import Batch, Row, collate, isolate_segments, length_buckets
 from .masks import additive_mask
 
 PLANS = ("auto", "dense", "docs", "nomask", "flex")
-PAD_MULTIPLE = 64  # docs plan: row lengths rounded up, so kernels see a few shapes, not one per document
+PAD_MULTIPLE = 16  # docs plan: row lengths rounded up to a multiple the matmul and attention kernels like
 
 
 class Plan:
@@ -47,8 +47,9 @@ class Plan:
         for i in range(0, len(rows), self.batch_size):
             yield rows[i : i + self.batch_size]
 
-    def collate(self, group: list[Row]) -> Batch:
-        return collate(group, self.k, self.position_mode, pad_multiple=self.pad_multiple)
+    def collate(self, group: list[Row], k: int | None = None) -> Batch:
+        """The batch of these rows scoring label offset k (the plan's own by default)."""
+        return collate(group, self.k if k is None else k, self.position_mode, pad_multiple=self.pad_multiple)
 
     def batches(self, rows: list[Row]) -> Iterator[Batch]:
         for group in self.groups(rows):
@@ -101,7 +102,7 @@ class DocsPlan(Plan):
 
     def groups(self, rows: list[Row]) -> Iterator[list[Row]]:
         budget = self.batch_tokens or self.batch_size * max(r.length for r in rows)
-        yield from length_buckets(isolate_segments(rows), budget)
+        yield from length_buckets(isolate_segments(rows), budget, self.pad_multiple)
 
 
 class NoMaskPlan(Plan):

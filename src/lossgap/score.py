@@ -15,13 +15,14 @@ import numpy as np
 import torch
 
 from . import __version__
+from .batching import AUTO, auto_batch_size, cap_rows
 from .config import ScoreConfig
 from .corpus import Corpus
 from .dist import init_distributed
 from .encode import encode_documents, resolve_special_tokens
 from .errors import LossgapError, UsageError
 from .head import OutputHead
-from .layout import Batch, make_rows, windows
+from .layout import Batch, make_rows, retarget, windows
 from .model import LoadedModel, load_model, resolve_seq_len
 from .plans import choose_plan, make_plan
 from .prefetch import Prefetch
@@ -92,71 +93,106 @@ def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -
     Under torchrun each rank scores its share of the windows and rank 0 merges; results are written per window,
     so `--resume` continues an interrupted run.
     """
+    return score_offsets([cfg], loaded, tokenizer)[0]
+
+
+@dataclass
+class _Output:
+    """One label offset's results: its folder, shards, documents and metadata."""
+
+    cfg: ScoreConfig
+    metadata: dict
+    shards: ShardStore
+    documents: DocumentTable
+    resumed: int = 0
+
+    @property
+    def k(self) -> int:
+        return self.cfg.layout.label_offset
+
+
+def score_offsets(cfgs: list[ScoreConfig], loaded: LoadedModel | None = None, tokenizer=None) -> list[ScoreResult]:
+    """`score` for several label offsets of one configuration, each into its own folder, from one forward pass per
+    batch: the rows and hidden states do not depend on the offset, only the targets gathered from them do (the seed
+    matrix scores offsets 1 and 2 of every layout and mask, so a comparison runs half the forward passes). The
+    configurations may differ only in layout.label_offset and run.out. Results come in the order of cfgs."""
     started = time.perf_counter()
-    cfg.validate()
+    for c in cfgs:
+        c.validate()
+    _check_offset_siblings(cfgs)
+    cfg = min(cfgs, key=lambda c: c.layout.label_offset)  # rows for the smallest offset serve the others
     dist = init_distributed(cfg.model.device)
-    out_dir = cfg.out_dir
     corpus = Corpus(cfg.corpus)
     if dist.main:
-        prepare_out_dir(out_dir, cfg.run.overwrite or cfg.run.resume)
+        for c in cfgs:
+            prepare_out_dir(c.out_dir, c.run.overwrite or c.run.resume)
     dist.barrier()
 
     if loaded is None:
         loaded = load_model(cfg.model, quiet=cfg.run.quiet, local_rank=dist.local_rank)
     tokenizer = tokenizer or loaded.tokenizer
-    cfg.layout.seq_len = resolve_seq_len(loaded, cfg.layout.seq_len)
-    cfg.layout.validate()
+    seq_len = resolve_seq_len(loaded, cfg.layout.seq_len)
+    for c in cfgs:
+        c.layout.seq_len = seq_len
+        c.layout.validate()
     special = resolve_special_tokens(tokenizer, cfg.tokenize, loaded.vocab_size)
     head = OutputHead(loaded.model, cfg.run.loss_chunk_mb)
     head_diff = head.verify(loaded.vocab_size)
-    k = cfg.layout.label_offset
     positions = cfg.layout.position_mode
     plan_name = choose_plan(cfg.run.plan, cfg.layout.mask, positions, loaded.device, cfg.layout.layout)
-    plan = make_plan(plan_name, loaded.model, cfg.layout.mask, positions, k, cfg.run.batch_size,
-                     cfg.run.batch_tokens, cfg.run.mask_heads)
+    auto_batch = cfg.run.batch_size == AUTO
+    plan = make_plan(plan_name, loaded.model, cfg.layout.mask, positions, cfg.layout.label_offset,
+                     1 if auto_batch else cfg.run.batch_size, cfg.run.batch_tokens, cfg.run.mask_heads)
+    sizing = auto_batch_size(plan, head, seq_len, loaded.vocab_size) if auto_batch else None
+    if sizing is not None:  # tensor parallel ranks run the same batches: all take the smallest
+        plan.batch_size = int(dist.min(sizing.rows)) if cfg.model.tp else sizing.rows
     probe = probe_mask(plan, head, loaded.vocab_size) if cfg.run.probe else None
     if probe is not None:
         require_probe(probe, loaded.name, loaded.attn)
     load_seconds = time.perf_counter() - started
 
-    metadata = {
-        "model": loaded.describe(),
-        "config": cfg.to_dict(),
-        "special_tokens": {"bos_id": special.bos_id, "eos_id": special.eos_id},
-        "plan": plan.name,
-        "schema_version": SCHEMA_VERSION,
-    }
-    window_tokens = cfg.run.window_tokens or max(1 << 16, 16 * cfg.run.batch_size * cfg.layout.seq_len)
-    manifest = {
-        "config": _results_config(cfg, special),
-        "corpus": corpus_fingerprint(corpus.files) if corpus.files else {"path": str(corpus.path)},
-        "model": model_fingerprint(loaded.name, metadata["model"]),
-        "window_tokens": window_tokens,
-    }
-    shards = ShardStore(out_dir, manifest, cfg.run.resume, main=dist.main)
+    # windows must not depend on a measured batch size: every rank and every resumed run cuts the same windows
+    window_rows = cap_rows(loaded.device, seq_len) if auto_batch else cfg.run.batch_size
+    window_tokens = cfg.run.window_tokens or max(1 << 16, 16 * window_rows * seq_len)
+    corpus_print = corpus_fingerprint(corpus.files) if corpus.files else {"path": str(corpus.path)}
+    outputs = []
+    for c in cfgs:
+        metadata = {
+            "model": loaded.describe(),
+            "config": c.to_dict(),
+            "special_tokens": {"bos_id": special.bos_id, "eos_id": special.eos_id},
+            "plan": plan.name,
+            "schema_version": SCHEMA_VERSION,
+        }
+        manifest = {"config": _results_config(c, special), "corpus": corpus_print,
+                    "model": model_fingerprint(loaded.name, metadata["model"]), "window_tokens": window_tokens}
+        outputs.append(_Output(c, metadata, ShardStore(c.out_dir, manifest, c.run.resume, main=dist.main),
+                               DocumentTable()))
     dist.barrier()
 
-    documents = DocumentTable()
     stream = _StopAtError(corpus)
     docs = encode_documents(stream, tokenizer, special, loaded.vocab_size, cfg.corpus.max_tokens)
     work = Prefetch(windows(make_rows(docs, cfg.layout), window_tokens))
     progress = _Progress(cfg, corpus, enabled=not cfg.run.quiet and dist.main)
     runner = _Runner(plan, head, loaded.name, cfg.run.fp32_check)
-    n_windows = resumed = 0
+    n_windows = 0
     error: LossgapError | None = None
     signals = _StopOnSignal()
     score_started = time.perf_counter()
     try:
         for window, rows in enumerate(work):
             n_windows = window + 1
-            documents.register(seg.doc for row in rows for seg in row.segments)
-            if shards.done(window):
-                resumed += 1
-            elif cfg.model.tp or dist.owns(window):  # tensor parallel: every rank computes every window
-                table = runner.score_window(rows, documents)
+            for o in outputs:
+                o.documents.register(seg.doc for row in rows for seg in row.segments)
+            pending = [o for o in outputs if not o.shards.done(window)]
+            for o in outputs:
+                o.resumed += o not in pending
+            if pending and (cfg.model.tp or dist.owns(window)):  # tensor parallel: every rank computes every window
+                tables = runner.score_window(rows, outputs[0].documents, [o.k for o in pending])
                 if dist.main or not cfg.model.tp:
-                    shards.write(window, table)
-            progress.update(runner.input_tokens, len(documents.docs))
+                    for o, table in zip(pending, tables, strict=True):
+                        o.shards.write(window, table)
+            progress.update(runner.input_tokens, len(outputs[0].documents.docs))
             if signals.received:
                 error = Interrupted(f"stopped by {signals.received} after window {window}: finished windows are kept",
                                     "continue with the same command and --resume")
@@ -167,7 +203,7 @@ def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
-        error = LossgapError(f"disk full while writing to {out_dir}", "free space, then rerun with --resume")
+        error = LossgapError(f"disk full while writing to {cfg.out_dir}", "free space, then rerun with --resume")
     finally:
         signals.restore()
         work.close()
@@ -180,39 +216,14 @@ def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -
     if not dist.main:
         if error is not None:
             raise error
-        return ScoreResult(out_dir, {})
+        return [ScoreResult(o.cfg.out_dir, {}) for o in outputs]
 
-    complete = error is None
-    writer = TokenWriter(out_dir, metadata)
-    for window in range(n_windows):  # document order, whichever rank or earlier run scored the window
-        if shards.done(window):
-            table = shards.read(window)
-            writer.write(table)
-            documents.add(*(table.column(c).to_numpy() for c in ("doc_id", "nll", "truncated")))
-    tokens_path = writer.close(complete)
-    if complete:
-        shards.remove()
-    table = documents.to_arrow()
-    write_documents(out_dir, table, metadata)
-    overall, per_domain = summarize_documents(table)
-    summary = {
-        "schema_version": SCHEMA_VERSION,
-        "complete": complete,
-        "error": None if complete else str(error),
-        "tokens_file": tokens_path.name,
-        "model": metadata["model"],
-        "special_tokens": metadata["special_tokens"],
-        "label_offset": k,
-        "layout": cfg.layout.layout,
-        "mask": cfg.layout.mask,
-        "positions": positions,
+    run_facts = {
         "plan": plan.name,
-        "dtype": metadata["model"]["dtype"],
-        "fp32_check": runner.fp32_check,
+        "batch_size": plan.batch_size,
+        "batch_sizing": sizing.to_dict() if sizing else None,
         "head_check_max_diff": head_diff,
         "mask_probe": probe.to_dict() if probe else None,
-        **overall,
-        "per_domain": per_domain,
         "corpus": {
             "path": str(cfg.corpus.path),
             "records_read": corpus.records_read,
@@ -224,17 +235,71 @@ def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -
         "data_wait_share": work.wait_seconds / scoring_seconds if scoring_seconds > 0 else None,
         "oom_retries": runner.oom_retries,
         "windows": n_windows,
-        "windows_resumed": resumed,
         "world_size": dist.world,
+        "offsets_from_one_pass": [o.k for o in outputs] if len(outputs) > 1 else None,
         "load_seconds": load_seconds,
         "scoring_seconds": scoring_seconds,
+    }
+    results = [_finish(o, n_windows, error, runner.fp32_check.get(o.k), run_facts, started) for o in outputs]
+    if error is not None:
+        raise error
+    return results
+
+
+def _check_offset_siblings(cfgs: list[ScoreConfig]) -> None:
+    """score_offsets shares rows and forward passes: everything but the offset and the folder must be equal."""
+
+    def rest(c: ScoreConfig) -> dict:
+        d = c.to_dict()
+        d["layout"].pop("label_offset")
+        d["run"].pop("out")
+        return d
+
+    if not cfgs or any(rest(c) != rest(cfgs[0]) for c in cfgs):
+        raise ValueError("score_offsets: the configurations must differ only in label_offset and out")
+    if len({c.layout.label_offset for c in cfgs}) != len(cfgs) or len({c.run.out for c in cfgs}) != len(cfgs):
+        raise ValueError("score_offsets: each configuration needs its own label offset and output folder")
+
+
+def _finish(o: _Output, n_windows: int, error, fp32_check: dict | None, run_facts: dict, started: float):
+    """Merge one output's shards in document order into its files and write its summary (rank 0)."""
+    complete = error is None
+    out_dir = o.cfg.out_dir
+    writer = TokenWriter(out_dir, o.metadata)
+    for window in range(n_windows):  # document order, whichever rank or earlier run scored the window
+        if o.shards.done(window):
+            table = o.shards.read(window)
+            writer.write(table)
+            o.documents.add(*(table.column(c).to_numpy() for c in ("doc_id", "nll", "truncated")))
+    tokens_path = writer.close(complete)
+    if complete:
+        o.shards.remove()
+    table = o.documents.to_arrow()
+    write_documents(out_dir, table, o.metadata)
+    overall, per_domain = summarize_documents(table)
+    cfg = o.cfg
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "complete": complete,
+        "error": None if complete else str(error),
+        "tokens_file": tokens_path.name,
+        "model": o.metadata["model"],
+        "special_tokens": o.metadata["special_tokens"],
+        "label_offset": o.k,
+        "layout": cfg.layout.layout,
+        "mask": cfg.layout.mask,
+        "positions": cfg.layout.position_mode,
+        "dtype": o.metadata["model"]["dtype"],
+        "fp32_check": fp32_check,
+        **run_facts,
+        **overall,
+        "per_domain": per_domain,
+        "windows_resumed": o.resumed,
         "elapsed_seconds": time.perf_counter() - started,
-        "config": metadata["config"],
+        "config": o.metadata["config"],
         "versions": library_versions(),
     }
     write_json(out_dir / SUMMARY_FILE, summary)
-    if error is not None:
-        raise error
     return ScoreResult(out_dir, summary)
 
 
@@ -256,12 +321,18 @@ def fp32_deviation(plan, head: OutputHead, batch: Batch, nll: np.ndarray) -> dic
             "mean_nll_diff": float(diff.mean()) if diff.size else 0.0}
 
 
-@torch.inference_mode()
 def score_batch(plan, head: OutputHead, batch: Batch) -> np.ndarray:
     """Per-token NLL (fp32, nats) of the batch's scored targets, in the batch's target order."""
-    hidden = plan.hidden_states(batch)
-    flat = hidden.reshape(-1, hidden.shape[-1])[batch.flat_index.to(hidden.device)]
-    return head.nll(flat, batch.targets.to(hidden.device)).cpu().numpy()
+    return score_batches(plan, head, [batch])[0]
+
+
+@torch.inference_mode()
+def score_batches(plan, head: OutputHead, batches: list[Batch]) -> list[np.ndarray]:
+    """The same rows scoring different targets (label offsets): one forward pass, the targets of each gathered."""
+    hidden = plan.hidden_states(batches[0])
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    return [head.nll(hidden[b.flat_index.to(hidden.device)], b.targets.to(hidden.device)).cpu().numpy()
+            for b in batches]
 
 
 def _check_finite(nll: np.ndarray, batch, model_name: str) -> None:
@@ -279,34 +350,33 @@ class Interrupted(LossgapError):
 
 
 class _Runner:
-    """Scores the windows this process owns: batches, OOM back-off, finiteness, document order."""
+    """Scores the windows this process owns: batches, OOM back-off, finiteness, document order; one forward pass
+    per batch serves every label offset asked for (the plan's rows are laid out for the smallest)."""
 
     def __init__(self, plan, head: OutputHead, model_name: str, fp32_check: bool):
         self.plan, self.head, self.model_name = plan, head, model_name
         self.want_fp32_check = fp32_check and plan.dtype != torch.float32
-        self.fp32_check: dict | None = None
+        self.fp32_check: dict[int, dict] = {}  # label offset -> deviation of its first batch from float32
         self.input_tokens = 0
         self.oom_retries = 0
 
-    def score_window(self, rows, documents: DocumentTable):
-        parts = []
+    def score_window(self, rows, documents: DocumentTable, offsets: list[int]) -> list:
+        """One table per offset, each in document order, whatever order the plan scored in."""
+        parts: dict[int, list] = {k: [] for k in offsets}
         for group in self.plan.groups(rows):
-            for batch, nll in self._score_group(group):
-                _check_finite(nll, batch, self.model_name)
-                if self.want_fp32_check and self.fp32_check is None:
-                    self.fp32_check = fp32_deviation(self.plan, self.head, batch, nll)
-                parts.append((batch.doc_ids, batch.target_pos, batch.targets.numpy(), nll, batch.truncated))
-                self.input_tokens += batch.n_input_tokens
-        doc_ids, pos, targets, nll, truncated = (np.concatenate(p) for p in zip(*parts, strict=True))
-        order = np.lexsort((pos, doc_ids))  # document order, whatever order the plan scored in
-        doc_ids, pos, targets, nll, truncated = (a[order] for a in (doc_ids, pos, targets, nll, truncated))
-        domains = [documents.docs[d].domain for d in doc_ids.tolist()]
-        return token_table(doc_ids, domains, pos, targets, nll, truncated)
+            for batches, nlls in self._score_group(group, offsets):
+                for k, batch, nll in zip(offsets, batches, nlls, strict=True):
+                    _check_finite(nll, batch, self.model_name)
+                    if self.want_fp32_check and k not in self.fp32_check and batch.n_targets:
+                        self.fp32_check[k] = fp32_deviation(self.plan, self.head, batch, nll)
+                    parts[k].append((batch.doc_ids, batch.target_pos, batch.targets.numpy(), nll, batch.truncated))
+                self.input_tokens += batches[0].n_input_tokens
+        return [_token_table(parts[k], documents) for k in offsets]
 
-    def _score_group(self, group):
-        batch = self.plan.collate(group)
+    def _score_group(self, group, offsets: list[int]):
+        batches = [self.plan.collate(retarget(group, self.plan.k, k), k) for k in offsets]
         try:
-            return [(batch, score_batch(self.plan, self.head, batch))]
+            return [(batches, score_batches(self.plan, self.head, batches))]
         except torch.OutOfMemoryError:
             if len(group) == 1:
                 raise LossgapError(
@@ -318,7 +388,15 @@ class _Runner:
         self.oom_retries += 1
         print(f"lossgap: out of memory on a batch of {len(group)} rows; retrying in halves", file=sys.stderr)
         half = len(group) // 2
-        return self._score_group(group[:half]) + self._score_group(group[half:])
+        return self._score_group(group[:half], offsets) + self._score_group(group[half:], offsets)
+
+
+def _token_table(parts: list, documents: DocumentTable):
+    doc_ids, pos, targets, nll, truncated = (np.concatenate(p) for p in zip(*parts, strict=True))
+    order = np.lexsort((pos, doc_ids))
+    doc_ids, pos, targets, nll, truncated = (a[order] for a in (doc_ids, pos, targets, nll, truncated))
+    domains = [documents.docs[d].domain for d in doc_ids.tolist()]
+    return token_table(doc_ids, domains, pos, targets, nll, truncated)
 
 
 class _StopOnSignal:
