@@ -1,10 +1,11 @@
 """Throughput of lossgap's execution plans against the seed-style path, in one process.
 
 Measures a matmul peak first, then scores the same Pile-like documents (many short, a long tail) with:
-  seed-style  HF forward with a float (1,H,T,T) block mask and labels= (what the seed did), fp32
+  seed-style  HF forward with a float (1,H,T,T) block mask and labels= (what the seed did), in the first dtype
   dense       lossgap's reference plan: explicit 4D (B,1,T,T) mask, chunked fp32 loss
   docs        each document alone, length-bucketed, no mask tensor
   nomask      the causal (leaky) mask as plain causal attention
+  flex        FlexAttention with a document BlockMask (CUDA only)
 in the dtypes asked for, checks every plan against `dense` (per-token NLL), and prints tokens/s, the ratio to
 seed-style, peak memory and model-FLOPs utilisation (2 x parameters FLOPs per token / measured matmul peak).
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lossgap.batching import PeakMemory, trim_heap
+from lossgap.batching import PeakMemory, auto_batch_size, trim_heap
 from lossgap.encode import TokenizedDocument
 from lossgap.head import OutputHead
 from lossgap.layout import collate, packed_rows, windows
@@ -132,7 +133,9 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--batch-tokens", type=int, help="docs plan token budget (default batch-size x seq-len)")
     p.add_argument("--dtypes", default="float32,bfloat16")
-    p.add_argument("--skip-seed", action="store_true", help="skip the seed-style path (memory-bound at 8B)")
+    p.add_argument("--skip-seed", action="store_true", help="skip the seed-style path")
+    p.add_argument("--seed-batch-size", type=int, default=1,
+                   help="rows per seed-style batch (its (B,H,T,T) mask and [B,T,V] logits limit it)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     a = p.parse_args(argv)
     torch.set_grad_enabled(False)
@@ -153,19 +156,27 @@ def main(argv=None) -> dict:
         n_params = sum(p.numel() for p in model.parameters())
         docs = pile_like_documents(a.tokens, model.config.vocab_size, a.seq_len, a.mean_doc_len)
         variants = []
-        if dtype == torch.float32 and not a.skip_seed:
+        if dtype == dtypes[0] and not a.skip_seed:  # the seed-style baseline runs in the first dtype listed
             variants.append(("seed-style", "block"))
         variants += [("dense", "block"), ("docs", "block"), ("dense", "causal"), ("nomask", "causal")]
+        if a.device == "cuda":
+            variants += [("flex", "block")]
+        sizing = auto_batch_size(make_plan("docs", model, "block", "restart", 1, 1), OutputHead(model), a.seq_len,
+                                 model.config.vocab_size)
+        report.setdefault("batch_size_auto", {})[dname] = sizing.to_dict()
+        print(f"--batch-size auto ({dname}, docs plan, T={a.seq_len}): {sizing.rows} rows; one full row takes "
+              f"{sizing.row_bytes / 2**30:.2f} GB of working memory, {sizing.free_bytes / 2**30:.1f} GB free "
+              f"(fit {sizing.fit_rows}, cap {sizing.cap_rows})", flush=True)
         warmup = docs[: max(2, len(docs) // 16)]
         for name, mask in variants:
             # one untimed pass over a few documents: kernel selection and allocator growth are not throughput
             if name == "seed-style":
-                run_seed_style(model, warmup, a.seq_len, a.batch_size)
+                run_seed_style(model, warmup, a.seq_len, a.seed_batch_size)
             else:
                 run_plan(model, name, mask, warmup, a.seq_len, a.batch_size, a.batch_tokens)
             with PeakMemory([torch.device(a.device)]) as mem:
                 if name == "seed-style":
-                    tokens, elapsed = run_seed_style(model, docs, a.seq_len, a.batch_size)
+                    tokens, elapsed = run_seed_style(model, docs, a.seq_len, a.seed_batch_size)
                     nll = None
                 else:
                     tokens, elapsed, nll = run_plan(model, name, mask, docs, a.seq_len, a.batch_size, a.batch_tokens)

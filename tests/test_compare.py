@@ -201,7 +201,7 @@ def test_config_file_fills_options_and_command_line_wins(tmp_path):
     cfg = compare_config_from_args(args)
     assert cfg.models == [("base", "meta-llama/Llama-3.1-8B"), ("instruct", "meta-llama/Llama-3.1-8B-Instruct")]
     assert (cfg.model.dtype, cfg.model.device, cfg.layout.seq_len, cfg.matrix) == ("bfloat16", "cuda", 8192, "seed")
-    assert cfg.corpus.sample == 2000 and cfg.bootstrap == 200
+    assert cfg.corpus.sample == 2000 and cfg.bootstrap == 200 and cfg.run.batch_size == "auto"
     bad = tmp_path / "bad.toml"
     bad.write_text('sequence_length = 5\n')
     assert main(["compare", "--config", str(bad)]) == 2
