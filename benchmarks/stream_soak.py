@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import random
 import time
 from pathlib import Path
 
 import zstandard
 
+from lossgap.batching import rss
 from lossgap.config import CorpusConfig, LayoutConfig
 from lossgap.corpus import Corpus
 from lossgap.encode import SpecialTokens, encode_documents
@@ -31,8 +31,7 @@ DOMAINS = ("Pile-CC", "PubMed Central", "Books3", "OpenWebText2", "ArXiv", "Gith
 
 
 def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return rss() / 2**20
 
 
 def write_corpus(path: Path, n_docs: int, seed: int = 0) -> None:

@@ -21,7 +21,7 @@ import torch
 
 from .encode import TokenizedDocument
 from .head import OutputHead
-from .layout import Row, Segment
+from .layout import packed_rows
 
 AUTO = "auto"
 HEADROOM = 0.8  # of the free memory: allocator fragmentation, the prefetch thread, variance between rows
@@ -52,9 +52,8 @@ def auto_batch_size(plan, head: OutputHead, seq_len: int, vocab_size: int) -> Ba
     """Measure one full row on this plan and choose the rows per batch."""
     from .score import score_batch
 
-    doc = TokenizedDocument(-1, "", "batch-size probe", np.random.default_rng(0).integers(0, vocab_size, seq_len),
-                            0)
-    batch = plan.collate([Row([Segment(doc, 0, seq_len, 0, plan.k, seq_len)])])
+    ids = np.random.default_rng(0).integers(0, vocab_size, seq_len)
+    batch = plan.collate(list(packed_rows([TokenizedDocument(-1, "", "batch-size probe", ids, 0)], seq_len, plan.k)))
     devices = _devices(plan.model)
     with PeakMemory(devices) as peak:
         score_batch(plan, head, batch)
@@ -87,7 +86,7 @@ class PeakMemory:
             self.base_by_device = {d: torch.cuda.memory_allocated(d) for d in self.cuda}
         else:
             trim_heap()
-            self.base = self.peak = _rss()
+            self.base = self.peak = rss()
             self.stop = threading.Event()
             self.thread = threading.Thread(target=self._sample, daemon=True)
             self.thread.start()
@@ -95,7 +94,7 @@ class PeakMemory:
 
     def _sample(self):
         while not self.stop.wait(0.002):
-            self.peak = max(self.peak, _rss())
+            self.peak = max(self.peak, rss())
 
     def __exit__(self, *exc):
         if self.cuda:
@@ -106,7 +105,7 @@ class PeakMemory:
         else:
             self.stop.set()
             self.thread.join()
-            self.peak = max(self.peak, _rss())
+            self.peak = max(self.peak, rss())
         self.bytes = self.peak - self.base
 
 
@@ -136,7 +135,8 @@ def trim_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _rss() -> int:
+def rss() -> int:
+    """This process's resident memory in bytes."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

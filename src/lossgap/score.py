@@ -155,7 +155,7 @@ def score_offsets(cfgs: list[ScoreConfig], loaded: LoadedModel | None = None, to
     window_rows = cap_rows(loaded.device, seq_len) if auto_batch else cfg.run.batch_size
     window_tokens = cfg.run.window_tokens or max(1 << 16, 16 * window_rows * seq_len)
     corpus_print = corpus_fingerprint(corpus.files) if corpus.files else {"path": str(corpus.path)}
-    outputs = []
+    outputs: list[_Output] = []
     for c in cfgs:
         metadata = {
             "model": loaded.describe(),
@@ -166,8 +166,8 @@ def score_offsets(cfgs: list[ScoreConfig], loaded: LoadedModel | None = None, to
         }
         manifest = {"config": _results_config(c, special), "corpus": corpus_print,
                     "model": model_fingerprint(loaded.name, metadata["model"]), "window_tokens": window_tokens}
-        outputs.append(_Output(c, metadata, ShardStore(c.out_dir, manifest, c.run.resume, main=dist.main),
-                               DocumentTable()))
+        documents = DocumentTable(outputs[0].documents.docs if outputs else None)  # one registry, own sums
+        outputs.append(_Output(c, metadata, ShardStore(c.out_dir, manifest, c.run.resume, main=dist.main), documents))
     dist.barrier()
 
     stream = _StopAtError(corpus)
@@ -182,8 +182,7 @@ def score_offsets(cfgs: list[ScoreConfig], loaded: LoadedModel | None = None, to
     try:
         for window, rows in enumerate(work):
             n_windows = window + 1
-            for o in outputs:
-                o.documents.register(seg.doc for row in rows for seg in row.segments)
+            outputs[0].documents.register(seg.doc for row in rows for seg in row.segments)  # shared by all
             pending = [o for o in outputs if not o.shards.done(window)]
             for o in outputs:
                 o.resumed += o not in pending

@@ -77,10 +77,11 @@ class DocumentInfo:
 
 
 class DocumentTable:
-    """Per-document sums, accumulated batch by batch (a packed document can span several batches)."""
+    """Per-document sums, accumulated batch by batch (a packed document can span several batches). Tables of the
+    same documents (one per label offset of a run) may share one `docs` registry and keep their own sums."""
 
-    def __init__(self):
-        self.docs: dict[int, DocumentInfo] = {}
+    def __init__(self, docs: dict[int, DocumentInfo] | None = None):
+        self.docs: dict[int, DocumentInfo] = {} if docs is None else docs
         self.n_tokens: dict[int, int] = {}
         self.nll_sum: dict[int, float] = {}
         self.truncated: dict[int, int] = {}
@@ -88,10 +89,8 @@ class DocumentTable:
     def register(self, docs) -> None:
         """Remember documents (a dict by id, or any iterable of TokenizedDocument) on first sight."""
         for doc in docs.values() if isinstance(docs, dict) else docs:
-            doc_id = doc.doc_id
-            if doc_id not in self.docs:
-                self.docs[doc_id] = DocumentInfo(sys.intern(doc.domain), doc.source, len(doc.ids), doc.n_bytes)
-                self.n_tokens[doc_id], self.nll_sum[doc_id], self.truncated[doc_id] = 0, 0.0, 0
+            if doc.doc_id not in self.docs:
+                self.docs[doc.doc_id] = DocumentInfo(sys.intern(doc.domain), doc.source, len(doc.ids), doc.n_bytes)
 
     def add(self, doc_ids: np.ndarray, nll: np.ndarray, truncated: np.ndarray) -> None:
         if doc_ids.size == 0:
@@ -101,9 +100,9 @@ class DocumentTable:
         counts = np.bincount(inv)
         trunc = np.bincount(inv, weights=truncated.astype(np.float64))
         for i, doc_id in enumerate(uniq.tolist()):
-            self.n_tokens[doc_id] += int(counts[i])
-            self.nll_sum[doc_id] += float(sums[i])
-            self.truncated[doc_id] += int(trunc[i])
+            self.n_tokens[doc_id] = self.n_tokens.get(doc_id, 0) + int(counts[i])
+            self.nll_sum[doc_id] = self.nll_sum.get(doc_id, 0.0) + float(sums[i])
+            self.truncated[doc_id] = self.truncated.get(doc_id, 0) + int(trunc[i])
 
     def to_arrow(self) -> pa.Table:
         ids = sorted(self.docs)
@@ -113,10 +112,10 @@ class DocumentTable:
                 "domain": pa.array([self.docs[i].domain for i in ids], pa.string()),
                 "source": pa.array([self.docs[i].source for i in ids], pa.string()),
                 "n_input_tokens": pa.array([self.docs[i].n_input_tokens for i in ids], pa.int64()),
-                "n_tokens": pa.array([self.n_tokens[i] for i in ids], pa.int64()),
+                "n_tokens": pa.array([self.n_tokens.get(i, 0) for i in ids], pa.int64()),
                 "n_bytes": pa.array([self.docs[i].n_bytes for i in ids], pa.int64()),
-                "nll_sum": pa.array([self.nll_sum[i] for i in ids], pa.float64()),
-                "truncated_context_tokens": pa.array([self.truncated[i] for i in ids], pa.int64()),
+                "nll_sum": pa.array([self.nll_sum.get(i, 0.0) for i in ids], pa.float64()),
+                "truncated_context_tokens": pa.array([self.truncated.get(i, 0) for i in ids], pa.int64()),
             }
         )
 
