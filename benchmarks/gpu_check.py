@@ -58,30 +58,39 @@ def main() -> int:
     failures = 0
     for arch in ("llama", "qwen2", "gemma2"):
         attn = "eager" if arch == "gemma2" else "sdpa"
-        for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
+        block_plans = ["docs", "flex"] + ["varlen"] * (arch != "gemma2")  # varlen refuses soft-capping
+        truth = {}  # mask -> dense fp32 NLL: what every plan in every dtype is measured against
+        for dtype in (torch.float32, torch.bfloat16):
             model = tiny(arch, a.device, dtype, attn)
             head = OutputHead(model)
-            for mask, fast in (("block", ["docs", "flex"]), ("causal", ["nomask", "flex"])):
+            for mask, fast in (("block", block_plans), ("causal", ["nomask", "flex"])):
                 layout = LayoutConfig("packed", 256, None, mask, None, 1)
-                ref = score_all(model, "dense", layout, 4)
+                ref = score_all(model, "dense", layout, 4).astype(np.float64)
+                truth.setdefault(mask, ref)
+                ref_dev = np.abs(ref - truth[mask])
                 for name in fast:
                     if name == "flex" and a.device != "cuda":
                         continue
                     try:
-                        got = score_all(model, name, layout, 4)
+                        got = score_all(model, name, layout, 4).astype(np.float64)
                         probe = probe_mask(make_plan(name, model, mask, layout.position_mode, 1, 1), head,
                                            model.config.vocab_size)
-                        diff = float(np.abs(got.astype(np.float64) - ref).max())
-                        ok = diff <= (tol if dtype == torch.float32 else 0.1) and probe.passed
+                        diff = float(np.abs(got - ref).max())
+                        dev = np.abs(got - truth[mask])
+                        if dtype == torch.float32:
+                            ok = diff <= 1e-4
+                        else:  # bf16 moves single tokens a lot: a plan must be no farther from fp32 than dense is
+                            ok = dev.mean() <= 1.25 * ref_dev.mean() + 1e-3 and dev.max() <= 2 * ref_dev.max() + 1e-2
+                        ok = ok and probe.passed
                         status = "ok" if ok else "FAIL"
-                        detail = f"max|dNLL| {diff:.2e}, probe shift {probe.max_logit_shift:.2e}"
+                        detail = (f"max|dNLL| {diff:.2e}; vs fp32 dense mean {dev.mean():.2e} max {dev.max():.2e} "
+                                  f"(dense {ref_dev.mean():.2e} / {ref_dev.max():.2e}); "
+                                  f"probe shift {probe.max_logit_shift:.2e}")
                     except Exception as e:  # report and go on: one broken plan must not hide the others
                         ok, status, detail = False, "ERROR", f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
                     failures += not ok
                     print(f"{status:5s} {arch:7s} {str(dtype)[6:]:9s} {mask:6s} {name:7s} vs dense: {detail}",
                           flush=True)
-                if model.config._attn_implementation != attn:
-                    model.set_attn_implementation(attn)  # flex switched it
     print(f"{failures} failures")
     return 1 if failures else 0
 

@@ -6,6 +6,7 @@ Measures a matmul peak first, then scores the same Pile-like documents (many sho
   docs        each document alone, length-bucketed, no mask tensor
   nomask      the causal (leaky) mask as plain causal attention
   flex        FlexAttention with a document BlockMask (CUDA only)
+  varlen      packed rows, variable-length attention per document (flash varlen kernel on CUDA)
 in the dtypes asked for, checks every plan against `dense` (per-token NLL), and prints tokens/s, the ratio to
 seed-style, peak memory and model-FLOPs utilisation (2 x parameters FLOPs per token / measured matmul peak).
 
@@ -162,7 +163,8 @@ def main(argv=None) -> dict:
         variants = []
         if dtype == dtypes[0] and not a.skip_seed:  # the seed-style baseline runs in the first dtype listed
             variants.append(("seed-style", "block"))
-        variants += [("dense", "block"), ("docs", "block"), ("dense", "causal"), ("nomask", "causal")]
+        variants += [("dense", "block"), ("docs", "block"), ("varlen", "block"), ("dense", "causal"),
+                     ("nomask", "causal")]
         if a.device == "cuda":
             variants += [("flex", "block")]
         sizing = auto_batch_size(make_plan("docs", model, "block", "restart", 1, 1), OutputHead(model), a.seq_len,

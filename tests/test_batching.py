@@ -63,7 +63,7 @@ def _fixed_peak(nbytes: int):
 def test_row_memory_grows_with_the_row(llama_plan):
     """A longer row takes more working memory: the logits chunks alone are tokens x vocab x 4 bytes."""
     plan, head = llama_plan
-    head.chunk_tokens = 1 << 20  # one chunk: the fp32 logits of the whole row are resident at once
+    head.chunk_tokens, head.vocab_tile = 1 << 20, head.vocab  # one tile: the whole row's fp32 logits at once
     vocab = plan.model.config.vocab_size
     short = auto_batch_size(plan, head, 32, vocab).row_bytes
     long = auto_batch_size(plan, head, 256, vocab).row_bytes

@@ -101,7 +101,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--no-fp32-check", dest="fp32_check", action="store_false",
                    help="skip re-scoring the first batch in float32 when running in bf16/fp16")
     r.add_argument("--mask-heads", action="store_true", help="expand the mask to (B,H,T,T) as the seed did")
-    r.add_argument("--loss-chunk-mb", type=int, default=256, help="memory budget of one chunk of logits")
+    r.add_argument("--loss-chunk-mb", type=int, default=256,
+                   help="memory budget of one tile of logits (tokens x vocabulary entries)")
     r.add_argument("--no-probe", dest="probe", action="store_false", help="skip the mask probe")
     r.add_argument("--quiet", action="store_true")
 

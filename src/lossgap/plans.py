@@ -7,6 +7,8 @@ the same scored tokens, and the same per-token NLL as `dense` within the dtype's
 - nomask: the causal (leaky) mask as plain causal attention over packed rows, no mask tensor, so SDPA takes its
   fast path (needs running position ids: restarting ones make transformers build a document mask itself).
 - flex: FlexAttention with a document BlockMask built once per batch (CUDA only; it crashes on the CPU).
+- varlen: packed rows flattened into one stream cut at segment boundaries, variable-length attention within each
+  segment (PyTorch's flash varlen kernel on CUDA in bf16/fp16, SDPA per segment elsewhere): no mask, no padding.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import torch
 from .errors import UsageError
 from .layout import Batch, Row, collate, isolate_segments, length_buckets
 from .masks import additive_mask
+from .varlen import cumulative_lengths, register
 
-PLANS = ("auto", "dense", "docs", "nomask", "flex")
+PLANS = ("auto", "dense", "docs", "nomask", "flex", "varlen")
 PAD_MULTIPLE = 16  # docs plan: row lengths rounded up to a multiple the matmul and attention kernels like
 
 
@@ -27,7 +30,8 @@ class Plan:
     """Shared plumbing; subclasses choose how rows are batched and what mask the model gets."""
 
     name = "plan"
-    isolates_documents = False  # True: documents never share a row, whatever the mask
+    isolates_documents = False  # True: no document ever attends to another, whatever the mask
+    attn_implementation: str | None = None  # the transformers attention this plan needs (None: the model's own)
 
     def __init__(self, model: torch.nn.Module, mask: str, position_mode: str, k: int, batch_size: int = 1,
                  batch_tokens: int | None = None):
@@ -39,6 +43,15 @@ class Plan:
         self.batch_tokens = batch_tokens
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        # plans that swap the model's attention must not leave it swapped for the next plan on the same model
+        if not hasattr(model, "lossgap_loaded_attn"):
+            model.lossgap_loaded_attn = model.config._attn_implementation
+        self.attn = self.attn_implementation or model.lossgap_loaded_attn
+
+    def use_attention(self) -> None:
+        """Switch the model to this plan's attention implementation if another plan left it on its own."""
+        if self.model.config._attn_implementation != self.attn:
+            self.model.set_attn_implementation(self.attn)
 
     pad_multiple = 1
 
@@ -61,6 +74,7 @@ class Plan:
     @torch.inference_mode()
     def hidden_states(self, batch: Batch) -> torch.Tensor:
         """Final-norm hidden states [B, L, D] for every position of the batch."""
+        self.use_attention()
         out = self.model.base_model(
             input_ids=batch.input_ids.to(self.device),
             position_ids=batch.position_ids.to(self.device),
@@ -115,14 +129,13 @@ class FlexPlan(Plan):
     """FlexAttention with a block-diagonal causal BlockMask (CUDA only)."""
 
     name = "flex"
+    attn_implementation = "flex_attention"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.device.type != "cuda":
             raise UsageError("--plan flex runs on CUDA only (FlexAttention crashes on the CPU with torch 2.13)",
                              "use --plan docs or --plan dense")
-        if self.model.config._attn_implementation != "flex_attention":
-            self.model.set_attn_implementation("flex_attention")
 
     def attention_mask(self, batch: Batch):
         from torch.nn.attention.flex_attention import create_block_mask
@@ -138,6 +151,39 @@ class FlexPlan(Plan):
         return create_block_mask(document_causal, seg.shape[0], None, length, length, device=self.device)
 
 
+class VarlenPlan(Plan):
+    """Packed rows through variable-length attention: each segment attends to itself only (block mask)."""
+
+    name = "varlen"
+    isolates_documents = True
+    attn_implementation = register()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        cfg = self.model.config
+        if getattr(cfg, "attn_logit_softcapping", None) is not None:
+            raise UsageError(f"--plan varlen: {cfg.model_type} soft-caps attention scores, which varlen kernels do not",
+                             "use --plan docs (or flex on CUDA)")
+        if getattr(cfg, "sliding_window", None) is not None and (
+                "sliding_attention" in (getattr(cfg, "layer_types", None) or [])
+                or getattr(cfg, "use_sliding_window", False)):
+            raise UsageError(f"--plan varlen: {cfg.model_type} has sliding-window layers, which this plan does not "
+                             "apply", "use --plan docs (or flex on CUDA)")
+
+    @torch.inference_mode()
+    def hidden_states(self, batch: Batch) -> torch.Tensor:
+        cu_seq, longest = cumulative_lengths(batch.segment_ids)
+        self.use_attention()
+        out = self.model.base_model(
+            input_ids=batch.input_ids.to(self.device),
+            position_ids=batch.position_ids.to(self.device),
+            use_cache=False,
+            cu_seq_lens_q=cu_seq.to(self.device),
+            max_length_q=longest,
+        )
+        return out.last_hidden_state
+
+
 def choose_plan(name: str, mask: str, position_mode: str, device: torch.device, layout: str = "packed") -> str:
     """`auto`: the fastest plan valid for this device, mask, positions and layout; an explicit name is checked.
     With one document per row (layout single) the block and causal masks are the same, so `docs` serves both."""
@@ -146,8 +192,8 @@ def choose_plan(name: str, mask: str, position_mode: str, device: torch.device, 
         if apart:
             return "docs"
         return "nomask" if position_mode == "continuous" else "dense"
-    if name == "docs" and not apart:
-        raise UsageError("--plan docs scores documents apart: it needs --mask block or --layout single",
+    if name in ("docs", "varlen") and not apart:
+        raise UsageError(f"--plan {name} scores documents apart: it needs --mask block or --layout single",
                          "use --plan nomask or dense")
     if name == "nomask" and (mask != "causal" or position_mode != "continuous"):
         raise UsageError("--plan nomask needs --mask causal with continuous positions",
@@ -159,6 +205,6 @@ def choose_plan(name: str, mask: str, position_mode: str, device: torch.device, 
 
 def make_plan(name: str, model: torch.nn.Module, mask: str, position_mode: str, k: int, batch_size: int,
               batch_tokens: int | None = None, mask_heads: bool = False) -> Plan:
-    classes = {"dense": DensePlan, "docs": DocsPlan, "nomask": NoMaskPlan, "flex": FlexPlan}
+    classes = {"dense": DensePlan, "docs": DocsPlan, "nomask": NoMaskPlan, "flex": FlexPlan, "varlen": VarlenPlan}
     kwargs = {"mask_heads": mask_heads} if name == "dense" else {}
     return classes[name](model, mask, position_mode, k, batch_size, batch_tokens, **kwargs)
