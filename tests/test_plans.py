@@ -110,3 +110,29 @@ def test_varlen_refuses_what_it_cannot_apply(tmp_path, tiny_models, llama_dir, p
         score_run(tiny_models["gemma2"], pile_jsonl, tmp_path / "g", plan="varlen")
     with pytest.raises(UsageError, match="needs --mask block or --layout single"):
         score_run(llama_dir, pile_jsonl, tmp_path / "c", mask="causal", plan="varlen")
+
+
+def test_a_plan_that_swaps_attention_leaves_the_next_plan_the_models_own(llama_dir):
+    """varlen switches the model to its attention; a dense plan made afterwards on the same model (as compare and
+    the benchmarks do) switches it back and still gives the dense numbers."""
+    from lossgap.encode import TokenizedDocument
+    from lossgap.head import OutputHead
+    from lossgap.layout import packed_rows
+    from lossgap.plans import make_plan
+    from lossgap.score import score_batch
+
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32).eval()
+    rng = np.random.default_rng(0)
+    docs = [TokenizedDocument(i, "d", f"d{i}", rng.integers(0, 200, n), 0) for i, n in enumerate((9, 14, 6))]
+    head = OutputHead(model)
+
+    def run(name):
+        plan = make_plan(name, model, "block", "restart", 1, 2)
+        return np.concatenate([score_batch(plan, head, b) for b in plan.batches(list(packed_rows(docs, 32, 1)))])
+
+    before = run("dense")
+    varlen = run("varlen")
+    assert model.config._attn_implementation == "lossgap_varlen"
+    after = run("dense")
+    assert model.config._attn_implementation == "sdpa"
+    assert np.abs(after - before).max() == 0 and np.abs(varlen - before).max() <= 1e-4
