@@ -2,7 +2,7 @@
 
 Measures a matmul peak first, then scores the same Pile-like documents (many short, a long tail) with:
   seed-style  HF forward with a float (1,H,T,T) block mask and labels= (what the seed did), in the first dtype
-  dense       lossgap's reference plan: explicit 4D (B,1,T,T) mask, chunked fp32 loss
+  dense       lossgap's reference plan: explicit 4D (B,1,T,T) mask, tiled fp32 loss
   docs        each document alone, length-bucketed, no mask tensor
   nomask      the causal (leaky) mask as plain causal attention
   flex        FlexAttention with a document BlockMask (CUDA only)
@@ -128,6 +128,39 @@ def run_plan(model, plan_name: str, mask: str, docs, seq_len: int, batch_size: i
     return tokens, elapsed, nll[order]
 
 
+def measure(model, name: str, mask: str, docs, warmup, a, dname: str, n_params: int, peaks: dict, reference: dict,
+            seed_tps: float | None) -> dict:
+    """One variant: an untimed pass over a few documents (kernel selection, allocator growth), then the timed run."""
+    if name == "seed-style":
+        run_seed_style(model, warmup, a.seq_len, a.seed_batch_size)
+    else:
+        run_plan(model, name, mask, warmup, a.seq_len, a.batch_size, a.batch_tokens)
+    with PeakMemory([torch.device(a.device)]) as mem:
+        if name == "seed-style":
+            tokens, elapsed = run_seed_style(model, docs, a.seq_len, a.seed_batch_size)
+            nll = None
+        else:
+            tokens, elapsed, nll = run_plan(model, name, mask, docs, a.seq_len, a.batch_size, a.batch_tokens)
+    tps = tokens / elapsed
+    if name == "seed-style":
+        seed_tps = tps  # the row's own ratio is 1
+    agree = None
+    if nll is not None:
+        key = (dname, mask)
+        if name == "dense":
+            reference[key] = nll
+        agree = float(np.abs(nll.astype(np.float64) - reference[key]).max()) if key in reference else None
+    mfu = 2 * n_params * tps / peaks[dname]
+    row = {"variant": name, "mask": mask, "dtype": dname, "tokens_per_s": tps,
+           "ratio_to_seed": tps / seed_tps if seed_tps else None, "peak_mem_gb": mem.peak / 2**30,
+           "working_mem_gb": mem.bytes / 2**30, "max_abs_diff_vs_dense": agree, "mfu": mfu}
+    ratio = f"{row['ratio_to_seed']:.2f}x" if row["ratio_to_seed"] else "n/a"
+    diff = "" if agree is None else f"  max|dNLL| vs dense {agree:.2e}"
+    print(f"{name:10s} {mask:6s} {dname:8s} {tps:10,.0f} tok/s  {ratio:>7s} seed  "
+          f"peak {row['peak_mem_gb']:6.2f} GB (working {row['working_mem_gb']:5.2f})  MFU {mfu:6.1%}{diff}", flush=True)
+    return row
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="smollm2-135m", choices=sorted(ARCHS))
@@ -151,8 +184,8 @@ def main(argv=None) -> dict:
     print(f"# {a.arch} on {a.device} ({machine}), T={a.seq_len}, ~{a.tokens} tokens/variant, torch {torch.__version__}")
     for d, f in peaks.items():
         print(f"matmul peak {d}: {f / 1e12:.2f} TFLOP/s")
-    rows, report = [], {"arch": a.arch, "device": a.device, "machine": machine, "seq_len": a.seq_len,
-                        "matmul_peak_flops": peaks, "variants": []}
+    report = {"arch": a.arch, "device": a.device, "machine": machine, "seq_len": a.seq_len,
+              "matmul_peak_flops": peaks, "variants": []}
     reference = {}
     seed_tps = None
     for dtype in dtypes:
@@ -175,38 +208,19 @@ def main(argv=None) -> dict:
               f"(fit {sizing.fit_rows}, cap {sizing.cap_rows})", flush=True)
         warmup = docs[: max(2, len(docs) // 16)]
         for name, mask in variants:
-            # one untimed pass over a few documents: kernel selection and allocator growth are not throughput
+            try:
+                row = measure(model, name, mask, docs, warmup, a, dname, n_params, peaks, reference, seed_tps)
+            except Exception as e:  # report and go on: one failing variant must not lose the others' figures
+                msg = str(e).splitlines()[0][:200] if str(e) else ""
+                print(f"{name:10s} {mask:6s} {dname:8s} ERROR {type(e).__name__}: {msg}", flush=True)
+                report["variants"].append({"variant": name, "mask": mask, "dtype": dname,
+                                           "error": f"{type(e).__name__}: {msg}"})
+                if a.device == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             if name == "seed-style":
-                run_seed_style(model, warmup, a.seq_len, a.seed_batch_size)
-            else:
-                run_plan(model, name, mask, warmup, a.seq_len, a.batch_size, a.batch_tokens)
-            with PeakMemory([torch.device(a.device)]) as mem:
-                if name == "seed-style":
-                    tokens, elapsed = run_seed_style(model, docs, a.seq_len, a.seed_batch_size)
-                    nll = None
-                else:
-                    tokens, elapsed, nll = run_plan(model, name, mask, docs, a.seq_len, a.batch_size, a.batch_tokens)
-            tps = tokens / elapsed
-            if name == "seed-style":
-                seed_tps = tps
-            agree = None
-            if nll is not None:
-                key = (dname, mask)
-                if name == "dense":
-                    reference[key] = nll
-                agree = float(np.abs(nll.astype(np.float64) - reference[key]).max())
-            mfu = 2 * n_params * tps / peaks[dname]
-            row = {"variant": name, "mask": mask, "dtype": dname, "tokens_per_s": tps,
-                   "ratio_to_seed": tps / seed_tps if seed_tps else None, "peak_mem_gb": mem.peak / 2**30,
-                   "working_mem_gb": mem.bytes / 2**30,
-                   "max_abs_diff_vs_dense": agree, "mfu": mfu}
+                seed_tps = row["tokens_per_s"]
             report["variants"].append(row)
-            rows.append(row)
-            ratio = f"{row['ratio_to_seed']:.2f}x" if row["ratio_to_seed"] else "n/a"
-            diff = "" if agree is None else f"  max|dNLL| vs dense {agree:.2e}"
-            print(f"{name:10s} {mask:6s} {dname:8s} {tps:10,.0f} tok/s  {ratio:>7s} seed  "
-                  f"peak {row['peak_mem_gb']:6.2f} GB (working {row['working_mem_gb']:5.2f})  MFU {mfu:6.1%}{diff}",
-                  flush=True)
         del model, docs
         gc.collect()
         trim_heap()
