@@ -2,6 +2,8 @@
 # One H100/H200, under 8 minutes: correctness of every plan on small models, then throughput of a
 # Llama-3.1-8B-shaped model (random bf16 weights) at T=8192 on Pile-like document lengths.
 # Run from the repository root on the lent GPU:  bash benchmarks/gpu.sh   (results under $OUT)
+# The GPU machine reaches no package index: to check the Cut Cross-Entropy loss kernel too, download its wheel here
+# first (pip download --no-deps cut-cross-entropy==25.1.1 -d benchmarks/wheels) and carry benchmarks/wheels.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/out}
@@ -10,6 +12,9 @@ export PYTHONPATH=src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
     | tee -a "$OUT/gpu.txt"
+if ls benchmarks/wheels/*.whl >/dev/null 2>&1; then  # Triton comes with PyTorch's CUDA builds
+    python3 -m pip install -q --no-deps --no-index benchmarks/wheels/*.whl 2>&1 | tail -1
+fi
 timeout 150 python3 benchmarks/gpu_check.py --device cuda 2>&1 | tee "$OUT/check.txt"
 # 64k tokens per batch (8 rows of 8192) for dense/nomask/flex; the docs plan gets the same token budget; the
 # seed-style baseline (bf16 here) one row at a time, as its (1,H,T,T) mask and [T,V] logits allow.

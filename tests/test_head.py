@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import ARCHS
 from transformers import AutoModelForCausalLM
 
-from lossgap.errors import ModelError
+from lossgap.errors import ModelError, UsageError
 from lossgap.head import BYTES_PER_LOGIT, CPU_TILE_BYTES, VOCAB_TILE, OutputHead
 
 
@@ -66,12 +68,23 @@ def _float64(proj, hidden):
     return F.linear(hidden.double(), proj.weight.double(), None if proj.bias is None else proj.bias.double())
 
 
-class _Head(OutputHead):
-    """OutputHead over a bare projection, so a case can use any projection."""
+class _Bare(torch.nn.Module):
+    """A model that is only an output projection, so a case can give OutputHead any projection."""
 
-    def __init__(self, proj, chunk_tokens: int, vocab_tile: int):
-        self.proj, self.softcap, self.scale, self.divide = proj, None, None, None
-        self.vocab, self.chunk_tokens, self.vocab_tile = proj.weight.shape[0], chunk_tokens, vocab_tile
+    config = type("Config", (), {"model_type": "custom"})()
+
+    def __init__(self, proj):
+        super().__init__()
+        self.proj = proj
+
+    def get_output_embeddings(self):
+        return self.proj
+
+
+def _Head(proj, chunk_tokens: int, vocab_tile: int) -> OutputHead:
+    head = OutputHead(_Bare(proj))
+    head.chunk_tokens, head.vocab_tile = chunk_tokens, vocab_tile
+    return head
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -107,14 +120,88 @@ def test_a_projection_that_is_not_linear_is_applied_whole():
         def forward(self, x):
             return self.inner(x)
 
-    class Model(torch.nn.Module):
-        config = type("Config", (), {"model_type": "custom"})()
-
-        def get_output_embeddings(self):
-            return Wrapped(proj)
-
-    head = OutputHead(Model())
+    head = OutputHead(_Bare(Wrapped(proj)))
     assert head.vocab_tile == proj.weight.shape[0]
     with torch.no_grad():
         ref = F.cross_entropy(_float64(proj, hidden), targets, reduction="none")
         assert (head.nll(hidden, targets).double() - ref).abs().max().item() <= 1e-5
+
+
+# Cut Cross-Entropy (--loss-kernel cce). Off CUDA the package runs its torch.compile form of the same function, so
+# these tests check lossgap's use of it (arguments, soft-capping, per-token output, the check against float64);
+# benchmarks/gpu_check.py checks its Triton kernel on a GPU.
+
+def _tiny(tiny_models, arch: str, dtype=torch.float32):
+    return AutoModelForCausalLM.from_pretrained(tiny_models[arch], dtype=dtype).eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])  # gemma2: final-logit soft-capping passed to the kernel
+def test_cce_kernel_matches_the_tiled_path(tiny_models, arch):
+    model = _tiny(tiny_models, arch)
+    head = OutputHead(model, kernel="cce")
+    assert head.kernel == "cce"
+    check = head.check_kernel(model.config.vocab_size)
+    assert check["passed"] and check["max_abs_diff_vs_float64"] <= 1e-4
+    ids = torch.randint(0, model.config.vocab_size, (1, 60), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        hidden = model.base_model(input_ids=ids, use_cache=False).last_hidden_state[0]
+        ref = F.cross_entropy(model(input_ids=ids, use_cache=False).logits[0].double()[:-1], ids[0, 1:],
+                              reduction="none")
+        got = head.nll(hidden[:-1], ids[0, 1:])
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    assert (got.double() - ref).abs().max().item() <= 1e-5
+
+
+def test_cce_kernel_in_bf16_passes_its_check(tiny_models):
+    model = _tiny(tiny_models, "llama", torch.bfloat16)
+    head = OutputHead(model, kernel="cce")
+    check = head.check_kernel(model.config.vocab_size)
+    # the kernel keeps logits in fp32 where the model rounds them to bf16: it is at least as close to float64
+    assert check["passed"] and check["max_abs_diff_vs_float64"] <= check["tiled_max_abs_diff_vs_float64"] + 1e-2
+    assert head.kernel == "cce"
+
+
+def test_a_kernel_farther_from_float64_than_the_tiled_path_is_dropped(tiny_models):
+    model = _tiny(tiny_models, "llama")
+    head = OutputHead(model, kernel="cce")
+    kernel = head._cce
+    head._cce = lambda hidden, targets: kernel(hidden, targets) + 0.01  # off by 0.01 nats everywhere
+    check = head.check_kernel(model.config.vocab_size)
+    assert not check["passed"] and check["max_abs_diff_vs_float64"] >= 0.01
+    assert head.kernel == "tiled" and head._cce is None
+
+
+def test_cce_is_refused_where_it_cannot_serve(tiny_models, monkeypatch):
+    model = _tiny(tiny_models, "llama")
+    assert OutputHead(model, kernel="auto").kernel == "tiled"  # auto takes the kernel on CUDA only
+    assert OutputHead(model, kernel="tiled").check_kernel(model.config.vocab_size) is None
+    proj, _, _ = _head_case(bias=True)
+    model.set_output_embeddings(proj)
+    with pytest.raises(UsageError, match="not a plain Linear without bias"):
+        OutputHead(model, kernel="cce")
+    monkeypatch.setitem(sys.modules, "cut_cross_entropy", None)  # as if not installed
+    with pytest.raises(UsageError, match="cut-cross-entropy is not installed"):
+        OutputHead(_tiny(tiny_models, "llama"), kernel="cce")
+
+
+def test_a_run_with_the_cce_kernel_scores_the_same_and_says_so(tmp_path, llama_dir, pile_jsonl):
+    from conftest import read_tokens, score_run
+
+    tiled = score_run(llama_dir, pile_jsonl, tmp_path / "tiled", loss_kernel="tiled")
+    cce = score_run(llama_dir, pile_jsonl, tmp_path / "cce", loss_kernel="cce")
+    assert tiled.summary["loss_kernel"] == "tiled" and tiled.summary["loss_kernel_check"] is None
+    assert cce.summary["loss_kernel"] == "cce" and cce.summary["loss_kernel_check"]["passed"]
+    a, b = read_tokens(tiled.out_dir), read_tokens(cce.out_dir)
+    assert (a[["doc_id", "pos", "target"]].values == b[["doc_id", "pos", "target"]].values).all()
+    assert (a.nll - b.nll).abs().max() <= 1e-5
+
+
+def test_a_projection_with_hooks_is_applied_whole():
+    """Tensor parallelism gathers the head's output in a hook: slicing its weight would skip the hook."""
+    proj, hidden, targets = _head_case()
+    proj.register_forward_hook(lambda module, args, out: out * 2)
+    head = OutputHead(_Bare(proj))
+    assert not head.plain and head.vocab_tile == proj.weight.shape[0]
+    with torch.no_grad():
+        ref = F.cross_entropy(2 * _float64(proj, hidden), targets, reduction="none")
+        assert (head.nll(hidden, targets).double() - ref).abs().max().item() <= 1e-6 * ref.abs().max().item()

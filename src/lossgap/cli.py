@@ -27,6 +27,7 @@ from .config import (
     TokenizeConfig,
 )
 from .errors import LossgapError, UsageError
+from .head import LOSS_KERNELS
 from .plans import PLANS
 
 
@@ -103,6 +104,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--mask-heads", action="store_true", help="expand the mask to (B,H,T,T) as the seed did")
     r.add_argument("--loss-chunk-mb", type=int, default=256,
                    help="memory budget of one tile of logits (tokens x vocabulary entries)")
+    r.add_argument("--loss-kernel", default="auto", choices=LOSS_KERNELS,
+                   help="tiled: lossgap's own; cce: Apple's Cut Cross-Entropy (fused, checked against float64 at "
+                        "start); auto: cce on CUDA when installed")
     r.add_argument("--no-probe", dest="probe", action="store_false", help="skip the mask probe")
     r.add_argument("--quiet", action="store_true")
 
@@ -128,7 +132,7 @@ def _shared_configs(a: argparse.Namespace):
     tokenize = TokenizeConfig(a.add_bos, a.add_eos, a.bos_id, a.eos_id)
     layout = LayoutConfig(a.layout, a.seq_len, a.stride, a.mask, a.positions, a.label_offset)
     run = RunConfig(a.out, a.batch_size, a.plan, a.batch_tokens, a.fp32_check, a.mask_heads, a.loss_chunk_mb,
-                    a.probe, a.overwrite, a.quiet, a.resume, a.window_tokens)
+                    a.probe, a.overwrite, a.quiet, a.resume, a.window_tokens, a.loss_kernel)
     return corpus, tokenize, layout, run
 
 

@@ -133,6 +133,7 @@ class RunConfig:
     quiet: bool = False
     resume: bool = False  # continue an interrupted run in the same --out from its finished windows
     window_tokens: int | None = None  # tokens per result shard (None: max(65536, 16 x batch x seq-len))
+    loss_kernel: str = "auto"  # tiled, or cce (Cut Cross-Entropy); auto: cce on CUDA when installed and checked
 
     def validate(self) -> None:
         from .plans import PLANS
@@ -143,6 +144,9 @@ class RunConfig:
         _check_positive("window-tokens", self.window_tokens)
         _check_choice("plan", self.plan, PLANS)
         _check_positive("loss-chunk-mb", self.loss_chunk_mb)
+        from .head import LOSS_KERNELS
+
+        _check_choice("loss-kernel", self.loss_kernel, LOSS_KERNELS)
 
 
 @dataclass

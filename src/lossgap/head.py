@@ -5,6 +5,10 @@ one slice of the output matrix is read once per batch and stays in cache while e
 Chunking tokens alone re-reads the whole matrix (57 MB for SmolLM2, 1 GB for Llama 3) for every chunk, which made
 the head memory-bound: on a 2-core Xeon the head's matmul ran at 0.9 TFLOP/s that way and 2.6 tiled (bf16 peak
 2.4), and the whole head went from 380 to 195 ms per 4,096 tokens (benchmarks/RESULTS.md).
+
+`--loss-kernel cce` (the default on CUDA when installed) hands the loss to Apple's Cut Cross-Entropy instead, which
+fuses the matmul and the log-sum-exp and never writes logits to memory. It is used only after its per-token output
+on the model's own hidden states proved no farther from a float64 computation than the tiled path's.
 """
 
 from __future__ import annotations
@@ -12,19 +16,28 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .errors import ModelError
+from .errors import ModelError, UsageError
 
 # On the CPU one tile's logits should stay in cache: 4,096 vocabulary entries by 512 tokens (16 MiB at 8 bytes an
 # entry) was fastest on a 2-core Xeon; twice either side fell out of cache and took twice as long.
 CPU_TILE_BYTES = 16 << 20
 VOCAB_TILE = {"cpu": 4096, "cuda": 16384}
 BYTES_PER_LOGIT = 8  # the tile's logits in the model's dtype plus their fp32 copy
+LOSS_KERNELS = ("auto", "tiled", "cce")
+
+
+def _plain_linear(proj: torch.nn.Module) -> bool:
+    """A Linear whose weight rows can be sliced: no hooks (tensor parallel gathers), no distributed weight."""
+    from torch.distributed.tensor import DTensor
+
+    return (type(proj) is torch.nn.Linear and not isinstance(proj.weight, DTensor)
+            and not proj._forward_hooks and not proj._forward_pre_hooks)
 
 
 class OutputHead:
     """The model's output projection plus its logit transforms (Gemma soft-capping, Cohere/Granite scaling)."""
 
-    def __init__(self, model: torch.nn.Module, chunk_mb: int = 256):
+    def __init__(self, model: torch.nn.Module, chunk_mb: int = 256, kernel: str = "tiled"):
         self.model = model
         self.proj = model.get_output_embeddings()
         cfg = model.config
@@ -36,10 +49,36 @@ class OutputHead:
         budget = chunk_mb << 20
         if device == "cpu":
             budget = min(budget, CPU_TILE_BYTES)
-        # a projection that is not a plain Linear (quantized, wrapped) is applied whole: one tile spans the vocabulary
-        tiled = type(self.proj) is torch.nn.Linear
-        self.vocab_tile = min(self.vocab, VOCAB_TILE.get(device, VOCAB_TILE["cuda"])) if tiled else self.vocab
+        # a projection that is not a plain Linear (quantized, wrapped, tensor parallel) is applied whole: one tile
+        self.plain = _plain_linear(self.proj)
+        self.vocab_tile = min(self.vocab, VOCAB_TILE.get(device, VOCAB_TILE["cuda"])) if self.plain else self.vocab
         self.chunk_tokens = max(1, budget // (self.vocab_tile * BYTES_PER_LOGIT))
+        # CCE's own kernel holds no logits; its torch.compile form (off CUDA) holds a chunk's [tokens, V] logits
+        self.cce_tokens = max(1, budget // (self.vocab * 12))
+        self._cce = None
+        if kernel == "cce" or (kernel == "auto" and device == "cuda"):
+            self._cce = self._cce_loss(required=kernel == "cce")
+        self.kernel = "cce" if self._cce is not None else "tiled"
+
+    def _cce_loss(self, required: bool):
+        """Cut Cross-Entropy's per-token loss for this head, or None (an error if asked for) where it cannot serve."""
+        reason = None
+        if not self.plain or self.proj.bias is not None:
+            reason = "the output projection is not a plain Linear without bias"
+        elif self.scale is not None or self.divide is not None:
+            reason = f"{self.model.config.model_type} scales its logits, which the kernel does not"
+        else:
+            try:
+                from cut_cross_entropy import linear_cross_entropy
+            except ImportError:
+                reason = "cut-cross-entropy is not installed (pip install cut-cross-entropy; it needs triton)"
+        if reason is not None:
+            if required:
+                raise UsageError(f"--loss-kernel cce: {reason}", "use --loss-kernel tiled")
+            return None
+        impl = "cce" if self.proj.weight.is_cuda else "torch_compile"
+        return lambda hidden, targets: linear_cross_entropy(hidden, self.proj.weight, targets, softcap=self.softcap,
+                                                            reduction="none", impl=impl)
 
     def _transform(self, logits: torch.Tensor) -> torch.Tensor:
         if self.scale is not None:
@@ -54,25 +93,39 @@ class OutputHead:
         """Logits as the model's own forward computes them (in its dtype, transforms included)."""
         return self._transform(self.proj(hidden))
 
-    def _tile_logits(self, hidden: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """Logits of vocabulary entries lo..hi, in the model's dtype, as its forward rounds them."""
-        if lo == 0 and hi == self.vocab:
-            return self.logits(hidden)
-        bias = self.proj.bias
-        return self._transform(F.linear(hidden, self.proj.weight[lo:hi], None if bias is None else bias[lo:hi]))
+    def _tile_logits(self, hidden: torch.Tensor, lo: int, hi: int, exact: bool = False) -> torch.Tensor:
+        """Logits of vocabulary entries lo..hi, in the model's dtype as its forward rounds them (exact: float64)."""
+        if not self.plain:
+            return self.logits(hidden).double() if exact else self.logits(hidden)
+        weight, bias = self.proj.weight[lo:hi], self.proj.bias
+        bias = None if bias is None else bias[lo:hi]
+        if exact:
+            hidden, weight = hidden.double(), weight.double()
+            bias = None if bias is None else bias.double()
+        return self._transform(F.linear(hidden, weight, bias))
 
     def nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """NLL in nats of targets[i] given hidden[i], fp32, [N] -> [N]: log-sum-exp of the logits minus the target's."""
+        """NLL in nats of targets[i] given hidden[i], fp32, [N] -> [N]."""
+        if self._cce is not None and (hidden.dtype != torch.float32 or not hidden.is_cuda):  # fp32 on CUDA: no TF32
+            step = targets.shape[0] if hidden.is_cuda else self.cce_tokens
+            parts = [self._cce(hidden[i : i + step], targets[i : i + step]).float()
+                     for i in range(0, targets.shape[0], step)]
+            return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+        return self._tiled_nll(hidden, targets)
+
+    def _tiled_nll(self, hidden: torch.Tensor, targets: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """Log-sum-exp of the logits minus the target's, tile by tile (exact: in float64, for checks)."""
         n = targets.shape[0]
-        run_max = torch.full((n,), float("-inf"), dtype=torch.float32, device=hidden.device)
-        sum_exp = torch.zeros(n, dtype=torch.float32, device=hidden.device)
-        target_logit = torch.zeros(n, dtype=torch.float32, device=hidden.device)
-        lowest = torch.finfo(torch.float32).min  # keeps an all -inf tile from giving inf - inf
+        acc = torch.float64 if exact else torch.float32
+        run_max = torch.full((n,), float("-inf"), dtype=acc, device=hidden.device)
+        sum_exp = torch.zeros(n, dtype=acc, device=hidden.device)
+        target_logit = torch.zeros(n, dtype=acc, device=hidden.device)
+        lowest = torch.finfo(acc).min  # keeps an all -inf tile from giving inf - inf
         for lo in range(0, self.vocab, self.vocab_tile):
             hi = min(lo + self.vocab_tile, self.vocab)
             for start in range(0, n, self.chunk_tokens):
                 rows = slice(start, start + self.chunk_tokens)
-                logits = self._tile_logits(hidden[rows], lo, hi).float()
+                logits = self._tile_logits(hidden[rows], lo, hi, exact).to(acc)
                 local = targets[rows] - lo
                 inside = (local >= 0) & (local < hi - lo)
                 picked = logits.gather(1, local.clamp(0, hi - lo - 1)[:, None])[:, 0]
@@ -83,6 +136,29 @@ class OutputHead:
                 sum_exp[rows] = sum_exp[rows] * torch.exp(old_max - new_max) + tile_sum
                 run_max[rows] = new_max
         return run_max + torch.log(sum_exp) - target_logit
+
+    @torch.inference_mode()
+    def check_kernel(self, vocab_size: int, tokens: int = 128) -> dict | None:
+        """Score the model's hidden states for random tokens with the fused kernel, the tiled path and float64. The
+        kernel is kept only if no farther from float64 than the tiled path (plus a dtype tolerance); otherwise the
+        head falls back to the tiled path and says why. None when no fused kernel is in use."""
+        if self._cce is None:
+            return None
+        device = self.proj.weight.device
+        gen = torch.Generator().manual_seed(1)
+        ids = torch.randint(0, vocab_size, (1, tokens), generator=gen).to(device)
+        targets = torch.randint(0, vocab_size, (tokens,), generator=gen).to(device)
+        hidden = self.model.base_model(input_ids=ids, use_cache=False).last_hidden_state[0]
+        exact = self._tiled_nll(hidden, targets, exact=True)
+        plain = (self._tiled_nll(hidden, targets).double() - exact).abs().max().item()
+        fused = (self.nll(hidden, targets).double() - exact).abs().max().item()
+        tol = 1e-4 if hidden.dtype == torch.float32 else 1e-2
+        passed = fused <= 1.5 * plain + tol
+        result = {"kernel": "cce", "tokens": tokens, "max_abs_diff_vs_float64": fused,
+                  "tiled_max_abs_diff_vs_float64": plain, "passed": passed}
+        if not passed:
+            self._cce, self.kernel = None, "tiled"
+        return result
 
     @torch.inference_mode()
     def verify(self, vocab_size: int, tol: float | None = None) -> float:

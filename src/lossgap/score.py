@@ -20,7 +20,7 @@ from .config import ScoreConfig
 from .corpus import Corpus
 from .dist import init_distributed
 from .encode import encode_documents, resolve_special_tokens
-from .errors import LossgapError, UsageError
+from .errors import LossgapError, ModelError, UsageError
 from .head import OutputHead
 from .layout import Batch, make_rows, retarget, windows
 from .model import LoadedModel, load_model, resolve_seq_len
@@ -136,8 +136,13 @@ def score_offsets(cfgs: list[ScoreConfig], loaded: LoadedModel | None = None, to
         c.layout.seq_len = seq_len
         c.layout.validate()
     special = resolve_special_tokens(tokenizer, cfg.tokenize, loaded.vocab_size)
-    head = OutputHead(loaded.model, cfg.run.loss_chunk_mb)
+    head = OutputHead(loaded.model, cfg.run.loss_chunk_mb, cfg.run.loss_kernel)
     head_diff = head.verify(loaded.vocab_size)
+    kernel_check = head.check_kernel(loaded.vocab_size)
+    if kernel_check is not None and not kernel_check["passed"] and cfg.run.loss_kernel == "cce":
+        raise ModelError(f"--loss-kernel cce: on {loaded.name} its per-token loss is "
+                         f"{kernel_check['max_abs_diff_vs_float64']:.3g} from float64, the tiled path's "
+                         f"{kernel_check['tiled_max_abs_diff_vs_float64']:.3g}", "use --loss-kernel tiled")
     positions = cfg.layout.position_mode
     plan_name = choose_plan(cfg.run.plan, cfg.layout.mask, positions, loaded.device, cfg.layout.layout)
     auto_batch = cfg.run.batch_size == AUTO
@@ -222,6 +227,8 @@ def score_offsets(cfgs: list[ScoreConfig], loaded: LoadedModel | None = None, to
         "batch_size": plan.batch_size,
         "batch_sizing": sizing.to_dict() if sizing else None,
         "head_check_max_diff": head_diff,
+        "loss_kernel": head.kernel,
+        "loss_kernel_check": kernel_check,
         "mask_probe": probe.to_dict() if probe else None,
         "corpus": {
             "path": str(cfg.corpus.path),
