@@ -24,11 +24,10 @@ def alone_nll(model_dir, pile_records, k: int = 1) -> dict[tuple[int, int], floa
     return out
 
 
-@pytest.mark.parametrize("plan", ["dense", "docs", "varlen"])
-@pytest.mark.parametrize("arch", ARCHS)
+# varlen refuses Gemma 2's attention soft-capping: test_varlen_refuses_what_it_cannot_apply
+@pytest.mark.parametrize(("arch", "plan"), [(arch, plan) for arch in ARCHS for plan in ("dense", "docs", "varlen")
+                                            if (arch, plan) != ("gemma2", "varlen")])
 def test_packed_block_equals_documents_alone(tmp_path, tiny_models, pile_jsonl, pile_records, arch, plan):
-    if plan == "varlen" and arch == "gemma2":
-        pytest.skip("varlen refuses Gemma 2 (attention soft-capping): test_varlen_refuses_what_it_cannot_apply")
     alone = alone_nll(tiny_models[arch], pile_records)
     lengths = np.bincount(np.array([d for d, _ in alone])) + 1  # targets 1..n-1 per document
     seq_lens = (37, 200) if arch != "llama" else (16, 37, 64, 200)
