@@ -135,3 +135,20 @@ def test_a_plan_that_swaps_attention_leaves_the_next_plan_the_models_own(llama_d
     after = run("dense")
     assert model.config._attn_implementation == "sdpa"
     assert np.abs(after - before).max() == 0 and np.abs(varlen - before).max() <= 1e-4
+
+
+@pytest.mark.parametrize("mode", ["block", "causal"])
+@pytest.mark.parametrize("window", [None, 3])
+def test_flex_mask_mod_allows_what_the_dense_mask_allows(mode, window):
+    """The flex plan's mask_mod, evaluated on every (row, query, key), equals the dense reference mask, sliding
+    window and padding included (the flex kernel itself runs on CUDA only: benchmarks/gpu_check.py)."""
+    from lossgap.masks import allowed_pairs
+    from lossgap.plans import flex_mask_mod
+
+    seg = torch.tensor([[0, 0, 0, 0, 1, 1, 1, -1, -1], [2, 2, 3, 3, 3, 3, 3, 3, 3]])
+    rows, length = seg.shape
+    b = torch.arange(rows)[:, None, None]
+    q = torch.arange(length)[None, :, None]
+    kv = torch.arange(length)[None, None, :]
+    got = flex_mask_mod(seg, mode, window)(b, None, q, kv)
+    assert torch.equal(got, allowed_pairs(seg, mode, window))

@@ -6,7 +6,7 @@ the same scored tokens, and the same per-token NLL as `dense` within the dtype's
   tensor: no attention is computed between documents at all (block mask only).
 - nomask: the causal (leaky) mask as plain causal attention over packed rows, no mask tensor, so SDPA takes its
   fast path (needs running position ids: restarting ones make transformers build a document mask itself).
-- flex: FlexAttention with a document BlockMask built once per batch (CUDA only; it crashes on the CPU).
+- flex: FlexAttention with a document BlockMask built once per batch (CUDA only).
 - varlen: packed rows flattened into one stream cut at segment boundaries, variable-length attention within each
   segment (PyTorch's flash varlen kernel on CUDA in bf16/fp16, SDPA per segment elsewhere): no mask, no padding.
 """
@@ -43,6 +43,10 @@ class Plan:
         self.batch_tokens = batch_tokens
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        layer_types = getattr(model.config, "layer_types", None) or []
+        # models with sliding-window layers take one mask per layer type; a single mask would skip the window
+        self.sliding_window = (getattr(model.config, "sliding_window", None) if "sliding_attention" in layer_types
+                               else None)
         # plans that swap the model's attention must not leave it swapped for the next plan on the same model
         if not hasattr(model, "lossgap_loaded_attn"):
             model.lossgap_loaded_attn = model.config._attn_implementation
@@ -91,11 +95,7 @@ class DensePlan(Plan):
 
     def __init__(self, *args, mask_heads: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        cfg = self.model.config
-        self.heads = cfg.num_attention_heads if mask_heads else None
-        layer_types = getattr(cfg, "layer_types", None) or []
-        # Models with sliding-window layers take one mask per layer type; a single 4D mask would skip the window.
-        self.sliding_window = getattr(cfg, "sliding_window", None) if "sliding_attention" in layer_types else None
+        self.heads = self.model.config.num_attention_heads if mask_heads else None
 
     def attention_mask(self, batch: Batch):
         segment_ids = batch.segment_ids.to(self.device)
@@ -125,8 +125,24 @@ class NoMaskPlan(Plan):
     name = "nomask"
 
 
+def flex_mask_mod(segment_ids: torch.Tensor, mode: str, window: int | None = None):
+    """FlexAttention mask_mod with masks.allowed_pairs' semantics: same document (block) or any real key (causal),
+    k <= q, within the sliding window if one is given; a padding query attends to itself."""
+    block = mode == "block"
+
+    def document_causal(b, h, q, kv):
+        same = (segment_ids[b, q] == segment_ids[b, kv]) if block else (segment_ids[b, kv] >= 0)
+        allowed = (kv <= q) & same & (segment_ids[b, q] >= 0)
+        if window is not None:
+            allowed = allowed & (q - kv < window)
+        return allowed | (q == kv)
+
+    return document_causal
+
+
 class FlexPlan(Plan):
-    """FlexAttention with a block-diagonal causal BlockMask (CUDA only)."""
+    """FlexAttention with a block-diagonal causal BlockMask, and a sliding-window one for models with such layers
+    (CUDA only: on the CPU, torch 2.13's inductor fails to compile its flex template for some batch shapes)."""
 
     name = "flex"
     attn_implementation = "flex_attention"
@@ -134,21 +150,22 @@ class FlexPlan(Plan):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.device.type != "cuda":
-            raise UsageError("--plan flex runs on CUDA only (FlexAttention crashes on the CPU with torch 2.13)",
-                             "use --plan docs or --plan dense")
+            raise UsageError("--plan flex runs on CUDA only (torch 2.13's inductor fails to compile FlexAttention "
+                             "on the CPU for some batch shapes)", "use --plan docs or --plan dense")
 
     def attention_mask(self, batch: Batch):
         from torch.nn.attention.flex_attention import create_block_mask
 
         seg = batch.segment_ids.to(self.device)
-        block = self.mask == "block"
+        batch_rows, length = seg.shape
 
-        def document_causal(b, h, q, kv):
-            same = (seg[b, q] == seg[b, kv]) if block else (seg[b, kv] >= 0)
-            return ((kv <= q) & same & (seg[b, q] >= 0)) | (q == kv)
+        def block_mask(window: int | None):
+            return create_block_mask(flex_mask_mod(seg, self.mask, window), batch_rows, None, length, length,
+                                     device=self.device)
 
-        length = seg.shape[1]
-        return create_block_mask(document_causal, seg.shape[0], None, length, length, device=self.device)
+        if self.sliding_window is None:
+            return block_mask(None)
+        return {"full_attention": block_mask(None), "sliding_attention": block_mask(self.sliding_window)}
 
 
 class VarlenPlan(Plan):
@@ -192,14 +209,14 @@ def choose_plan(name: str, mask: str, position_mode: str, device: torch.device, 
         if apart:
             return "docs"
         return "nomask" if position_mode == "continuous" else "dense"
+    if name == "flex" and device.type != "cuda":
+        raise UsageError("--plan flex runs on CUDA only", "use --plan docs or dense")
     if name in ("docs", "varlen") and not apart:
         raise UsageError(f"--plan {name} scores documents apart: it needs --mask block or --layout single",
                          "use --plan nomask or dense")
     if name == "nomask" and (mask != "causal" or position_mode != "continuous"):
         raise UsageError("--plan nomask needs --mask causal with continuous positions",
                          "use --plan dense for other combinations")
-    if name == "flex" and device.type != "cuda":
-        raise UsageError("--plan flex runs on CUDA only", "use --plan docs or dense")
     return name
 
 
