@@ -152,3 +152,17 @@ def test_flex_mask_mod_allows_what_the_dense_mask_allows(mode, window):
     kv = torch.arange(length)[None, None, :]
     got = flex_mask_mod(seg, mode, window)(b, None, q, kv)
     assert torch.equal(got, allowed_pairs(seg, mode, window))
+
+
+@pytest.mark.parametrize("window", [None, 100])
+def test_flex_block_mask_has_the_blocks_the_dense_mask_needs(window):
+    """The compiled BlockMask keeps exactly the 128 x 128 blocks holding an allowed (query, key) pair."""
+    from lossgap.masks import allowed_pairs
+    from lossgap.plans import document_block_mask
+
+    lengths = [300, 40, 500, 180]  # 1,020 tokens of documents, then padding to 1,024
+    seg = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)] + [torch.full((4,), -1)])[None]
+    got = document_block_mask(seg, "block", window).to_dense()[0, 0].bool()
+    allowed = allowed_pairs(seg, "block", window)[0]
+    blocks = allowed.reshape(8, 128, 8, 128).any(dim=3).any(dim=1)
+    assert torch.equal(got, blocks) and 0 < blocks.sum() < 36  # sparser than the causal triangle
