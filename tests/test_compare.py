@@ -216,3 +216,26 @@ def test_per_domain_numbers_match_the_token_files(seed_run):
         expected = b.nll.values[sel].astype("float64").mean() - a.nll.values[sel].astype("float64").mean()
         assert stats["diff"] == pytest.approx(expected, abs=1e-6)
     assert np.isfinite([r["mean_nll"] for r in results["position_profile"]["models"]["base"]]).all()
+
+
+def test_a_plan_for_some_configurations_runs_there_and_auto_elsewhere(tmp_path, llama_dir, pile_jsonl, seed_run):
+    """--plan varlen serves the block-mask and single-document configurations; the causal packed ones run the
+    automatic plan, and the numbers equal the default run's."""
+    out = tmp_path / "varlen"
+    code = main(["compare", "--base", str(llama_dir), "--instruct", str(llama_dir), "--corpus", str(pile_jsonl),
+                 "--out", str(out), "--seq-len", "96", "--batch-size", "3", "--bootstrap", "100",
+                 "--device", "cpu", "--dtype", "float32", "--quiet", "--plan", "varlen"])
+    assert code == 0
+    for run in sorted((out / "runs").glob("*/base/summary.json")):
+        summary = json.loads(run.read_text())
+        layout = summary["config"]["layout"]
+        expected = "varlen" if layout["mask"] == "block" or layout["layout"] == "single" else "nomask"
+        assert summary["plan"] == expected, run
+        key = run.parent.parent.name
+        ref = _tokens(seed_run, key, "base")
+        got = _tokens(out, key, "base")
+        assert np.abs(got.nll.values - ref.nll.values).max() <= 1e-4, key
+    code = main(["compare", "--base", str(llama_dir), "--instruct", str(llama_dir), "--corpus", str(pile_jsonl),
+                 "--out", str(tmp_path / "nomask"), "--matrix", "single", "--layout", "packed", "--mask", "block",
+                 "--device", "cpu", "--quiet", "--plan", "nomask"])
+    assert code == 2  # applies to no configuration: refused with its reason

@@ -15,7 +15,8 @@ from .dist import init_distributed
 from .encode import resolve_special_tokens
 from .errors import UsageError
 from .matrix import SEED_MATRIX, Configuration, single_configuration
-from .model import load_model, load_tokenizer, resolve_seq_len
+from .model import load_model, load_tokenizer, resolve_device, resolve_seq_len
+from .plans import choose_plan
 from .score import library_versions, prepare_out_dir, score_offsets
 from .store import write_json
 
@@ -92,6 +93,7 @@ def compare(cfg: CompareConfig, min_models: int = 2) -> dict:
     configs = cfg.configurations()
     _say(cfg, f"comparing {', '.join(model_cfgs)} on {cfg.corpus.path}: {len(configs)} configurations, "
               f"{'token-level' if mode == 'tokens' else 'bits per byte only (tokenizers differ)'}")
+    plans = _plans_per_group(cfg, configs)
 
     tokenize = cfg.tokenize
     seq_len = cfg.layout.seq_len
@@ -118,7 +120,8 @@ def compare(cfg: CompareConfig, min_models: int = 2) -> dict:
                                  seq_len=seq_len, stride=cfg.layout.stride if conf.layout == "single" else None)
                 run_cfgs.append(ScoreConfig(
                     model=mcfg, corpus=copy.deepcopy(cfg.corpus), tokenize=tokenize, layout=layout,
-                    run=replace(cfg.run, out=str(run_dir(out, conf.key, name)), overwrite=True),
+                    run=replace(cfg.run, out=str(run_dir(out, conf.key, name)), overwrite=True,
+                                plan=plans[(conf.layout, conf.mask)]),
                 ))
                 runs[conf.key][name] = str(run_dir(out, conf.key, name).relative_to(out))
             score_offsets(run_cfgs, loaded, tokenizers[base_name] if mode == "tokens" else None)
@@ -154,6 +157,31 @@ def _offset_groups(configs) -> list[list[Configuration]]:
     for conf in configs:
         groups.setdefault((conf.layout, conf.mask), []).append(conf)
     return list(groups.values())
+
+
+def _plans_per_group(cfg: CompareConfig, configs) -> dict[tuple[str, str], str]:
+    """--plan where it applies to a configuration, auto elsewhere: the matrix mixes masks and layouts, and a plan
+    made for some of them (docs, varlen: documents apart; nomask: the causal mask) must not stop the others. A plan
+    that applies to none is refused with its reason."""
+    device = resolve_device(cfg.model.device)
+    plans, refusals = {}, []
+    for group in _offset_groups(configs):
+        conf = group[0]
+        layout = replace(cfg.layout, layout=conf.layout, mask=conf.mask)
+        try:
+            plans[(conf.layout, conf.mask)] = choose_plan(cfg.run.plan, conf.mask, layout.position_mode, device,
+                                                          conf.layout)
+        except UsageError as e:
+            refusals.append(e)
+            plans[(conf.layout, conf.mask)] = choose_plan("auto", conf.mask, layout.position_mode, device,
+                                                          conf.layout)
+    if refusals and len(refusals) == len(plans):
+        raise refusals[0]
+    if refusals:
+        others = ", ".join(f"{lay} {mask}: {plan}" for (lay, mask), plan in plans.items() if plan != cfg.run.plan)
+        _say(cfg, f"--plan {cfg.run.plan} does not apply to every configuration; the others run the automatic "
+                  f"choice ({others})")
+    return plans
 
 
 def _prepare(out: Path, overwrite: bool) -> None:

@@ -88,6 +88,14 @@ class Plan:
         return out.last_hidden_state
 
 
+def restore_attention(model: torch.nn.Module) -> None:
+    """Put the model back on the attention implementation it was loaded with, if a plan swapped it (flex, varlen):
+    the model's own forward (head check, another run on the same model) must not run a plan's attention."""
+    loaded = getattr(model, "lossgap_loaded_attn", None)
+    if loaded is not None and model.config._attn_implementation != loaded:
+        model.set_attn_implementation(loaded)
+
+
 class DensePlan(Plan):
     """Reference: 4D float mask (B,1,T,T), or (B,H,T,T) with mask_heads, through the model's own attention."""
 

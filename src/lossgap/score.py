@@ -24,7 +24,7 @@ from .errors import LossgapError, ModelError, UsageError
 from .head import OutputHead
 from .layout import Batch, make_rows, retarget, windows
 from .model import LoadedModel, load_model, resolve_seq_len
-from .plans import choose_plan, make_plan
+from .plans import choose_plan, make_plan, restore_attention
 from .prefetch import Prefetch
 from .probe import probe_mask, require_probe
 from .shards import ShardStore, corpus_fingerprint, model_fingerprint
@@ -136,6 +136,7 @@ def score_offsets(cfgs: list[ScoreConfig], loaded: LoadedModel | None = None, to
         c.layout.seq_len = seq_len
         c.layout.validate()
     special = resolve_special_tokens(tokenizer, cfg.tokenize, loaded.vocab_size)
+    restore_attention(loaded.model)  # a run that failed on this model may have left a plan's attention on it
     head = OutputHead(loaded.model, cfg.run.loss_chunk_mb, cfg.run.loss_kernel)
     head_diff = head.verify(loaded.vocab_size)
     kernel_check = head.check_kernel(loaded.vocab_size)
@@ -212,6 +213,7 @@ def score_offsets(cfgs: list[ScoreConfig], loaded: LoadedModel | None = None, to
         signals.restore()
         work.close()
         progress.close()
+        restore_attention(loaded.model)
     if dist.any(error is not None) and error is None:
         error = LossgapError("another rank failed; see its message", "fix the cause, then rerun with --resume")
     scoring_seconds = time.perf_counter() - score_started
