@@ -42,11 +42,14 @@ ARCHS = {
 }
 
 
-def build_model(arch: str, dtype: torch.dtype, device: str, seq_len: int) -> torch.nn.Module:
-    """The architecture with random weights (no hub here): speed does not depend on the weights' values."""
+def build_model(arch: str, dtype: torch.dtype, device: str, seq_len: int, layers: int | None = None
+                ) -> torch.nn.Module:
+    """The architecture with random weights (no hub here): speed does not depend on the weights' values. Fewer
+    layers keep a batch's working memory (activations live one layer at a time) at a fraction of the weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    h, inter, layers, heads, kv, vocab, theta, tied = ARCHS[arch]
+    h, inter, all_layers, heads, kv, vocab, theta, tied = ARCHS[arch]
+    layers = layers or all_layers
     cfg = LlamaConfig(hidden_size=h, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
                       num_key_value_heads=kv, vocab_size=vocab, max_position_embeddings=max(seq_len, 8192),
                       rope_theta=theta, tie_word_embeddings=tied, attn_implementation="sdpa")
@@ -175,6 +178,10 @@ def main(argv=None) -> dict:
     p.add_argument("--seed-batch-size", type=int, default=1,
                    help="rows per seed-style batch (its (B,H,T,T) mask and [B,T,V] logits limit it)")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--layers", type=int, help="build the architecture with this many layers (working memory "
+                                                "estimates on a machine too small for all of them)")
+    p.add_argument("--variants", help="comma-separated plan:mask pairs to run, e.g. docs:block,varlen:block "
+                                      "(default: all that run on the device)")
     a = p.parse_args(argv)
     torch.set_grad_enabled(False)
     dtypes = [getattr(torch, d) for d in a.dtypes.split(",")]
@@ -190,7 +197,7 @@ def main(argv=None) -> dict:
     seed_tps = None
     for dtype in dtypes:
         dname = str(dtype).removeprefix("torch.")
-        model = build_model(a.arch, dtype, a.device, a.seq_len)
+        model = build_model(a.arch, dtype, a.device, a.seq_len, a.layers)
         n_params = sum(p.numel() for p in model.parameters())
         docs = pile_like_documents(a.tokens, model.config.vocab_size, a.seq_len, a.mean_doc_len)
         variants = []
@@ -200,6 +207,9 @@ def main(argv=None) -> dict:
                      ("nomask", "causal")]
         if a.device == "cuda":
             variants += [("flex", "block")]
+        if a.variants:
+            wanted = [tuple(v.split(":")) for v in a.variants.split(",")]
+            variants = [v for v in variants if v in wanted]
         sizing = auto_batch_size(make_plan("docs", model, "block", "restart", 1, 1), OutputHead(model), a.seq_len,
                                  model.config.vocab_size)
         report.setdefault("batch_size_auto", {})[dname] = sizing.to_dict()
