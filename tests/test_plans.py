@@ -109,6 +109,15 @@ def test_varlen_refuses_what_it_cannot_apply(tmp_path, tiny_models, llama_dir, p
         score_run(tiny_models["gemma2"], pile_jsonl, tmp_path / "g", plan="varlen")
     with pytest.raises(UsageError, match="needs --mask block or --layout single"):
         score_run(llama_dir, pile_jsonl, tmp_path / "c", mask="causal", plan="varlen")
+    from conftest import tiny_config
+
+    from lossgap.plans import make_plan
+
+    cfg = tiny_config("qwen2", 384, 256)
+    cfg.use_sliding_window, cfg.sliding_window, cfg.max_window_layers = True, 8, 1
+    cfg.layer_types = ["full_attention", "sliding_attention"]
+    with pytest.raises(UsageError, match="sliding-window layers"):
+        make_plan("varlen", AutoModelForCausalLM.from_config(cfg), "block", "restart", 1, 1)
 
 
 def test_a_plan_that_swaps_attention_leaves_the_next_plan_the_models_own(llama_dir):

@@ -192,9 +192,7 @@ class VarlenPlan(Plan):
         if getattr(cfg, "attn_logit_softcapping", None) is not None:
             raise UsageError(f"--plan varlen: {cfg.model_type} soft-caps attention scores, which varlen kernels do not",
                              "use --plan docs (or flex on CUDA)")
-        if getattr(cfg, "sliding_window", None) is not None and (
-                "sliding_attention" in (getattr(cfg, "layer_types", None) or [])
-                or getattr(cfg, "use_sliding_window", False)):
+        if self.sliding_window is not None:
             raise UsageError(f"--plan varlen: {cfg.model_type} has sliding-window layers, which this plan does not "
                              "apply", "use --plan docs (or flex on CUDA)")
 
