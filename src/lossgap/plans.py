@@ -54,8 +54,7 @@ class Plan:
 
     def use_attention(self) -> None:
         """Switch the model to this plan's attention implementation if another plan left it on its own."""
-        if self.model.config._attn_implementation != self.attn:
-            self.model.set_attn_implementation(self.attn)
+        _switch_attention(self.model, self.attn)
 
     pad_multiple = 1
 
@@ -75,6 +74,10 @@ class Plan:
     def attention_mask(self, batch: Batch):
         return None
 
+    def attention_inputs(self, batch: Batch) -> dict:
+        """What the model's attention needs besides ids and positions: a mask, by default."""
+        return {"attention_mask": self.attention_mask(batch)}
+
     @torch.inference_mode()
     def hidden_states(self, batch: Batch) -> torch.Tensor:
         """Final-norm hidden states [B, L, D] for every position of the batch."""
@@ -82,18 +85,21 @@ class Plan:
         out = self.model.base_model(
             input_ids=batch.input_ids.to(self.device),
             position_ids=batch.position_ids.to(self.device),
-            attention_mask=self.attention_mask(batch),
             use_cache=False,
+            **self.attention_inputs(batch),
         )
         return out.last_hidden_state
+
+
+def _switch_attention(model: torch.nn.Module, name: str | None) -> None:
+    if name is not None and model.config._attn_implementation != name:
+        model.set_attn_implementation(name)
 
 
 def restore_attention(model: torch.nn.Module) -> None:
     """Put the model back on the attention implementation it was loaded with, if a plan swapped it (flex, varlen):
     the model's own forward (head check, another run on the same model) must not run a plan's attention."""
-    loaded = getattr(model, "lossgap_loaded_attn", None)
-    if loaded is not None and model.config._attn_implementation != loaded:
-        model.set_attn_implementation(loaded)
+    _switch_attention(model, getattr(model, "lossgap_loaded_attn", None))
 
 
 class DensePlan(Plan):
@@ -196,18 +202,10 @@ class VarlenPlan(Plan):
             raise UsageError(f"--plan varlen: {cfg.model_type} has sliding-window layers, which this plan does not "
                              "apply", "use --plan docs (or flex on CUDA)")
 
-    @torch.inference_mode()
-    def hidden_states(self, batch: Batch) -> torch.Tensor:
+    def attention_inputs(self, batch: Batch) -> dict:
+        """No mask: the document boundaries, which transformers hands to the attention function."""
         cu_seq, longest = cumulative_lengths(batch.segment_ids)
-        self.use_attention()
-        out = self.model.base_model(
-            input_ids=batch.input_ids.to(self.device),
-            position_ids=batch.position_ids.to(self.device),
-            use_cache=False,
-            cu_seq_lens_q=cu_seq.to(self.device),
-            max_length_q=longest,
-        )
-        return out.last_hidden_state
+        return {"cu_seq_lens_q": cu_seq.to(self.device), "max_length_q": longest}
 
 
 def choose_plan(name: str, mask: str, position_mode: str, device: torch.device, layout: str = "packed") -> str:
