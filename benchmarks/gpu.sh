@@ -18,5 +18,11 @@ fi
 timeout 150 python3 benchmarks/gpu_check.py --device cuda 2>&1 | tee "$OUT/check.txt"
 # 64k tokens per batch (8 rows of 8192) for dense/nomask/flex; the docs plan gets the same token budget; the
 # seed-style baseline (bf16 here) one row at a time, as its (1,H,T,T) mask and [T,V] logits allow.
-timeout 330 python3 benchmarks/throughput.py --arch llama-3.1-8b --device cuda --seq-len 8192 --tokens 196608 \
-    --batch-size 8 --seed-batch-size 1 --dtypes bfloat16 --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.txt"
+timeout 240 python3 benchmarks/throughput.py --arch llama-3.1-8b --device cuda --seq-len 8192 --tokens 196608 \
+    --batch-size 8 --seed-batch-size 1 --dtypes bfloat16 --json "$OUT/throughput.json" \
+    --variants seed-style:block,dense:block,docs:block,varlen:block,flex:block,dense:causal,nomask:causal \
+    2>&1 | tee "$OUT/throughput.txt"
+# --compile (each decoder layer compiled; its warm-up pass pays the compile) against the same plans eager
+timeout 90 python3 benchmarks/throughput.py --arch llama-3.1-8b --device cuda --seq-len 8192 --tokens 65536 \
+    --batch-size 8 --skip-seed --dtypes bfloat16 --json "$OUT/throughput_compile.json" \
+    --variants docs:block,docs+compile:block,varlen+compile:block 2>&1 | tee "$OUT/throughput_compile.txt"

@@ -1,5 +1,6 @@
-"""Correctness of every execution plan on small models (Llama, Qwen2, Gemma 2), against the dense reference and the
-mask probe, on whatever device is given. Meant for the lent GPU (flex runs on CUDA only); runs on CPU too.
+"""Correctness on small models (Llama, Qwen2, Gemma 2) of every execution plan, against the dense reference and the
+mask probe, and of --compile and the fused loss kernel, on whatever device is given. Meant for the lent GPU (flex
+runs on CUDA only); runs on CPU too.
 
   python benchmarks/gpu_check.py --device cuda
 """
@@ -91,9 +92,33 @@ def main() -> int:
                     failures += not ok
                     print(f"{status:5s} {arch:7s} {str(dtype)[6:]:9s} {mask:6s} {name:7s} vs dense: {detail}",
                           flush=True)
+    failures += check_compile(a.device)
     failures += check_loss_kernels(a.device)
     print(f"{failures} failures")
     return 1 if failures else 0
+
+
+def check_compile(device: str) -> int:
+    """--compile on small models: lossgap's own start check (compiled layers against eager, and against float32
+    below it), for the docs and varlen plans."""
+    from lossgap.compiled import check_compiled, compile_layers
+
+    failures = 0
+    for dtype in (torch.float32, torch.bfloat16):
+        model = tiny("llama", device, dtype, "sdpa")
+        compile_layers(model)
+        for name in ("docs", "varlen"):
+            try:
+                plan = make_plan(name, model, "block", "restart", 1, 4)
+                check = check_compiled(plan, OutputHead(model), model.config.vocab_size, "tiny llama")
+                ok, detail = True, (f"max|dNLL| vs {check['reference']} {check['max_abs_diff']:.2e} "
+                                    f"(eager {check['eager_max_abs_diff']:.2e})")
+            except Exception as e:  # a refused or failing compile: report and go on
+                ok, detail = False, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            failures += not ok
+            print(f"{'ok' if ok else 'FAIL':5s} llama   {str(dtype)[6:]:9s} block  {name:7s} --compile: {detail}",
+                  flush=True)
+    return failures
 
 
 def check_loss_kernels(device: str) -> int:

@@ -3,6 +3,7 @@ achieved FLOP/s against the matmul peak measured in the same process, and the to
 
   python benchmarks/profile_plan.py                          # docs plan, bf16, SmolLM2-135M shape, T=4096, CPU
   python benchmarks/profile_plan.py --plan nomask --mask causal --dtype float32
+  python benchmarks/profile_plan.py --plan varlen+compile                  # with lossgap's --compile
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def main(argv=None) -> None:
     model = build_model(a.arch, dtype, "cpu", a.seq_len)
     docs = pile_like_documents(a.tokens, model.config.vocab_size, a.seq_len, 400)
     positions = "restart" if a.mask == "block" else "continuous"
-    plan = make_plan(a.plan, model, a.mask, positions, 1, 1)
+    plan = make_plan(a.plan.partition("+")[0], model, a.mask, positions, 1, 1)  # PLAN+compile: see throughput
     computed = sum(b.input_ids.numel() for rows in windows(packed_rows(docs, a.seq_len, 1), 1 << 16)
                    for b in plan.batches(rows))
     run_plan(model, a.plan, a.mask, docs[:4], a.seq_len, 1, None)  # warm-up

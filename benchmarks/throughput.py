@@ -7,6 +7,7 @@ Measures a matmul peak first, then scores the same Pile-like documents (many sho
   nomask      the causal (leaky) mask as plain causal attention
   flex        FlexAttention with a document BlockMask (CUDA only)
   varlen      packed rows, variable-length attention per document (flash varlen kernel on CUDA)
+  PLAN+compile  the plan with lossgap's --compile (each decoder layer torch.compiled; the warm-up pass compiles)
 in the dtypes asked for, checks every plan against `dense` (per-token NLL), and prints tokens/s, the ratio to
 seed-style, peak memory and model-FLOPs utilisation (2 x parameters FLOPs per token / measured matmul peak).
 
@@ -21,12 +22,14 @@ import gc
 import json
 import platform
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lossgap.batching import PeakMemory, auto_batch_size, trim_heap
+from lossgap.compiled import compile_layers, eager
 from lossgap.encode import TokenizedDocument
 from lossgap.head import OutputHead
 from lossgap.layout import collate, packed_rows, windows
@@ -114,17 +117,23 @@ def run_seed_style(model, docs, seq_len: int, batch_size: int) -> tuple[int, flo
 
 @torch.inference_mode()
 def run_plan(model, plan_name: str, mask: str, docs, seq_len: int, batch_size: int, batch_tokens: int | None):
+    """A plan over the documents; "PLAN+compile" runs it with lossgap's compiled decoder layers (--compile), any
+    other name with the layers eager even if an earlier variant compiled them."""
+    plan_name, _, extra = plan_name.partition("+")
+    if extra == "compile":
+        compile_layers(model)
     positions = "restart" if mask == "block" else "continuous"
     plan = make_plan(plan_name, model, mask, positions, 1, batch_size, batch_tokens)
     head = OutputHead(model)
     results, tokens = [], 0
     start = time.perf_counter()
-    for rows in windows(packed_rows(docs, seq_len, 1), max(1 << 16, 16 * batch_size * seq_len)):
-        for batch in plan.batches(rows):
-            nll = score_batch(plan, head, batch)
-            results.append((batch.doc_ids, batch.target_pos, nll))
-            tokens += batch.n_input_tokens
-    _sync(model.device.type)
+    with nullcontext() if extra == "compile" else eager():
+        for rows in windows(packed_rows(docs, seq_len, 1), max(1 << 16, 16 * batch_size * seq_len)):
+            for batch in plan.batches(rows):
+                nll = score_batch(plan, head, batch)
+                results.append((batch.doc_ids, batch.target_pos, nll))
+                tokens += batch.n_input_tokens
+        _sync(model.device.type)
     elapsed = time.perf_counter() - start
     doc_ids, pos, nll = (np.concatenate(x) for x in zip(*results, strict=True))
     order = np.lexsort((pos, doc_ids))
@@ -134,10 +143,12 @@ def run_plan(model, plan_name: str, mask: str, docs, seq_len: int, batch_size: i
 def measure(model, name: str, mask: str, docs, warmup, a, dname: str, n_params: int, peaks: dict, reference: dict,
             seed_tps: float | None) -> dict:
     """One variant: an untimed pass over a few documents (kernel selection, allocator growth), then the timed run."""
+    warm_start = time.perf_counter()
     if name == "seed-style":
         run_seed_style(model, warmup, a.seq_len, a.seed_batch_size)
     else:
         run_plan(model, name, mask, warmup, a.seq_len, a.batch_size, a.batch_tokens)
+    warmup_s = time.perf_counter() - warm_start
     with PeakMemory([torch.device(a.device)]) as mem:
         if name == "seed-style":
             tokens, elapsed = run_seed_style(model, docs, a.seq_len, a.seed_batch_size)
@@ -156,11 +167,12 @@ def measure(model, name: str, mask: str, docs, warmup, a, dname: str, n_params: 
     mfu = 2 * n_params * tps / peaks[dname]
     row = {"variant": name, "mask": mask, "dtype": dname, "tokens_per_s": tps,
            "ratio_to_seed": tps / seed_tps if seed_tps else None, "peak_mem_gb": mem.peak / 2**30,
-           "working_mem_gb": mem.bytes / 2**30, "max_abs_diff_vs_dense": agree, "mfu": mfu}
+           "working_mem_gb": mem.bytes / 2**30, "max_abs_diff_vs_dense": agree, "mfu": mfu, "warmup_s": warmup_s}
     ratio = f"{row['ratio_to_seed']:.2f}x" if row["ratio_to_seed"] else "n/a"
     diff = "" if agree is None else f"  max|dNLL| vs dense {agree:.2e}"
     print(f"{name:10s} {mask:6s} {dname:8s} {tps:10,.0f} tok/s  {ratio:>7s} seed  "
-          f"peak {row['peak_mem_gb']:6.2f} GB (working {row['working_mem_gb']:5.2f})  MFU {mfu:6.1%}{diff}", flush=True)
+          f"peak {row['peak_mem_gb']:6.2f} GB (working {row['working_mem_gb']:5.2f})  MFU {mfu:6.1%}{diff}"
+          f"  (warm-up {warmup_s:.1f} s)", flush=True)
     return row
 
 
@@ -207,6 +219,8 @@ def main(argv=None) -> dict:
                      ("nomask", "causal")]
         if a.device == "cuda":
             variants += [("flex", "block")]
+        # compiled layers last: the eager variants above must not pay for (or run) the compile
+        variants += [("docs+compile", "block"), ("varlen+compile", "block"), ("nomask+compile", "causal")]
         if a.variants:
             wanted = [tuple(v.split(":")) for v in a.variants.split(",")]
             variants = [v for v in variants if v in wanted]

@@ -239,3 +239,22 @@ def test_a_plan_for_some_configurations_runs_there_and_auto_elsewhere(tmp_path, 
                  "--out", str(tmp_path / "nomask"), "--matrix", "single", "--layout", "packed", "--mask", "block",
                  "--device", "cpu", "--quiet", "--plan", "nomask"])
     assert code == 2  # applies to no configuration: refused with its reason
+
+
+@pytest.mark.slow
+def test_compiled_comparison_gives_the_eager_numbers(tmp_path, llama_dir, instruct_dir, pile_jsonl, seed_run):
+    """--compile through the command line: every configuration of the seed matrix, both models, compiled once per
+    model, token for token as the eager run."""
+    torch._dynamo.reset()
+    out = tmp_path / "compiled"
+    code = main(["compare", "--base", str(llama_dir), "--instruct", str(instruct_dir), "--corpus", str(pile_jsonl),
+                 "--out", str(out), "--seq-len", "96", "--batch-size", "3", "--bootstrap", "100",
+                 "--device", "cpu", "--dtype", "float32", "--quiet", "--compile"])
+    assert code == 0
+    runs = sorted((out / "runs").glob("*/*/summary.json"))
+    assert len(runs) == 12
+    for run in runs:
+        assert json.loads(run.read_text())["compile"]["passed"], run
+        key, name = run.parent.parent.name, run.parent.name
+        got, ref = _tokens(out, key, name), _tokens(seed_run, key, name)
+        assert np.abs(got.nll.values - ref.nll.values).max() <= 1e-4, (key, name)  # contract 3

@@ -107,6 +107,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--loss-kernel", default="auto", choices=LOSS_KERNELS,
                    help="tiled: lossgap's own; cce: Apple's Cut Cross-Entropy (fused, checked against float64 at "
                         "start); auto: cce on CUDA when installed")
+    r.add_argument("--compile", action="store_true",
+                   help="torch.compile each decoder layer: fuses the elementwise work, about 1.3x on a CPU after a "
+                        "one-off compile of seconds; checked against eager at start")
     r.add_argument("--no-probe", dest="probe", action="store_false", help="skip the mask probe")
     r.add_argument("--quiet", action="store_true")
 
@@ -132,7 +135,7 @@ def _shared_configs(a: argparse.Namespace):
     tokenize = TokenizeConfig(a.add_bos, a.add_eos, a.bos_id, a.eos_id)
     layout = LayoutConfig(a.layout, a.seq_len, a.stride, a.mask, a.positions, a.label_offset)
     run = RunConfig(a.out, a.batch_size, a.plan, a.batch_tokens, a.fp32_check, a.mask_heads, a.loss_chunk_mb,
-                    a.probe, a.overwrite, a.quiet, a.resume, a.window_tokens, a.loss_kernel)
+                    a.probe, a.overwrite, a.quiet, a.resume, a.window_tokens, a.loss_kernel, a.compile)
     return corpus, tokenize, layout, run
 
 

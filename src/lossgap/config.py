@@ -134,6 +134,7 @@ class RunConfig:
     resume: bool = False  # continue an interrupted run in the same --out from its finished windows
     window_tokens: int | None = None  # tokens per result shard (None: max(65536, 16 x batch x seq-len))
     loss_kernel: str = "auto"  # tiled, or cce (Cut Cross-Entropy); auto: cce on CUDA when installed and checked
+    compile: bool = False  # torch.compile each decoder layer (checked against eager at start)
 
     def validate(self) -> None:
         from .plans import PLANS
@@ -162,6 +163,9 @@ class ScoreConfig:
     def validate(self) -> ScoreConfig:
         for part in (self.model, self.corpus, self.layout, self.run):
             part.validate()
+        if self.run.compile and self.model.tp:
+            raise UsageError("--compile with --tp is not supported: tensor-parallel layers hold DTensor weights",
+                             "drop --compile")
         return self
 
     def to_dict(self) -> dict:

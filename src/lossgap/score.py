@@ -16,6 +16,7 @@ import torch
 
 from . import __version__
 from .batching import AUTO, auto_batch_size, cap_rows
+from .compiled import check_compiled, compile_layers, eager
 from .config import ScoreConfig
 from .corpus import Corpus
 from .dist import init_distributed
@@ -152,6 +153,10 @@ def score_offsets(cfgs: list[ScoreConfig], loaded: LoadedModel | None = None, to
     sizing = auto_batch_size(plan, head, seq_len, loaded.vocab_size) if auto_batch else None
     if sizing is not None:  # tensor parallel ranks run the same batches: all take the smallest
         plan.batch_size = int(dist.min(sizing.rows)) if cfg.model.tp else sizing.rows
+    compile_check = None
+    if cfg.run.compile:  # after sizing (measured eager: the larger), before the probe (which must see what scores)
+        compile_check = {"layer": compile_layers(loaded.model),
+                         **check_compiled(plan, head, loaded.vocab_size, loaded.name)}
     probe = probe_mask(plan, head, loaded.vocab_size) if cfg.run.probe else None
     if probe is not None:
         require_probe(probe, loaded.name, loaded.attn)
@@ -231,6 +236,7 @@ def score_offsets(cfgs: list[ScoreConfig], loaded: LoadedModel | None = None, to
         "head_check_max_diff": head_diff,
         "loss_kernel": head.kernel,
         "loss_kernel_check": kernel_check,
+        "compile": compile_check,
         "mask_probe": probe.to_dict() if probe else None,
         "corpus": {
             "path": str(cfg.corpus.path),
@@ -311,19 +317,24 @@ def _finish(o: _Output, n_windows: int, error, fp32_check: dict | None, run_fact
     return ScoreResult(out_dir, summary)
 
 
-def fp32_deviation(plan, head: OutputHead, batch: Batch, nll: np.ndarray) -> dict:
-    """Score one batch again in float32 (bf16 -> fp32 -> bf16 round-trips exactly) and report how far the
-    reduced-precision per-token NLL is from it."""
+def float32_nll(plan, head: OutputHead, batch: Batch) -> np.ndarray:
+    """The batch scored by the eager model in float32 (bf16 -> fp32 -> bf16 round-trips exactly): the reference for
+    reduced-precision and compiled runs."""
     dtype = plan.dtype
     plan.model.to(torch.float32)
     plan.dtype = torch.float32
     try:
-        reference = score_batch(plan, head, batch)
+        with eager():
+            return score_batch(plan, head, batch)
     finally:
         plan.model.to(dtype)
         plan.dtype = dtype
-    diff = nll.astype(np.float64) - reference.astype(np.float64)
-    return {"dtype": str(dtype).removeprefix("torch."), "tokens": int(diff.size),
+
+
+def fp32_deviation(plan, head: OutputHead, batch: Batch, nll: np.ndarray) -> dict:
+    """How far the reduced-precision per-token NLL of one batch is from float32."""
+    diff = nll.astype(np.float64) - float32_nll(plan, head, batch).astype(np.float64)
+    return {"dtype": str(plan.dtype).removeprefix("torch."), "tokens": int(diff.size),
             "max_abs_diff": float(np.abs(diff).max()) if diff.size else 0.0,
             "mean_abs_diff": float(np.abs(diff).mean()) if diff.size else 0.0,
             "mean_nll_diff": float(diff.mean()) if diff.size else 0.0}

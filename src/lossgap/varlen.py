@@ -42,6 +42,7 @@ def segment_attention(query, key, value, cu_seq: torch.Tensor, scale: float | No
     return out
 
 
+@torch.compiler.disable  # --compile: a graph break here; the per-segment loop and its int bounds stay eager
 def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, cu_seq_lens_q=None,
                      max_length_q=None, **kwargs):
     """transformers attention function: query [B, H, L, D], key/value [B, Hkv, L, D] -> output [B, L, H, D]."""
