@@ -105,3 +105,14 @@ def test_compile_layers_is_once_per_model_and_needs_known_layers(llama_dir):
 def test_compile_with_tensor_parallel_is_refused(llama_dir, pile_jsonl, tmp_path):
     with pytest.raises(UsageError, match="--compile with --tp"):
         score_run(llama_dir, pile_jsonl, tmp_path / "tp", compile=True, tp=True)
+
+
+def test_compile_needs_a_torch_with_compiler_stances(llama_dir, monkeypatch):
+    """torch 2.4-2.5 (which pyproject admits) have no set_stance: --compile is refused, eager runs go on."""
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32).eval()
+    monkeypatch.delattr(torch.compiler, "set_stance")
+    with pytest.raises(ModelError, match="needs torch 2.6 or newer"):
+        compile_layers(model)
+    with eager():
+        assert torch.isfinite(model(input_ids=torch.tensor([[1, 5, 9]])).logits).all()
+

@@ -36,6 +36,9 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def compile_layers(model: torch.nn.Module) -> str:
     """Compile every decoder layer in place (once per model); returns the layer class compiled."""
+    if not hasattr(torch.compiler, "set_stance"):  # the check's eager reference needs it
+        raise ModelError(f"--compile needs torch 2.6 or newer (this is {torch.__version__})",
+                         "upgrade torch, or run without --compile")
     layers = decoder_layers(model)
     if not getattr(model, "lossgap_compiled", False):
         for layer in layers:
@@ -46,7 +49,11 @@ def compile_layers(model: torch.nn.Module) -> str:
 
 @contextmanager
 def eager():
-    """Run compiled modules as plain eager PyTorch inside the block (references, the float32 check)."""
+    """Run compiled modules as plain eager PyTorch inside the block (references, the float32 check). Before torch 2.6
+    nothing is compiled (compile_layers refuses), so there is nothing to switch off."""
+    if not hasattr(torch.compiler, "set_stance"):
+        yield
+        return
     with torch.compiler.set_stance("force_eager"):
         yield
 
