@@ -19,9 +19,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .encode import TokenizedDocument
 from .head import OutputHead
-from .layout import packed_rows
+from .layout import synthetic_row
 
 AUTO = "auto"
 HEADROOM = 0.8  # of the free memory: allocator fragmentation, the prefetch thread, variance between rows
@@ -53,7 +52,7 @@ def auto_batch_size(plan, head: OutputHead, seq_len: int, vocab_size: int) -> Ba
     from .score import score_batch
 
     ids = np.random.default_rng(0).integers(0, vocab_size, seq_len)
-    batch = plan.collate(list(packed_rows([TokenizedDocument(-1, "", "batch-size probe", ids, 0)], seq_len, plan.k)))
+    batch = plan.collate(synthetic_row([ids], plan.k, "batch-size probe"))
     devices = _devices(plan.model)
     with PeakMemory(devices) as peak:
         score_batch(plan, head, batch)

@@ -67,6 +67,12 @@ def make_rows(docs: Iterable[TokenizedDocument], cfg: LayoutConfig) -> Iterator[
     return single_rows(docs, cfg.seq_len, cfg.label_offset, cfg.stride)
 
 
+def synthetic_row(token_arrays: list[np.ndarray], k: int, source: str) -> list[Row]:
+    """Documents made of these token ids (ids 0, 1, ...) packed into one row: the start-up checks' input."""
+    docs = [TokenizedDocument(i, source, f"{source}{i}", ids, 0) for i, ids in enumerate(token_arrays)]
+    return list(packed_rows(docs, sum(len(ids) for ids in token_arrays), k))
+
+
 def packed_rows(docs: Iterable[TokenizedDocument], seq_len: int, k: int) -> Iterator[Row]:
     """Concatenate documents into rows of seq_len; a document that does not fit continues in the next row."""
     segments: list[Segment] = []

@@ -11,10 +11,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .encode import TokenizedDocument
 from .errors import PlanError
 from .head import OutputHead
-from .layout import packed_rows
+from .layout import synthetic_row
 
 
 @dataclass
@@ -42,9 +41,8 @@ def probe_mask(plan, head: OutputHead, vocab_size: int) -> ProbeResult:
     b = rng.integers(0, vocab_size, len_b)
 
     def logits_of_b(first: np.ndarray) -> torch.Tensor:
-        docs = [TokenizedDocument(0, "probe", "probe", first, 0), TokenizedDocument(1, "probe", "probe", b, 0)]
         out = []
-        for batch in plan.batches(list(packed_rows(docs, len_a + len_b, plan.k))):
+        for batch in plan.batches(synthetic_row([first, b], plan.k, "probe")):
             hidden = plan.hidden_states(batch)
             of_b = batch.flat_index[torch.from_numpy(batch.doc_ids == 1)].to(hidden.device)
             out.append(head.logits(hidden.reshape(-1, hidden.shape[-1])[of_b]).float())
