@@ -1,6 +1,7 @@
 """How fast causal attention runs per document length, against the matmul peak, in one process: the part of a
-plan's time that the 2 x parameters MFU convention does not count. Each SDPA backend that runs on the device, on
-one document of n tokens with grouped KV heads.
+plan's time that the 2 x parameters MFU convention does not count. Each SDPA backend that runs on the device, and
+FlexAttention (compiled, causal BlockMask; what the flex plan runs), on one document of n tokens with grouped KV
+heads.
 
   python benchmarks/attention_rate.py                          # SmolLM2-135M heads (9 of 64, 3 KV), bf16, CPU
   python benchmarks/attention_rate.py --heads 32 --kv-heads 8 --head-dim 128 --device cuda
@@ -34,6 +35,16 @@ def seconds(fn, reps: int, device: str) -> float:
     return best
 
 
+def flex_runner(q, k, v):
+    """Compiled FlexAttention with a causal BlockMask over the whole document."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    n = q.shape[2]
+    mask = create_block_mask(lambda b, h, qi, ki: qi >= ki, None, None, n, n, device=q.device.type)
+    compiled = torch.compile(flex_attention, dynamic=False)
+    return lambda: compiled(q, k, v, block_mask=mask, enable_gqa=True)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -42,6 +53,7 @@ def main(argv=None) -> None:
     p.add_argument("--kv-heads", type=int, default=3)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--lengths", default="128,400,1000,2048,4096")
+    p.add_argument("--no-flex", action="store_true", help="skip FlexAttention (it compiles once per length)")
     a = p.parse_args(argv)
     torch.set_grad_enabled(False)
     dtype = getattr(torch, a.dtype)
@@ -54,6 +66,9 @@ def main(argv=None) -> None:
         flops = 2 * a.heads * n * n * a.head_dim  # QK^T and PV over the causal half
         reps = max(2, 20000 // n)
         cells = []
+
+        def cell(name, t, flops=flops):
+            return f"{name} {t * 1e3:8.2f} ms {flops / t / 1e12:5.2f} TFLOP/s ({flops / t / peak:4.0%} of peak)"
         for name, backend in BACKENDS.items():
             def run(backend=backend, q=q, k=k, v=v):
                 with sdpa_kernel(backend):
@@ -62,7 +77,13 @@ def main(argv=None) -> None:
                 t = seconds(run, reps if name != "math" else 2, a.device)
             except RuntimeError:  # this backend does not run here (device, dtype or shape)
                 continue
-            cells.append(f"{name} {t * 1e3:8.2f} ms {flops / t / 1e12:5.2f} TFLOP/s ({flops / t / peak:4.0%} of peak)")
+            cells.append(cell(name, t))
+        if not a.no_flex:
+            try:
+                t = seconds(flex_runner(q, k, v), reps, a.device)
+                cells.append(cell("flex", t))
+            except Exception as e:  # no compiler, or FlexAttention does not lower here
+                cells.append(f"flex failed ({type(e).__name__})")
         print(f"n={n:5d}  " + "  ".join(cells), flush=True)
 
 

@@ -116,3 +116,20 @@ def test_compile_needs_a_torch_with_compiler_stances(llama_dir, monkeypatch):
     with eager():
         assert torch.isfinite(model(input_ids=torch.tensor([[1, 5, 9]])).logits).all()
 
+
+
+@pytest.mark.slow
+def test_many_plans_in_one_process_stay_compiled(tmp_path, llama_dir, pile_jsonl, caplog):
+    """Every decoder layer shares one code object, so each plan, batch-shape class and dtype a process runs adds a
+    graph against one recompile limit (dynamo's default, 8): past it layers would run eager with only a log line.
+    lossgap raises the limit for its layers; nine and more graphs in one process all stay compiled."""
+    caplog.set_level("WARNING", logger="torch._dynamo")
+    before = graphs_compiled()
+    for dtype in ("float32", "bfloat16"):
+        for plan, mask in (("docs", "block"), ("varlen", "block"), ("dense", "block"), ("nomask", "causal")):
+            out = tmp_path / f"{plan}-{dtype}"
+            score_run(llama_dir, pile_jsonl, out, seq_len=64, batch_size=3, plan=plan, mask=mask, dtype=dtype,
+                      batch_tokens=100, compile=True)
+            assert read_summary(out)["compile"]["passed"]
+    assert graphs_compiled() - before > 8
+    assert not [r for r in caplog.records if "recompile_limit" in r.getMessage()]

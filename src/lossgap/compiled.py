@@ -21,6 +21,10 @@ from .errors import ModelError
 from .layout import synthetic_row
 
 CHECK_LENGTHS = (40, 25, 63)  # synthetic documents packed into one row: several segments, odd lengths
+# Graphs one decoder-layer code object may hold: a process adds one per plan (attention function), batch-shape class
+# (one row or several) and dtype it runs, for every model of that class. Dynamo's default limit (8) is reached by a
+# comparison over several plans, and past it the layers run eager with only a log line to say so.
+RECOMPILE_LIMIT = 64
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -39,6 +43,9 @@ def compile_layers(model: torch.nn.Module) -> str:
         raise ModelError(f"--compile needs torch 2.6 or newer (this is {torch.__version__})",
                          "upgrade torch, or run without --compile")
     layers = decoder_layers(model)
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.7
+    setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
     if not getattr(model, "lossgap_compiled", False):
         for layer in layers:
             layer.compile(dynamic=True)
