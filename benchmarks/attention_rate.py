@@ -35,6 +35,11 @@ def seconds(fn, reps: int, device: str) -> float:
     return best
 
 
+def rate(name: str, t: float, flops: float, peak: float) -> str:
+    """One kernel's time, rate and share of the matmul peak."""
+    return f"{name} {t * 1e3:8.2f} ms {flops / t / 1e12:5.2f} TFLOP/s ({flops / t / peak:4.0%} of peak)"
+
+
 def flex_runner(q, k, v):
     """Compiled FlexAttention with a causal BlockMask over the whole document."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -66,9 +71,6 @@ def main(argv=None) -> None:
         flops = 2 * a.heads * n * n * a.head_dim  # QK^T and PV over the causal half
         reps = max(2, 20000 // n)
         cells = []
-
-        def cell(name, t, flops=flops):
-            return f"{name} {t * 1e3:8.2f} ms {flops / t / 1e12:5.2f} TFLOP/s ({flops / t / peak:4.0%} of peak)"
         for name, backend in BACKENDS.items():
             def run(backend=backend, q=q, k=k, v=v):
                 with sdpa_kernel(backend):
@@ -77,11 +79,11 @@ def main(argv=None) -> None:
                 t = seconds(run, reps if name != "math" else 2, a.device)
             except RuntimeError:  # this backend does not run here (device, dtype or shape)
                 continue
-            cells.append(cell(name, t))
+            cells.append(rate(name, t, flops, peak))
         if not a.no_flex:
             try:
                 t = seconds(flex_runner(q, k, v), reps, a.device)
-                cells.append(cell("flex", t))
+                cells.append(rate("flex", t, flops, peak))
             except Exception as e:  # no compiler, or FlexAttention does not lower here
                 cells.append(f"flex failed ({type(e).__name__})")
         print(f"n={n:5d}  " + "  ".join(cells), flush=True)

@@ -117,7 +117,6 @@ def test_compile_needs_a_torch_with_compiler_stances(llama_dir, monkeypatch):
         assert torch.isfinite(model(input_ids=torch.tensor([[1, 5, 9]])).logits).all()
 
 
-
 @pytest.mark.slow
 def test_many_plans_in_one_process_stay_compiled(tmp_path, llama_dir, pile_jsonl, caplog):
     """Every decoder layer shares one code object, so each plan, batch-shape class and dtype a process runs adds a
