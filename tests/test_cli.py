@@ -155,3 +155,13 @@ def test_every_file_written_stays_inside_out(capsys, tmp_path, llama_dir, pile_r
     assert run_cli(capsys, "--model", llama_dir, "--corpus", corpus, "--out", out, "--seq-len", 64)[0] == 0
     new = {p for p in tmp_path.rglob("*")} - before
     assert new and all(p == out or out in p.parents for p in new)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["score", "--help"], ["compare", "--help"], ["corpus", "build", "-h"]])
+def test_help_starts_without_torch(argv):
+    """Help and argument errors come back at once: torch and transformers are imported only by the commands that
+    compute."""
+    probe = ("import sys; from lossgap.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+             "    print('exit', e.code)\nprint('torch' in sys.modules, 'transformers' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.splitlines()[-2:] == ["exit 0", "False False"], proc.stderr

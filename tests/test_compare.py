@@ -7,6 +7,8 @@ import copy
 import json
 import math
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -123,6 +125,18 @@ def test_report_rebuilds_results_exactly(seed_run, tmp_path, capsys):
     assert (copy_dir / "report.md").read_text() == (seed_run / "report.md").read_text()
     out = capsys.readouterr().out
     assert "Test Setup" in out and "report.html" in out
+
+
+def test_report_needs_neither_torch_nor_transformers(seed_run, tmp_path):
+    """`lossgap report` only reads files: it must not pay torch's and transformers' ~5 s import."""
+    copy_dir = tmp_path / "copy"
+    shutil.copytree(seed_run, copy_dir)
+    (copy_dir / "results.json").unlink()
+    probe = ("import sys; from lossgap.cli import main; code = main(['report', sys.argv[1]]); "
+             "print(code, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", probe, str(copy_dir)], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.splitlines()[-1] == "0 False False", proc.stderr
+    assert (copy_dir / "results.json").read_bytes() == (seed_run / "results.json").read_bytes()
 
 
 def test_model_against_itself_differs_by_exactly_zero(tmp_path, llama_dir, pile_jsonl):

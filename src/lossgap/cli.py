@@ -16,8 +16,11 @@ from .config import (
     DEVICES,
     DTYPES,
     LAYOUTS,
+    LOSS_KERNELS,
     MASKS,
+    MATRICES,
     ON_BAD_LINE,
+    PLANS,
     POSITIONS,
     CorpusConfig,
     LayoutConfig,
@@ -27,8 +30,6 @@ from .config import (
     TokenizeConfig,
 )
 from .errors import LossgapError, UsageError
-from .head import LOSS_KERNELS
-from .plans import PLANS
 
 
 def _model_args(p: argparse.ArgumentParser, compare: bool) -> None:
@@ -232,7 +233,6 @@ def cmd_corpus_build(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    from .compare import MATRICES
     from .corpus_build import SOURCES, SPLITS
 
     parser = argparse.ArgumentParser(prog="lossgap", description=__doc__,

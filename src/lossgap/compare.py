@@ -9,7 +9,15 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .config import CorpusConfig, LayoutConfig, ModelConfig, RunConfig, ScoreConfig, TokenizeConfig
+from .config import (
+    MATRICES,
+    CorpusConfig,
+    LayoutConfig,
+    ModelConfig,
+    RunConfig,
+    ScoreConfig,
+    TokenizeConfig,
+)
 from .corpus import Corpus
 from .dist import init_distributed
 from .encode import resolve_special_tokens
@@ -21,7 +29,6 @@ from .score import library_versions, prepare_out_dir, score_offsets
 from .store import write_json
 
 MANIFEST = "compare.json"
-MATRICES = ("seed", "single")
 COMPARE_FILES = (MANIFEST, "results.json", "report.md", "report.html")
 
 

@@ -14,6 +14,9 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 ATTNS = ("auto", "sdpa", "eager", "flex")
 ON_BAD_LINE = ("fail", "skip")
+PLANS = ("auto", "dense", "docs", "nomask", "flex", "varlen")  # execution plans: plans.py
+LOSS_KERNELS = ("auto", "tiled", "cce")  # loss from hidden states: head.py
+MATRICES = ("seed", "single")  # which configurations `lossgap compare` runs: compare.py
 DEFAULT_SEQ_LEN = 2048
 
 
@@ -137,16 +140,12 @@ class RunConfig:
     compile: bool = False  # torch.compile each decoder layer (checked against eager at start)
 
     def validate(self) -> None:
-        from .plans import PLANS
-
         if self.batch_size != "auto":
             _check_positive("batch-size", self.batch_size)
         _check_positive("batch-tokens", self.batch_tokens)
         _check_positive("window-tokens", self.window_tokens)
         _check_choice("plan", self.plan, PLANS)
         _check_positive("loss-chunk-mb", self.loss_chunk_mb)
-        from .head import LOSS_KERNELS
-
         _check_choice("loss-kernel", self.loss_kernel, LOSS_KERNELS)
 
 

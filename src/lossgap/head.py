@@ -23,7 +23,6 @@ from .errors import ModelError, UsageError
 CPU_TILE_BYTES = 16 << 20
 VOCAB_TILE = {"cpu": 4096, "cuda": 16384}
 BYTES_PER_LOGIT = 8  # the tile's logits in the model's dtype plus their fp32 copy
-LOSS_KERNELS = ("auto", "tiled", "cce")
 
 
 def _plain_linear(proj: torch.nn.Module) -> bool:

@@ -22,7 +22,6 @@ from .layout import Batch, Row, collate, isolate_segments, length_buckets
 from .masks import additive_mask
 from .varlen import cumulative_lengths, register
 
-PLANS = ("auto", "dense", "docs", "nomask", "flex", "varlen")
 PAD_MULTIPLE = 16  # docs plan: row lengths rounded up to a multiple the matmul and attention kernels like
 
 
