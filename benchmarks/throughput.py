@@ -223,6 +223,9 @@ def main(argv=None) -> dict:
         variants += [("docs+compile", "block"), ("varlen+compile", "block"), ("nomask+compile", "causal")]
         if a.variants:
             wanted = [tuple(v.split(":")) for v in a.variants.split(",")]
+            unknown = [":".join(v) for v in wanted if v not in variants]
+            if unknown:
+                p.error(f"--variants {','.join(unknown)}: not among {','.join(':'.join(v) for v in variants)}")
             variants = [v for v in variants if v in wanted]
         sizing = auto_batch_size(make_plan("docs", model, "block", "restart", 1, 1), OutputHead(model), a.seq_len,
                                  model.config.vocab_size)
