@@ -40,6 +40,9 @@ class _Package(types.ModuleType):
         if not isinstance(value, types.ModuleType):
             raise AttributeError("lossgap.score is the scoring function; patch sys.modules['lossgap.score'] instead")
 
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | {"score", "ScoreResult"})
+
     @property
     def ScoreResult(self):  # noqa: N802 - the class's public name
         from .score import ScoreResult
