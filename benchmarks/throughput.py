@@ -195,6 +195,16 @@ def main(argv=None) -> dict:
     p.add_argument("--variants", help="comma-separated plan:mask pairs to run, e.g. docs:block,varlen:block "
                                       "(default: all that run on the device)")
     a = p.parse_args(argv)
+    offered = [("seed-style", "block")] if not a.skip_seed else []
+    offered += [("dense", "block"), ("docs", "block"), ("varlen", "block"), ("dense", "causal"), ("nomask", "causal")]
+    if a.device == "cuda":
+        offered += [("flex", "block")]
+    # compiled layers last: the eager variants above must not pay for (or run) the compile
+    offered += [("docs+compile", "block"), ("varlen+compile", "block"), ("nomask+compile", "causal")]
+    wanted = [tuple(v.split(":")) for v in a.variants.split(",")] if a.variants else offered
+    unknown = [":".join(v) for v in wanted if v not in offered]
+    if unknown:
+        p.error(f"--variants {','.join(unknown)}: not among {','.join(':'.join(v) for v in offered)}")
     torch.set_grad_enabled(False)
     dtypes = [getattr(torch, d) for d in a.dtypes.split(",")]
     peaks = {str(d).removeprefix("torch."): matmul_peak(d, a.device) for d in {torch.float32, *dtypes}}
@@ -212,21 +222,8 @@ def main(argv=None) -> dict:
         model = build_model(a.arch, dtype, a.device, a.seq_len, a.layers)
         n_params = sum(p.numel() for p in model.parameters())
         docs = pile_like_documents(a.tokens, model.config.vocab_size, a.seq_len, a.mean_doc_len)
-        variants = []
-        if dtype == dtypes[0] and not a.skip_seed:  # the seed-style baseline runs in the first dtype listed
-            variants.append(("seed-style", "block"))
-        variants += [("dense", "block"), ("docs", "block"), ("varlen", "block"), ("dense", "causal"),
-                     ("nomask", "causal")]
-        if a.device == "cuda":
-            variants += [("flex", "block")]
-        # compiled layers last: the eager variants above must not pay for (or run) the compile
-        variants += [("docs+compile", "block"), ("varlen+compile", "block"), ("nomask+compile", "causal")]
-        if a.variants:
-            wanted = [tuple(v.split(":")) for v in a.variants.split(",")]
-            unknown = [":".join(v) for v in wanted if v not in variants]
-            if unknown:
-                p.error(f"--variants {','.join(unknown)}: not among {','.join(':'.join(v) for v in variants)}")
-            variants = [v for v in variants if v in wanted]
+        # the seed-style baseline runs in the first dtype listed
+        variants = [v for v in offered if v in wanted and (v[0] != "seed-style" or dtype == dtypes[0])]
         sizing = auto_batch_size(make_plan("docs", model, "block", "restart", 1, 1), OutputHead(model), a.seq_len,
                                  model.config.vocab_size)
         report.setdefault("batch_size_auto", {})[dname] = sizing.to_dict()

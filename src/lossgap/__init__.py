@@ -31,7 +31,7 @@ class _Package(types.ModuleType):
 
     @property
     def score(self):
-        from .score import score as function  # noqa: PLC0415 - deferred on purpose: torch and transformers
+        from .score import score as function
 
         return function
 
@@ -44,7 +44,7 @@ class _Package(types.ModuleType):
         return sorted(set(super().__dir__()) | {"score", "ScoreResult"})
 
     @property
-    def ScoreResult(self):  # noqa: N802 - the class's public name
+    def ScoreResult(self):
         from .score import ScoreResult
 
         return ScoreResult
