@@ -15,11 +15,11 @@ import torch
 
 from lossgap.config import LayoutConfig
 from lossgap.encode import TokenizedDocument
+from lossgap.forward import score_batch
 from lossgap.head import OutputHead
 from lossgap.layout import make_rows, windows
 from lossgap.plans import make_plan
 from lossgap.probe import probe_mask
-from lossgap.score import score_batch
 
 
 def tiny(arch: str, device: str, dtype: torch.dtype, attn: str):

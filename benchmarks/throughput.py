@@ -29,13 +29,13 @@ import numpy as np
 import torch
 
 from lossgap.batching import PeakMemory, auto_batch_size, trim_heap
-from lossgap.compiled import compile_layers, eager
+from lossgap.compiled import compile_layers
 from lossgap.encode import TokenizedDocument
+from lossgap.forward import eager, score_batch
 from lossgap.head import OutputHead
 from lossgap.layout import collate, packed_rows, windows
 from lossgap.masks import additive_mask
 from lossgap.plans import make_plan
-from lossgap.score import score_batch
 
 ARCHS = {
     # hidden, intermediate, layers, heads, kv heads, vocab, rope theta, tied

@@ -46,7 +46,7 @@ def test_wilcoxon_matches_scipy_and_handles_all_zero():
 def _docs(nll_sum, n_tokens, domains):
     k = len(nll_sum)
     return DocTable(np.arange(k), np.array(domains, dtype=object), np.array(n_tokens), np.full(k, 100),
-                    np.array(nll_sum, dtype=float), np.zeros(k, dtype=int))
+                    {"nll_sum": np.array(nll_sum, dtype=float), "truncated_context_tokens": np.zeros(k, dtype=int)})
 
 
 def test_compare_docs_numbers_by_hand():

@@ -9,8 +9,9 @@ import torch
 from conftest import read_summary, read_tokens, score_run
 from transformers import AutoModelForCausalLM
 
-from lossgap.compiled import check_compiled, compile_layers, decoder_layers, eager
+from lossgap.compiled import check_compiled, compile_layers, decoder_layers
 from lossgap.errors import ModelError, UsageError
+from lossgap.forward import eager
 from lossgap.head import OutputHead
 from lossgap.plans import make_plan
 

@@ -124,10 +124,10 @@ def test_a_plan_that_swaps_attention_leaves_the_next_plan_the_models_own(llama_d
     """varlen switches the model to its attention; a dense plan made afterwards on the same model (as compare and
     the benchmarks do) switches it back and still gives the dense numbers."""
     from lossgap.encode import TokenizedDocument
+    from lossgap.forward import score_batch
     from lossgap.head import OutputHead
     from lossgap.layout import packed_rows
     from lossgap.plans import make_plan
-    from lossgap.score import score_batch
 
     model = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32).eval()
     rng = np.random.default_rng(0)

@@ -115,17 +115,17 @@ def test_resume_refuses_changed_inputs(tmp_path, llama_dir, pile_jsonl, capsys, 
 
 
 def test_out_of_memory_batches_are_retried_in_halves(tmp_path, llama_dir, pile_jsonl, monkeypatch):
-    score_mod = sys.modules["lossgap.score"]  # the module (lossgap.score is also the function's name)
+    from lossgap import forward as score_mod  # the runner calls forward.forward_batches per batch
 
     ref = score_run(llama_dir, pile_jsonl, tmp_path / "ref", seq_len=64, batch_size=4, plan="dense")
-    original = score_mod.score_batches
+    original = score_mod.forward_batches
 
-    def small_batches_only(plan, head, batches):
+    def small_batches_only(plan, head, batches, metrics):
         if batches[0].input_ids.shape[0] > 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return original(plan, head, batches)
+        return original(plan, head, batches, metrics)
 
-    monkeypatch.setattr(score_mod, "score_batches", small_batches_only)
+    monkeypatch.setattr(score_mod, "forward_batches", small_batches_only)
     res = score_run(llama_dir, pile_jsonl, tmp_path / "oom", seq_len=64, batch_size=4, plan="dense")
     assert res.summary["oom_retries"] > 0
     a, b = pq.read_table(ref.out_dir / "tokens.parquet"), pq.read_table(res.out_dir / "tokens.parquet")
@@ -133,16 +133,16 @@ def test_out_of_memory_batches_are_retried_in_halves(tmp_path, llama_dir, pile_j
 
 
 def test_nan_loss_stops_the_run_naming_the_document(tmp_path, llama_dir, pile_jsonl, monkeypatch, capsys):
-    score_mod = sys.modules["lossgap.score"]
-    original = score_mod.score_batches
+    from lossgap import forward as score_mod
+    original = score_mod.forward_batches
 
-    def nan_in_doc_5(plan, head, batches):
-        nlls = original(plan, head, batches)
-        for batch, nll in zip(batches, nlls, strict=True):
-            nll[batch.doc_ids == 5] = np.nan
-        return nlls
+    def nan_in_doc_5(plan, head, batches, metrics):
+        stats = original(plan, head, batches, metrics)
+        for batch, columns in zip(batches, stats, strict=True):
+            columns["nll"][batch.doc_ids == 5] = np.nan
+        return stats
 
-    monkeypatch.setattr(score_mod, "score_batches", nan_in_doc_5)
+    monkeypatch.setattr(score_mod, "forward_batches", nan_in_doc_5)
     code = main(["score", "--model", str(llama_dir), "--corpus", str(pile_jsonl), "--out", str(tmp_path / "r"),
                  "--seq-len", "64", "--window-tokens", "256", "--device", "cpu", "--dtype", "float32", "--quiet"])
     err = capsys.readouterr().err

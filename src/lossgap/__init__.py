@@ -1,53 +1,51 @@
 """lossgap: measure and explain the language-modelling loss of causal LMs on a corpus.
 
-`lossgap.score` (the function) and `ScoreResult` are imported on first use, not with the package: they pull in torch
-and transformers (~5 s), which `lossgap --help`, `lossgap report` and the config classes do not need.
+The config classes import with the package; `score`, `score_offsets`, `ScoreResult`, `compare` and `CompareConfig`'s
+runner are resolved on first use (PEP 562), because they pull in torch and transformers (~5 s), which
+`lossgap --help`, `lossgap report` and the config classes do not need.
 """
 
-import sys
-import types
+from .config import (
+    CompareConfig,
+    CorpusConfig,
+    LayoutConfig,
+    ModelConfig,
+    RunConfig,
+    ScoreConfig,
+    TokenizeConfig,
+)
+from .version import __version__
 
-__version__ = "0.1.0"
-
-from .config import CorpusConfig, LayoutConfig, ModelConfig, RunConfig, ScoreConfig, TokenizeConfig  # noqa: E402
+# name -> submodule that defines it, imported on first access
+_LAZY = {
+    "score": "scoring",
+    "score_offsets": "scoring",
+    "ScoreResult": "scoring",
+    "compare": "comparison",
+}
 
 __all__ = [
+    "CompareConfig",
     "CorpusConfig",
     "LayoutConfig",
     "ModelConfig",
     "RunConfig",
     "ScoreConfig",
-    "ScoreResult",
     "TokenizeConfig",
-    "score",
+    "__version__",
+    *_LAZY,
 ]
 
 
-class _Package(types.ModuleType):
-    """The package's module type. `score` names both the submodule `lossgap/score.py` and its public function; the
-    import system binds the submodule on the package when it is first imported, which would hide the function. A
-    data descriptor on the type wins over that binding: `lossgap.score` is always the function, and the submodule
-    stays reachable as `sys.modules["lossgap.score"]`, exactly as when the package imported it eagerly."""
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
 
-    @property
-    def score(self):
-        from .score import score as function
-
-        return function
-
-    @score.setter
-    def score(self, value) -> None:
-        if not isinstance(value, types.ModuleType):
-            raise AttributeError("lossgap.score is the scoring function; patch sys.modules['lossgap.score'] instead")
-
-    def __dir__(self):
-        return sorted(set(super().__dir__()) | {"score", "ScoreResult"})
-
-    @property
-    def ScoreResult(self):
-        from .score import ScoreResult
-
-        return ScoreResult
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-sys.modules[__name__].__class__ = _Package
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

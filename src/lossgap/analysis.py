@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from scipy import stats as sps
 
-from .stats import aggregate, relative_perplexity_change
+from .stats import aggregate, document_columns, relative_perplexity_change
 
 BUCKET_LOWS = np.array([1, 2, 3, 4, 5, 9, 17, 33, 65, 129, 257, 513, 1025])
 BUCKET_HIGHS = np.array([1, 2, 3, 4, 8, 16, 32, 64, 128, 256, 512, 1024, np.iinfo(np.int64).max])
@@ -34,24 +34,28 @@ def position_bucket(pos: np.ndarray) -> np.ndarray:
 
 @dataclass
 class DocTable:
-    """Per-document arrays of one run, sorted by doc_id."""
+    """Per-document arrays of one run, sorted by doc_id; `sums` holds the per-document sums of the aggregated token
+    columns (columns.py) by their documents.parquet name."""
 
     doc_id: np.ndarray
     domain: np.ndarray
     n_tokens: np.ndarray
     n_bytes: np.ndarray
-    nll_sum: np.ndarray
-    truncated: np.ndarray
+    sums: dict[str, np.ndarray]
 
     @classmethod
     def read(cls, path) -> DocTable:
         t = pq.read_table(path).sort_by("doc_id")
-        col = lambda name: t.column(name).to_numpy()  # noqa: E731
-        return cls(col("doc_id"), np.asarray(t.column("domain").to_pylist(), dtype=object), col("n_tokens"),
-                   col("n_bytes"), col("nll_sum"), col("truncated_context_tokens"))
+        n_tokens, n_bytes, sums = document_columns(t)
+        return cls(t.column("doc_id").to_numpy(), np.asarray(t.column("domain").to_pylist(), dtype=object),
+                   n_tokens, n_bytes, sums)
+
+    @property
+    def nll_sum(self) -> np.ndarray:
+        return self.sums["nll_sum"]
 
     def summary(self) -> dict:
-        return aggregate(self.n_tokens, self.nll_sum, self.n_bytes, self.truncated)
+        return aggregate(self.n_tokens, self.n_bytes, self.sums)
 
 
 def paired_bootstrap(delta: np.ndarray, weight: np.ndarray, n_boot: int, seed: int, level: float = 0.95):

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .forward import score_batch
 from .head import OutputHead
 from .layout import synthetic_row
 
@@ -49,8 +50,6 @@ def cap_rows(device: torch.device, seq_len: int) -> int:
 
 def auto_batch_size(plan, head: OutputHead, seq_len: int, vocab_size: int) -> BatchSizing:
     """Measure one full row on this plan and choose the rows per batch."""
-    from .score import score_batch
-
     ids = np.random.default_rng(0).integers(0, vocab_size, seq_len)
     batch = plan.collate(synthetic_row([ids], plan.k, "batch-size probe"))
     devices = _devices(plan.model)

@@ -149,7 +149,7 @@ def score_config_from_args(a: argparse.Namespace) -> ScoreConfig:
 
 
 def compare_config_from_args(a: argparse.Namespace):
-    from .compare import CompareConfig
+    from .config import CompareConfig
 
     _require(a, "corpus", "out")
     models = [("base", a.base)] if a.base else []
@@ -167,7 +167,7 @@ def compare_config_from_args(a: argparse.Namespace):
 
 
 def cmd_score(a: argparse.Namespace) -> int:
-    from .score import score
+    from .scoring import score
 
     result = score(score_config_from_args(a))
     s = result.summary
@@ -190,7 +190,7 @@ def _print_report(out: Path, results: dict) -> None:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
-    from .compare import compare
+    from .comparison import compare
 
     cfg = compare_config_from_args(a)
     results = compare(cfg)
@@ -210,10 +210,10 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import DemoConfig, demo
+    from .demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=a.out, smollm=a.smollm, chars_per_domain=a.chars_per_domain, quiet=a.quiet)
-    results = demo(cfg)
+    results = run_demo(cfg)
     _print_report(Path(cfg.out) / "compare", results)
     print(f"demo finished in {results['demo_wall_seconds']:.0f} s")
     return 0

@@ -12,13 +12,13 @@ that is farther from the reference than eager is.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 
 from .errors import ModelError
+from .forward import eager, float32_nll, score_batch
 from .layout import synthetic_row
+from .tolerances import tolerance
 
 CHECK_LENGTHS = (40, 25, 63)  # synthetic documents packed into one row: several segments, odd lengths
 # Graphs one decoder-layer code object may hold: a process adds one per plan (attention function), batch-shape class
@@ -53,17 +53,6 @@ def compile_layers(model: torch.nn.Module) -> str:
     return type(layers[0]).__name__
 
 
-@contextmanager
-def eager():
-    """Run compiled modules as plain eager PyTorch inside the block (references, the float32 check). Before torch 2.6
-    nothing is compiled (compile_layers refuses), so there is nothing to switch off."""
-    if not hasattr(torch.compiler, "set_stance"):
-        yield
-        return
-    with torch.compiler.set_stance("force_eager"):
-        yield
-
-
 def check_batches(plan, vocab_size: int) -> list:
     """Synthetic documents packed into one row, batched by the plan itself."""
     rng = np.random.default_rng(2)
@@ -74,8 +63,6 @@ def check_batches(plan, vocab_size: int) -> list:
 def check_compiled(plan, head, vocab_size: int, model_name: str) -> dict:
     """Per-token NLL of the compiled layers against eager ones on the same batches (and against float32 below it).
     Kept only if no farther from the reference than eager (float32: within 1e-4 of eager)."""
-    from .score import float32_nll, score_batch
-
     batches = check_batches(plan, vocab_size)
     try:
         compiled = np.concatenate([score_batch(plan, head, b) for b in batches])
@@ -89,8 +76,9 @@ def check_compiled(plan, head, vocab_size: int, model_name: str) -> dict:
     reference = np.concatenate([float32_nll(plan, head, b) for b in batches]) if low_precision else plain
     compiled_diff = float(np.abs(compiled.astype(np.float64) - reference).max())
     eager_diff = float(np.abs(plain.astype(np.float64) - reference).max())
+    tol = tolerance("nll", plan.dtype)
     passed = bool(np.isfinite(compiled).all()) and (
-        compiled_diff <= 1.5 * eager_diff + 1e-2 if low_precision else compiled_diff <= 1e-4)
+        compiled_diff <= 1.5 * eager_diff + tol if low_precision else compiled_diff <= tol)
     result = {"tokens": int(compiled.size), "reference": "float32 eager" if low_precision else "eager",
               "max_abs_diff": compiled_diff, "eager_max_abs_diff": eager_diff,
               "passed": passed}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import UsageError
@@ -173,3 +173,38 @@ class ScoreConfig:
     @property
     def out_dir(self) -> Path:
         return Path(self.run.out)
+
+
+@dataclass
+class CompareConfig:
+    """Models to compare (the first is the baseline) and the options shared by every scoring run."""
+
+    models: list[tuple[str, str]]
+    corpus: CorpusConfig
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(""))  # dtype/device/attn for every model
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    layout: LayoutConfig = field(default_factory=LayoutConfig)  # layout/mask/offset apply to matrix "single"
+    run: RunConfig = field(default_factory=lambda: RunConfig(out="runs/compare"))
+    matrix: str = "seed"
+    bootstrap: int = 1000
+    seed: int = 0
+
+    def validate(self, min_models: int = 2) -> CompareConfig:
+        if len(self.models) < min_models:
+            raise UsageError("compare needs at least two models",
+                             "pass --base A --instruct B, or --model NAME=PATH twice")
+        names = [n for n, _ in self.models]
+        if len(set(names)) != len(names):
+            raise UsageError(f"model names must differ: {names}")
+        for name in names:
+            if not name or "/" in name or name.startswith("."):
+                raise UsageError(f"--model {name!r}: a model name must be a plain word (NAME=PATH)")
+        if self.matrix not in MATRICES:
+            raise UsageError(f"--matrix: {self.matrix!r} is not one of {', '.join(MATRICES)}")
+        if self.bootstrap < 100:
+            raise UsageError("--bootstrap must be at least 100 resamples")
+        self.corpus.validate()
+        self.layout.validate()
+        self.run.validate()
+        replace(self.model, name="x").validate()
+        return self

@@ -25,6 +25,7 @@ from pathlib import Path
 import zstandard
 
 from .errors import UsageError
+from .files import atomic_path, write_text
 
 SOURCES = {"stdlib": "Github", "pydoc": "PydocTopics", "licenses": "Licenses", "math": "DM Mathematics"}
 SPLITS = ("train", "heldout")
@@ -86,24 +87,19 @@ def build_corpus(
     }
     counts: dict[str, dict[str, int]] = {}
     entries, notes, seen = [], [], {}
-    tmp = out.with_name(out.name + ".tmp")  # a failed build never leaves a truncated corpus under `out`
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(tmp, "wb") as raw, _compressor(raw, out.name) as f:
-            for name in sources:
-                src = readers[name]()
-                written, digest = _write_source(f, SOURCES[name], src, max_docs_per_source, only_split, seen)
-                if any(written.values()):
-                    counts[SOURCES[name]] = written
-                notes += [f"{name}: {note}" for note in src.notes]
-                n = sum(written.values())
-                entries.append({
-                    "name": name, "domain": SOURCES[name], "paths": src.paths, "documents": n,
-                    "splits": written, "sha256": digest, "notes": src.notes,
-                })
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out, ".tmp") as tmp, open(tmp, "wb") as raw, _compressor(raw, out.name) as f:
+        for name in sources:  # a failed build never leaves a truncated corpus under `out`
+            src = readers[name]()
+            written, digest = _write_source(f, SOURCES[name], src, max_docs_per_source, only_split, seen)
+            if any(written.values()):
+                counts[SOURCES[name]] = written
+            notes += [f"{name}: {note}" for note in src.notes]
+            n = sum(written.values())
+            entries.append({
+                "name": name, "domain": SOURCES[name], "paths": src.paths, "documents": n,
+                "splits": written, "sha256": digest, "notes": src.notes,
+            })
     sha = hashlib.sha256(out.read_bytes()).hexdigest()
     sidecar = out.with_name(out.name + ".sources.json")
     meta = {
@@ -112,7 +108,7 @@ def build_corpus(
         "only_split": only_split, "split_rule": "heldout iff int(sha256(text).hexdigest(), 16) % 10 == 0",
         "source_sha256_rule": HASH_RULE, "counts": counts, "sources": entries,
     }
-    sidecar.write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    write_text(sidecar, json.dumps(meta, ensure_ascii=False, indent=2) + "\n")
     return BuildResult(out, sidecar, sha, counts, notes)
 
 

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .compare import CompareConfig, compare
-from .config import CorpusConfig, LayoutConfig, ModelConfig, RunConfig
+from .comparison import compare
+from .config import CompareConfig, CorpusConfig, LayoutConfig, ModelConfig, RunConfig
 from .corpus import Corpus
 from .corpus_build import build_corpus
 from .errors import ModelError
@@ -59,7 +59,7 @@ def select_per_domain(corpus: Path, out: Path, chars_per_domain: int) -> tuple[P
     return out, counts
 
 
-def demo(cfg: DemoConfig) -> dict:
+def run_demo(cfg: DemoConfig) -> dict:
     started = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

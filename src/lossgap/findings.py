@@ -9,7 +9,7 @@ def _by_key(results: dict) -> dict[str, dict]:
     return {row["key"]: row for row in results["configurations"]}
 
 
-def findings(results: dict) -> list[str]:
+def key_findings(results: dict) -> list[str]:
     out: list[str] = []
     rows = _by_key(results)
     base = results["baseline"]

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ModelError, UsageError
+from .tolerances import tolerance
 
 # On the CPU one tile's logits should stay in cache: 4,096 vocabulary entries by 512 tokens (16 MiB at 8 bytes an
 # entry) was fastest on a 2-core Xeon; twice either side fell out of cache and took twice as long.
@@ -103,6 +104,13 @@ class OutputHead:
             bias = None if bias is None else bias.double()
         return self._transform(F.linear(hidden, weight, bias))
 
+    def token_stats(self, hidden: torch.Tensor, targets: torch.Tensor, metrics: tuple[str, ...] = ("nll",)) -> dict:
+        """Per-token columns computed from the predictive distribution (columns.py, source "model"), fp32, [N] each."""
+        unknown = set(metrics) - {"nll"}
+        if unknown:
+            raise ValueError(f"the output head computes no {sorted(unknown)}")
+        return {"nll": self.nll(hidden, targets)}
+
     def nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """NLL in nats of targets[i] given hidden[i], fp32, [N] -> [N]."""
         if self._cce is not None and (hidden.dtype != torch.float32 or not hidden.is_cuda):  # fp32 on CUDA: no TF32
@@ -151,8 +159,7 @@ class OutputHead:
         exact = self._tiled_nll(hidden, targets, exact=True)
         plain = (self._tiled_nll(hidden, targets).double() - exact).abs().max().item()
         fused = (self.nll(hidden, targets).double() - exact).abs().max().item()
-        tol = 1e-4 if hidden.dtype == torch.float32 else 1e-2
-        passed = fused <= 1.5 * plain + tol
+        passed = fused <= 1.5 * plain + tolerance("nll", hidden.dtype)
         result = {"kernel": "cce", "tokens": tokens, "max_abs_diff_vs_float64": fused,
                   "tiled_max_abs_diff_vs_float64": plain, "passed": passed}
         if not passed:
@@ -173,7 +180,7 @@ class OutputHead:
         mine = self.logits(hidden).float()
         diff = (full - mine).abs().max().item()
         if tol is None:
-            tol = 1e-4 if self.proj.weight.dtype == torch.float32 else 5e-2
+            tol = tolerance("logits", self.proj.weight.dtype)
         if not diff <= tol * max(1.0, full.abs().max().item()):
             raise ModelError(
                 f"{self.model.config.model_type}: the output head does not reproduce the model's logits "

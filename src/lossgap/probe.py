@@ -14,6 +14,7 @@ import torch
 from .errors import PlanError
 from .head import OutputHead
 from .layout import synthetic_row
+from .tolerances import tolerance
 
 
 @dataclass
@@ -49,7 +50,7 @@ def probe_mask(plan, head: OutputHead, vocab_size: int) -> ProbeResult:
         return torch.cat(out)
 
     shift = (logits_of_b(a) - logits_of_b(a_changed)).abs().max().item()
-    tol = 1e-4 if plan.dtype == torch.float32 else 2e-2
+    tol = tolerance("probe", plan.dtype)
     leak = plan.mask == "causal" and not plan.isolates_documents
     passed = shift > 10 * tol if leak else shift <= tol
     return ProbeResult(plan.name, plan.mask if leak or plan.mask == "block" else "causal, documents apart",

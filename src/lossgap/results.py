@@ -116,9 +116,9 @@ def build_results(out: Path) -> dict:
         "settings": {"bootstrap": m["bootstrap"], "seed": m["seed"], "corpus": m["corpus"],
                      "seq_len": m["config"]["layout"]["seq_len"], "versions": m["versions"]},
     }
-    from .findings import findings
+    from .findings import key_findings
 
-    results["findings"] = findings(results)
+    results["findings"] = key_findings(results)
     results = _finite(results)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results

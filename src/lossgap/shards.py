@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import UsageError
+from .files import atomic_path, write_text
 
 SHARDS_DIR = "shards"
 MANIFEST_FILE = "manifest.json"
@@ -67,7 +67,7 @@ class ShardStore:
             elif self.dir.exists():
                 shutil.rmtree(self.dir)  # a fresh run (prepare_out_dir already required --overwrite for this)
             self.dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self.manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+            write_text(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
     def path(self, window: int) -> Path:
         return self.dir / f"window-{window:08d}.parquet"
@@ -76,9 +76,8 @@ class ShardStore:
         return self.path(window).is_file()
 
     def write(self, window: int, table: pa.Table) -> None:
-        tmp = self.path(window).with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, self.path(window))
+        with atomic_path(self.path(window), ".tmp") as tmp:
+            pq.write_table(table, tmp, compression="zstd")
 
     def read(self, window: int) -> pa.Table:
         return pq.read_table(self.path(window))
@@ -104,8 +103,3 @@ def _check_same(old: dict, new: dict) -> None:
         "resume with the same inputs, or start again with --overwrite or a new --out",
     )
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

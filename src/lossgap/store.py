@@ -12,37 +12,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .columns import AGGREGATED, TOKEN_SCHEMA, document_sums
+from .errors import UsageError
+from .files import PARTIAL_SUFFIX, atomic_path
+
 TOKENS_FILE = "tokens.parquet"
 DOCUMENTS_FILE = "documents.parquet"
 SUMMARY_FILE = "summary.json"
-PARTIAL_SUFFIX = ".partial"
 RUN_FILES = (TOKENS_FILE, DOCUMENTS_FILE, SUMMARY_FILE, TOKENS_FILE + PARTIAL_SUFFIX, "shards")
-
-TOKEN_SCHEMA = pa.schema(
-    [
-        ("doc_id", pa.int64()),
-        ("domain", pa.dictionary(pa.int32(), pa.string())),
-        ("pos", pa.int32()),
-        ("target", pa.int32()),
-        ("nll", pa.float32()),
-        ("truncated", pa.bool_()),
-    ]
-)
-
-
-def token_table(doc_ids: np.ndarray, domains: list[str], pos, target, nll, truncated) -> pa.Table:
-    """Scored tokens as an Arrow table with the tokens.parquet schema."""
-    return pa.table(
-        {
-            "doc_id": pa.array(doc_ids, pa.int64()),
-            "domain": pa.array(domains, pa.string()).dictionary_encode(),
-            "pos": pa.array(pos, pa.int32()),
-            "target": pa.array(target, pa.int32()),
-            "nll": pa.array(nll, pa.float32()),
-            "truncated": pa.array(truncated, pa.bool_()),
-        },
-        schema=TOKEN_SCHEMA,
-    )
 
 
 class TokenWriter:
@@ -77,14 +54,14 @@ class DocumentInfo:
 
 
 class DocumentTable:
-    """Per-document sums, accumulated batch by batch (a packed document can span several batches). Tables of the
-    same documents (one per label offset of a run) may share one `docs` registry and keep their own sums."""
+    """Per-document sums of the aggregated token columns (columns.py), accumulated batch by batch (a packed document
+    can span several batches). Tables of the same documents (one per label offset of a run) may share one `docs`
+    registry and keep their own sums."""
 
     def __init__(self, docs: dict[int, DocumentInfo] | None = None):
         self.docs: dict[int, DocumentInfo] = {} if docs is None else docs
         self.n_tokens: dict[int, int] = {}
-        self.nll_sum: dict[int, float] = {}
-        self.truncated: dict[int, int] = {}
+        self.sums: dict[str, dict[int, float]] = {c.per_document: {} for c in AGGREGATED}
 
     def register(self, docs) -> None:
         """Remember documents (a dict by id, or any iterable of TokenizedDocument) on first sight."""
@@ -92,48 +69,55 @@ class DocumentTable:
             if doc.doc_id not in self.docs:
                 self.docs[doc.doc_id] = DocumentInfo(sys.intern(doc.domain), doc.source, len(doc.ids), doc.n_bytes)
 
-    def add(self, doc_ids: np.ndarray, nll: np.ndarray, truncated: np.ndarray) -> None:
+    def add(self, tokens: pa.Table) -> None:
+        """Add the scored tokens of a table with the tokens.parquet schema."""
+        doc_ids = tokens.column("doc_id").to_numpy()
         if doc_ids.size == 0:
             return
         uniq, inv = np.unique(doc_ids, return_inverse=True)
-        sums = np.bincount(inv, weights=nll.astype(np.float64))
         counts = np.bincount(inv)
-        trunc = np.bincount(inv, weights=truncated.astype(np.float64))
+        sums = document_sums(inv, uniq.size, tokens)
         for i, doc_id in enumerate(uniq.tolist()):
             self.n_tokens[doc_id] = self.n_tokens.get(doc_id, 0) + int(counts[i])
-            self.nll_sum[doc_id] = self.nll_sum.get(doc_id, 0.0) + float(sums[i])
-            self.truncated[doc_id] = self.truncated.get(doc_id, 0) + int(trunc[i])
+            for c in AGGREGATED:
+                acc, cast = self.sums[c.per_document], int if c.sum_arrow == pa.int64() else float
+                acc[doc_id] = acc.get(doc_id, 0) + cast(sums[c.per_document][i])
 
     def to_arrow(self) -> pa.Table:
         ids = sorted(self.docs)
-        return pa.table(
-            {
-                "doc_id": pa.array(ids, pa.int64()),
-                "domain": pa.array([self.docs[i].domain for i in ids], pa.string()),
-                "source": pa.array([self.docs[i].source for i in ids], pa.string()),
-                "n_input_tokens": pa.array([self.docs[i].n_input_tokens for i in ids], pa.int64()),
-                "n_tokens": pa.array([self.n_tokens.get(i, 0) for i in ids], pa.int64()),
-                "n_bytes": pa.array([self.docs[i].n_bytes for i in ids], pa.int64()),
-                "nll_sum": pa.array([self.nll_sum.get(i, 0.0) for i in ids], pa.float64()),
-                "truncated_context_tokens": pa.array([self.truncated.get(i, 0) for i in ids], pa.int64()),
-            }
-        )
+        columns = {
+            "doc_id": pa.array(ids, pa.int64()),
+            "domain": pa.array([self.docs[i].domain for i in ids], pa.string()),
+            "source": pa.array([self.docs[i].source for i in ids], pa.string()),
+            "n_input_tokens": pa.array([self.docs[i].n_input_tokens for i in ids], pa.int64()),
+            "n_tokens": pa.array([self.n_tokens.get(i, 0) for i in ids], pa.int64()),
+            "n_bytes": pa.array([self.docs[i].n_bytes for i in ids], pa.int64()),
+        }
+        for c in AGGREGATED:
+            acc, zero = self.sums[c.per_document], 0 if c.sum_arrow == pa.int64() else 0.0
+            columns[c.per_document] = pa.array([acc.get(i, zero) for i in ids], c.sum_arrow)
+        return pa.table(columns)
 
 
 def write_documents(out_dir: Path, table: pa.Table, metadata: dict) -> Path:
     path = out_dir / DOCUMENTS_FILE
-    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
-    pq.write_table(table.replace_schema_metadata({b"lossgap": json.dumps(metadata).encode()}), tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def write_json(path: Path, data: dict) -> Path:
-    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata({b"lossgap": json.dumps(metadata).encode()}), tmp)
     return path
 
 
 def existing_run_files(out_dir: Path) -> list[str]:
     return [name for name in RUN_FILES if (out_dir / name).exists()]
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix runs: an output folder holding a previous run needs --overwrite."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file, not a folder")
+    found = existing_run_files(out_dir) if out_dir.exists() else []
+    if found and not overwrite:
+        raise UsageError(
+            f"--out {out_dir} already holds a run ({', '.join(found)})",
+            "choose another --out, or pass --overwrite to replace those files",
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,89 @@
+"""Per-token columns, declared once.
+
+Each scored token is a row of tokens.parquet. A column is declared here with its type, unit, meaning, where its value
+comes from and how it aggregates per document; everything else is derived from these declarations: the Parquet
+schema, the per-document sums of documents.parquet, the fields of summary.json and results.json, and the report's
+per-token statistics table. Adding a column means declaring it here and computing it where its source says
+(`document`: the layout, in `runner.py`; `model`: the output head, `head.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+# how a column's per-document sum appears in a run's summary (and results.json)
+LOSS = "loss"  # the loss itself: nll_sum, mean_nll, perplexity, bits per byte (stats.aggregate)
+TOTAL = "total"  # the corpus-wide count, under the per-document column's name
+MEAN = "mean"  # the mean per scored token, as mean_<name>
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    arrow: pa.DataType
+    unit: str
+    meaning: str
+    source: str  # "key": identifies the token; "document": from the layout; "model": from the model's distribution
+    per_document: str | None = None  # documents.parquet column holding the sum over the document's scored tokens
+    summary: str | None = None  # LOSS, TOTAL or MEAN (None: not aggregated)
+
+    @property
+    def numpy(self) -> np.dtype:
+        return np.dtype(self.arrow.to_pandas_dtype()) if self.arrow != pa.string() else np.dtype(object)
+
+    @property
+    def sum_arrow(self) -> pa.DataType:
+        """Type of the per-document sum: counts stay integers, everything else sums in float64."""
+        return pa.int64() if pa.types.is_boolean(self.arrow) or pa.types.is_integer(self.arrow) else pa.float64()
+
+    @property
+    def summary_key(self) -> str | None:
+        return {TOTAL: self.per_document, MEAN: f"mean_{self.name}"}.get(self.summary)
+
+
+TOKEN_COLUMNS: tuple[Column, ...] = (
+    Column("doc_id", pa.int64(), "", "the document's ordinal in the corpus (stable across selections)", "key"),
+    Column("domain", pa.dictionary(pa.int32(), pa.string()), "", "the document's domain (e.g. The Pile's set name)",
+           "key"),
+    Column("pos", pa.int32(), "tokens", "index of the target token within its document", "key"),
+    Column("target", pa.int32(), "token id", "the token being predicted", "key"),
+    Column("nll", pa.float32(), "nats", "negative log-probability of the target (fp32 log-softmax)", "model",
+           per_document="nll_sum", summary=LOSS),
+    Column("truncated", pa.bool_(), "", "predicted without the whole document prefix (the document was cut at a row "
+           "or window edge)", "document", per_document="truncated_context_tokens", summary=TOTAL),
+)
+
+BY_NAME = {c.name: c for c in TOKEN_COLUMNS}
+MODEL_METRICS = tuple(c.name for c in TOKEN_COLUMNS if c.source == "model")  # what the output head computes
+AGGREGATED = tuple(c for c in TOKEN_COLUMNS if c.per_document)
+
+
+def token_schema(columns: tuple[Column, ...] = TOKEN_COLUMNS) -> pa.Schema:
+    return pa.schema([(c.name, c.arrow) for c in columns])
+
+
+TOKEN_SCHEMA = token_schema()
+
+
+def token_table(values: dict[str, object], columns: tuple[Column, ...] = TOKEN_COLUMNS) -> pa.Table:
+    """Scored tokens as an Arrow table with the declared schema; `values` maps each column name to its values."""
+    arrays = {}
+    for c in columns:
+        if pa.types.is_dictionary(c.arrow):
+            arrays[c.name] = pa.array(values[c.name], c.arrow.value_type).dictionary_encode()
+        else:
+            arrays[c.name] = pa.array(values[c.name], c.arrow)
+    return pa.table(arrays, schema=token_schema(columns))
+
+
+def document_sums(doc_index: np.ndarray, n_docs: int, table: pa.Table) -> dict[str, np.ndarray]:
+    """Per-document sums of every aggregated column present in `table`; doc_index maps each row to 0..n_docs-1."""
+    out = {}
+    for c in AGGREGATED:
+        if c.name in table.column_names:
+            values = table.column(c.name).to_numpy(zero_copy_only=False).astype(np.float64)
+            out[c.per_document] = np.bincount(doc_index, weights=values, minlength=n_docs)
+    return out

@@ -1,0 +1,190 @@
+"""`lossgap compare`: score several models on exactly the same documents and tokens, then analyse and report."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from .config import CompareConfig, ModelConfig, ScoreConfig, TokenizeConfig
+from .corpus import Corpus
+from .dist import init_distributed
+from .encode import resolve_special_tokens
+from .errors import UsageError
+from .files import write_json
+from .matrix import SEED_MATRIX, Configuration, single_configuration
+from .model import load_model, load_tokenizer, resolve_device, resolve_seq_len
+from .plans import choose_plan
+from .schema import SCHEMA_VERSION
+from .scoring import score_offsets
+from .store import prepare_out_dir
+from .version import library_versions
+
+MANIFEST = "compare.json"
+COMPARE_FILES = (MANIFEST, "results.json", "report.md", "report.html")
+
+
+def run_dir(out: Path, config_key: str, model_name: str) -> Path:
+    return out / "runs" / config_key / model_name
+
+
+def configurations(cfg: CompareConfig) -> tuple[Configuration, ...]:
+    """The configurations a comparison scores: the seed's six, or the one --layout/--mask/--label-offset give."""
+    if cfg.matrix == "seed":
+        return SEED_MATRIX
+    return (single_configuration(cfg.layout.label_offset, cfg.layout.layout, cfg.layout.mask),)
+
+
+def compare(cfg: CompareConfig, min_models: int = 2) -> dict:
+    """Score every model under every configuration, then write results.json and the report; return the results.
+
+    min_models=1 analyses one model alone (label offsets, masks, leakage), as `lossgap demo --smollm` does."""
+    from .report import write_report
+    from .results import build_results
+
+    started = time.perf_counter()
+    cfg.validate(min_models)
+    out = Path(cfg.run.out)
+    _prepare(out, cfg.run.overwrite)
+    Corpus(cfg.corpus)  # fail early on a missing or unreadable corpus, before any model is loaded
+    model_cfgs = {name: replace(cfg.model, name=spec) for name, spec in cfg.models}
+    tokenizers = {name: load_tokenizer(m) for name, m in model_cfgs.items()}
+    checks, mode = _check_tokenizers(cfg, tokenizers)
+    configs = configurations(cfg)
+    _say(cfg, f"comparing {', '.join(model_cfgs)} on {cfg.corpus.path}: {len(configs)} configurations, "
+              f"{'token-level' if mode == 'tokens' else 'bits per byte only (tokenizers differ)'}")
+    runs = _Runs(cfg, configs, _plans_per_group(cfg, configs), out, len(model_cfgs))
+    base_tokenizer = tokenizers[cfg.models[0][0]]
+    for name, mcfg in model_cfgs.items():
+        runs.score_model(name, mcfg, base_tokenizer, mode)
+    if not init_distributed(cfg.model.device).main:
+        return {}  # under torchrun, rank 0 analyses and reports
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "baseline": cfg.models[0][0],
+        "models": runs.model_info,
+        "mode": mode,
+        "tokenizers": checks,
+        "configurations": [c.to_dict() for c in configs],
+        "runs": runs.folders,
+        "bootstrap": cfg.bootstrap,
+        "seed": cfg.seed,
+        "corpus": asdict(cfg.corpus),
+        "config": _jsonable(cfg),
+        "versions": library_versions(),
+        "elapsed_seconds": time.perf_counter() - started,
+    }
+    write_json(out / MANIFEST, manifest)
+    results = build_results(out)
+    write_report(out, results)
+    return results
+
+
+def _check_tokenizers(cfg: CompareConfig, tokenizers: dict) -> tuple[dict, str]:
+    """Each model's tokenizer against the baseline's on the corpus; "tokens" if all tokenize it identically, else
+    the comparison is made in bits per byte."""
+    from .tokcheck import compare_tokenizers
+
+    base_name = cfg.models[0][0]
+    checks = {}
+    for name in list(tokenizers)[1:]:
+        selected = (d.text for d in Corpus(cfg.corpus))
+        checks[name] = compare_tokenizers(tokenizers[base_name], tokenizers[name], selected, base_name, name)
+    return checks, "tokens" if all(c["compatible"] for c in checks.values()) else "bits_per_byte"
+
+
+class _Runs:
+    """The scoring runs of a comparison, model by model: every configuration of one model while it is loaded."""
+
+    def __init__(self, cfg: CompareConfig, configs, plans: dict, out: Path, n_models: int):
+        self.cfg, self.configs, self.plans, self.out = cfg, configs, plans, out
+        self.total = len(configs) * n_models
+        self.step = 0
+        self.seq_len = cfg.layout.seq_len
+        self.tokenize = cfg.tokenize
+        self.folders: dict[str, dict[str, str]] = {c.key: {} for c in configs}
+        self.model_info: dict[str, dict] = {}
+
+    def score_model(self, name: str, mcfg: ModelConfig, base_tokenizer, mode: str) -> None:
+        cfg = self.cfg
+        loaded = load_model(mcfg, quiet=cfg.run.quiet)
+        self.seq_len = resolve_seq_len(loaded, self.seq_len)
+        if mode == "tokens" and name == cfg.models[0][0]:
+            special = resolve_special_tokens(base_tokenizer, cfg.tokenize, loaded.vocab_size)
+            # every model gets the baseline's BOS/EOS ids: an instruct EOS such as <|eot_id|> is another target
+            self.tokenize = TokenizeConfig(special.bos_id is not None, special.eos_id is not None,
+                                           special.bos_id, special.eos_id)
+        self.model_info[name] = {"spec": mcfg.name, **loaded.describe()}
+        # the offsets of one layout and mask share their forward passes: one pass per batch serves all of them
+        for group in _offset_groups(self.configs):
+            self.step += len(group)
+            keys = " + ".join(f"{conf.key} ({conf.computes})" for conf in group)
+            _say(cfg, f"[{self.step}/{self.total}] {name}: {keys}")
+            run_cfgs = [self._score_config(conf, name, mcfg) for conf in group]
+            score_offsets(run_cfgs, loaded, base_tokenizer if mode == "tokens" else None)
+        del loaded
+        gc.collect()
+
+    def _score_config(self, conf: Configuration, name: str, mcfg: ModelConfig) -> ScoreConfig:
+        cfg, folder = self.cfg, run_dir(self.out, conf.key, name)
+        layout = replace(cfg.layout, layout=conf.layout, mask=conf.mask, label_offset=conf.label_offset,
+                         seq_len=self.seq_len, stride=cfg.layout.stride if conf.layout == "single" else None)
+        self.folders[conf.key][name] = str(folder.relative_to(self.out))
+        return ScoreConfig(model=mcfg, corpus=copy.deepcopy(cfg.corpus), tokenize=self.tokenize, layout=layout,
+                           run=replace(cfg.run, out=str(folder), overwrite=True, plan=self.plans[(conf.layout,
+                                                                                                   conf.mask)]))
+
+
+def _offset_groups(configs) -> list[list[Configuration]]:
+    """Configurations that differ only in label offset, together, in the order they first appear."""
+    groups: dict[tuple[str, str], list[Configuration]] = {}
+    for conf in configs:
+        groups.setdefault((conf.layout, conf.mask), []).append(conf)
+    return list(groups.values())
+
+
+def _plans_per_group(cfg: CompareConfig, configs) -> dict[tuple[str, str], str]:
+    """--plan where it applies to a configuration, auto elsewhere: the matrix mixes masks and layouts, and a plan
+    made for some of them (docs, varlen: documents apart; nomask: the causal mask) must not stop the others. A plan
+    that applies to none is refused with its reason."""
+    device = resolve_device(cfg.model.device)
+    plans, refusals = {}, []
+    for group in _offset_groups(configs):
+        conf = group[0]
+        layout = replace(cfg.layout, layout=conf.layout, mask=conf.mask)
+        try:
+            plans[(conf.layout, conf.mask)] = choose_plan(cfg.run.plan, conf.mask, layout.position_mode, device,
+                                                          conf.layout)
+        except UsageError as e:
+            refusals.append(e)
+            plans[(conf.layout, conf.mask)] = choose_plan("auto", conf.mask, layout.position_mode, device,
+                                                          conf.layout)
+    if refusals and len(refusals) == len(plans):
+        raise refusals[0]
+    if refusals:
+        others = ", ".join(f"{lay} {mask}: {plan}" for (lay, mask), plan in plans.items() if plan != cfg.run.plan)
+        _say(cfg, f"--plan {cfg.run.plan} does not apply to every configuration; the others run the automatic "
+                  f"choice ({others})")
+    return plans
+
+
+def _prepare(out: Path, overwrite: bool) -> None:
+    found = [f for f in COMPARE_FILES if (out / f).exists()] + (["runs/"] if (out / "runs").exists() else [])
+    if found and not overwrite:
+        raise UsageError(f"--out {out} already holds a comparison ({', '.join(found)})",
+                         "choose another --out, or pass --overwrite to replace it")
+    prepare_out_dir(out, overwrite=True)
+
+
+def _jsonable(cfg: CompareConfig) -> dict:
+    d = asdict(cfg)
+    d["models"] = [list(m) for m in cfg.models]
+    return d
+
+
+def _say(cfg: CompareConfig, message: str) -> None:
+    if not cfg.run.quiet:
+        print(message, file=sys.stderr, flush=True)
