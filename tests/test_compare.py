@@ -86,6 +86,7 @@ def test_seed_matrix_gives_six_rows_with_artifacts_flagged(seed_run, capsys):
         assert o["ci_low"] <= o["diff"] <= o["ci_high"]
     report = (seed_run / "report.md").read_text()
     assert "| Test Setup | Attention Mask | Base Loss | Instruct Loss | Difference |" in report
+    assert any("For the seed's own table: +0.144 nats is +15.5%" in f for f in results["findings"])
 
 
 def test_chat_tokens_are_checked_and_reported(seed_run):
@@ -152,6 +153,7 @@ def test_model_against_itself_differs_by_exactly_zero(tmp_path, llama_dir, pile_
     assert o["share_docs_worse"] == 0.0 and o["wilcoxon_p"] == 1.0
     for dom in row["comparisons"]["b"]["per_domain"].values():
         assert dom["diff"] == 0.0
+    assert not any("seed" in f for f in results["findings"]), results["findings"]  # its figures: seed matrix only
 
 
 def test_refusals(tmp_path, llama_dir, pile_jsonl, capsys, seed_run):

@@ -20,7 +20,22 @@ from pathlib import Path
 
 import pytest
 
+from lossgap import columns
 from lossgap.matrix import SEED_MATRIX
+from lossgap.render import (
+    Interval,
+    Position,
+    Table,
+    Text,
+    change,
+    count,
+    html_table,
+    loss,
+    md_table,
+    pvalue,
+    share,
+    signed,
+)
 from lossgap.report import format_seed_table, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -321,6 +336,64 @@ def test_bits_per_byte_mode_says_so(tmp_path, results):
     base_bpb = results["configurations"][3]["models"]["base"]["bits_per_byte"]
     assert f"| Single document | Default causal | {base_bpb:.4f} |" in md
     assert "base_bits_per_byte" in _read_csv(tmp_path / "seed_table.csv")[0]
+
+
+def test_cells_keep_their_values_and_align_by_kind():
+    negative, missing, words = signed(-0.288), loss(None), Text("5-8 documents")
+    assert (negative.value, negative.display, missing.display, words.display) == (-0.288, "-0.2880", "n/a",
+                                                                                 "5-8 documents")
+    assert [c.display for c in (change(0.1549), share(0.25), count(9000), pvalue(6.7e-10), signed(-0.0))] == [
+        "+15.5%", "25.0%", "9,000", "6.7e-10", "+0.0000"]
+    assert Interval(-0.1, 0.2).display == "-0.1000 to +0.2000" and Interval(0.1, float("nan")).display == "n/a"
+    assert Interval(0.1, 0.2, change).display == "+10.0% to +20.0%"
+    # alignment comes from the kind, not from how the text looks: "1" as words stays left, a bucket aligns right
+    assert [c.numeric for c in (negative, missing, Interval(None, None), pvalue(1e-9), Position(">1024"))] == [True] * 5
+    assert not Text("1").numeric and not words.numeric
+    table = Table(["Diff", "Loss", "Note", "CI"], [[negative, missing, words, Interval(None, 1.0)], "group"], [],
+                  strong=frozenset({0, 1}))
+    assert md_table(table).splitlines()[2:] == ["| **-0.2880** | n/a | 5-8 documents | n/a |", "| **group** |"]
+    assert ('<tr><td class="num"><strong>-0.2880</strong></td><td class="num">n/a</td><td>5-8 documents</td>'
+            '<td class="num">n/a</td></tr>') in html_table(table)  # a missing number is not bold
+    assert '<tr class="group"><th colspan="4">group</th></tr>' in html_table(table)
+
+
+def test_an_interval_over_one_document_is_not_shown(tmp_path, results):
+    github = results["configurations"][4]["comparisons"]["instruct"]["per_domain"]["Github"]
+    github.update(n_documents=1, n_tokens=300, ci_low=github["diff"], ci_high=github["diff"])
+    write_report(tmp_path, results)
+    md = (tmp_path / "report.md").read_text()
+    assert "| instruct | Github | +0.2040 | n/a (1 document) | +22.6% | 1 | 300 |" in md
+    assert "| instruct | Pile-CC | +0.1540 | +0.1040 to +0.2140 | +16.6% | 15 | 3,000 |" in md
+    assert '<td class="num">n/a (1 document)</td>' in (tmp_path / "report.html").read_text()
+    (row,) = [r for r in _read_csv(tmp_path / "per_domain.csv") if r["domain"] == "Github"]
+    assert _same(row["ci_low"], github["diff"]) and _same(row["ci_high"], github["diff"])  # the numbers stay
+
+
+def test_per_token_statistics_follow_the_column_declarations(tmp_path, results, monkeypatch):
+    import pyarrow as pa
+
+    entropy = columns.Column("entropy", pa.float32(), "nats", "entropy of the predicted distribution", "model",
+                             per_document="entropy_sum", summary=columns.MEAN)
+    monkeypatch.setattr(columns, "TOKEN_COLUMNS", (*columns.TOKEN_COLUMNS, entropy))
+    write_report(tmp_path / "absent", results)  # declared, but not in these results: no table
+    assert "Per-token statistics" not in (tmp_path / "absent" / "report.md").read_text()
+    assert not (tmp_path / "absent" / "token_statistics.csv").exists()
+    for k, conf in enumerate(results["configurations"]):
+        for j, summary in enumerate(conf["models"].values()):
+            summary[entropy.summary_key] = 2.0 + 0.1 * k + 0.01 * j
+    written = {p.name for p in write_report(tmp_path / "present", results)}
+    md = (tmp_path / "present" / "report.md").read_text()
+    assert "## Per-token statistics" in md and "entropy: entropy of the predicted distribution (nats)" in md
+    assert "| Configuration | Model | Mean entropy (nats) |" in md
+    assert "| next-batch-block | instruct | 2.4100 |" in md
+    assert '<td>next-batch-block</td><td>instruct</td><td class="num">2.4100</td>' in (
+        tmp_path / "present" / "report.html").read_text()
+    assert "token_statistics.csv" in written
+    rows = _read_csv(tmp_path / "present" / "token_statistics.csv")
+    assert len(rows) == 2 * len(SEED_MATRIX)
+    for row in rows:
+        conf = next(c for c in results["configurations"] if c["key"] == row["configuration"])
+        assert _same(row["mean_entropy"], conf["models"][row["model"]]["mean_entropy"])
 
 
 @pytest.mark.slow

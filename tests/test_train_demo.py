@@ -1,4 +1,4 @@
-"""The shipped demo pair (lossgap/demo_models) and the code that trained it (lossgap.train_demo).
+"""The shipped demo pair (lossgap/demo_models) and the code that trained it (tools.train_demo).
 
 The held-out numbers in each training_log.json are re-derived here from the shipped weights on a corpus rebuilt in
 a temporary folder. The corpus depends on the Python install (standard-library sources, pydoc topics, licence
@@ -12,6 +12,7 @@ Python install and licence files) and is skipped, saying why, elsewhere.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import warnings
@@ -22,8 +23,9 @@ import pytest
 import torch
 
 import lossgap
-from lossgap import train_demo
 from lossgap.corpus_build import build_corpus
+from tools.train_demo import data, evaluate, train
+from tools.train_demo.__main__ import train_pair
 
 DEMO = Path(lossgap.__file__).parent / "demo_models"
 MAX_BYTES = 25_000_000
@@ -32,7 +34,7 @@ PER_DOC_TOL = 2e-4  # nats/token between the recorded and the rescored mean of o
 
 needs_demo = pytest.mark.skipif(
     not (DEMO / "base" / "training_log.json").exists() or not (DEMO / "instruct" / "training_log.json").exists(),
-    reason="demo_models not trained yet: python -m lossgap.train_demo --out src/lossgap/demo_models",
+    reason="demo_models not trained yet: python -m tools.train_demo --out src/lossgap/demo_models",
 )
 
 
@@ -43,7 +45,7 @@ def logs() -> dict:
 
 @pytest.fixture(scope="module")
 def models() -> dict:
-    return {name: train_demo.load_model(DEMO / name) for name in ("base", "instruct")}
+    return {name: train.load_model(DEMO / name) for name in ("base", "instruct")}
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +55,11 @@ def rebuilt(tmp_path_factory, logs) -> dict:
     built = build_corpus(tmp_path_factory.mktemp("corpus") / "demo_corpus.jsonl.zst", **args)
     same = built.sha256 == logs["base"]["corpus"]["sha256"]
     recorded = {d["text_sha256"]: d for d in logs["base"]["heldout_eval"]["documents"]}
-    heldout = train_demo.read_corpus(built.path, "heldout")
-    found = [r for r in heldout if train_demo.text_sha256(r["text"]) in recorded]
-    cheap = [r for r in found if r["meta"]["pile_set_name"] == "DM Mathematics"]
+    heldout = data.read_records(built.path, "heldout")
+    found = [r for r in heldout if evaluate.text_sha256(r.text) in recorded]
+    cheap = [r for r in found if r.domain == "DM Mathematics"]
     for domain, n in FAST_SHORTEST.items():
-        cheap += sorted((r for r in found if r["meta"]["pile_set_name"] == domain), key=lambda r: len(r["text"]))[:n]
+        cheap += sorted((r for r in found if r.domain == domain), key=lambda r: len(r.text))[:n]
     note = None if same else (
         f"rebuilt corpus sha256 {built.sha256[:12]} differs from the recorded {logs['base']['corpus']['sha256'][:12]} "
         f"(built on Python {logs['base']['corpus']['python']}, here another Python install or other licence files): "
@@ -72,7 +74,7 @@ def rescored(models, logs, rebuilt) -> dict:
     counts = np.asarray(logs["base"]["unigram"]["counts"], dtype=np.int64)
     out = {}
     for name, (model, tok) in models.items():
-        out[name] = train_demo.evaluate_records(model, tok, rebuilt["cheap"], counts)
+        out[name] = evaluate.evaluate_records(model, tok, rebuilt["cheap"], counts)
     return out
 
 
@@ -94,7 +96,7 @@ def test_files_size_and_dtype(logs):
             assert {f.get_slice(k).get_dtype() for k in names} == {"BF16"}
         # the log describes exactly these files (not weights from another run)
         for fname, meta in logs[name]["files"].items():
-            assert train_demo.hashlib.sha256((folder / fname).read_bytes()).hexdigest() == meta["sha256"], fname
+            assert hashlib.sha256((folder / fname).read_bytes()).hexdigest() == meta["sha256"], fname
 
 
 @needs_demo
@@ -131,7 +133,7 @@ def test_chat_template_and_special_tokens():
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert ids[:2] == [0, 1] and ids.count(1) == 3 and ids.count(2) == 2
     # training masks: only the assistant's content and its closing <|im_end|> are targets
-    ids, trained = train_demo.encode_chat(tok, messages + [{"role": "assistant", "content": "5"}])
+    ids, trained = data.encode_chat(tok, messages + [{"role": "assistant", "content": "5"}])
     assert tok.decode([i for i, t in zip(ids, trained, strict=True) if t]) == "5<|im_end|>"
 
 
@@ -143,7 +145,7 @@ def test_heldout_losses_reproduce(logs, rebuilt, rescored):
     """Per document, the shipped weights give the recorded NLL; so do the per-domain means."""
     if rebuilt["note"]:
         warnings.warn(rebuilt["note"], stacklevel=1)
-    matched = {r["meta"]["pile_set_name"] for r in rebuilt["cheap"]}
+    matched = {r.domain for r in rebuilt["cheap"]}
     if "DM Mathematics" not in matched:
         pytest.skip("no recorded held-out math document was rebuilt identically (seeded generator changed?)")
     if rebuilt["same"]:  # the seeded math documents are all there
@@ -161,14 +163,14 @@ def test_heldout_losses_reproduce(logs, rebuilt, rescored):
 @needs_demo
 def test_protocol_matches_hf_loss(models, logs, rebuilt):
     """One short document scored by HF itself (labels=input_ids, shift inside) gives the recorded sum."""
-    doc = min((r for r in rebuilt["cheap"] if r["meta"]["pile_set_name"] == "DM Mathematics"),
-              key=lambda r: len(r["text"]), default=None)
+    doc = min((r for r in rebuilt["cheap"] if r.domain == "DM Mathematics"),
+              key=lambda r: len(r.text), default=None)
     if doc is None:
         pytest.skip(rebuilt["note"] or "no held-out math document")
     by_hash = {d["text_sha256"]: d for d in logs["base"]["heldout_eval"]["documents"]}
-    recorded = by_hash[train_demo.text_sha256(doc["text"])]
+    recorded = by_hash[evaluate.text_sha256(doc.text)]
     model, tok = models["base"]
-    ids = torch.tensor([[tok.bos_token_id, *tok(doc["text"], add_special_tokens=False)["input_ids"], tok.eos_token_id]])
+    ids = torch.tensor([[tok.bos_token_id, *tok(doc.text, add_special_tokens=False)["input_ids"], tok.eos_token_id]])
     assert ids.shape[1] <= model.config.max_position_embeddings
     with torch.no_grad():
         loss = model(ids, labels=ids, use_cache=False).loss.item()
@@ -182,7 +184,7 @@ def test_heldout_full_reproduction(logs, rebuilt):
     if not rebuilt["same"]:
         pytest.skip(rebuilt["note"])
     for name in ("base", "instruct"):
-        got = train_demo.evaluate(DEMO / name, rebuilt["path"])
+        got = evaluate.evaluate(DEMO / name, rebuilt["path"])
         ref = logs[name]["heldout_eval"]
         for domain, stats in ref["domains"].items():
             assert got["domains"][domain]["n_docs"] == stats["n_docs"]
@@ -201,7 +203,7 @@ def test_base_beats_instruct_on_general_text(logs, rescored):
     base, inst = logs["base"]["heldout_eval"], logs["instruct"]["heldout_eval"]
     assert base["general"]["nll"] < inst["general"]["nll"]
     assert logs["base"]["comparison"]["instruct_minus_base_general"] > 0
-    for domain in train_demo.GENERAL_DOMAINS:  # each general domain, not only the token-weighted mix
+    for domain in evaluate.GENERAL_DOMAINS:  # each general domain, not only the token-weighted mix
         assert base["domains"][domain]["nll"] < inst["domains"][domain]["nll"], domain
     # and live, on the standard-library files rescored here (short pydoc topics close to the instruct's pydoc
     # answers can favour the instruct: the gap is a property of the domain, not of every document)
@@ -225,9 +227,9 @@ def test_both_beat_unigram(logs, rescored):
 def test_instruct_follows_chat_format(logs, models, rebuilt):
     assert logs["instruct"]["chat_eval"]["instruct"]["ended_turn_with_im_end"] >= 0.9
     model, tok = models["instruct"]
-    math_docs = [r for r in rebuilt["heldout"] if r["meta"]["pile_set_name"] == "DM Mathematics"][:2]
+    math_docs = [r for r in rebuilt["heldout"] if r.domain == "DM Mathematics"][:2]
     for doc in math_docs:
-        question = train_demo.math_pairs(doc["text"])[0][0]
+        question = data.math_pairs(doc.text)[0][0]
         prompt = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
                                          tokenize=False)
         ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
@@ -241,7 +243,7 @@ def test_instruct_follows_chat_format(logs, models, rebuilt):
 def test_quick_training_is_deterministic(tmp_path):
     """Two --quick runs give bit-identical tokenizers and weights (and identical loss curves and evaluations)."""
     threads = torch.get_num_threads()
-    runs = [train_demo.train_pair(tmp_path / f"run{i}", minutes=0, quick=True, seed=0) for i in range(2)]
+    runs = [train_pair(tmp_path / f"run{i}", minutes=0, quick=True, seed=0) for i in range(2)]
     assert torch.get_num_threads() == threads  # global torch state restored
     for name in ("base", "instruct"):
         for fname in ("model.safetensors", "tokenizer.json", "config.json"):
@@ -251,15 +253,15 @@ def test_quick_training_is_deterministic(tmp_path):
         assert first["training"]["loss_curve"] == second["training"]["loss_curve"]
         assert first["heldout_eval"]["documents"] == second["heldout_eval"]["documents"]
     log = json.loads((tmp_path / "run0" / "instruct" / "training_log.json").read_text())
-    assert log["quick"] and log["training"]["steps"] == train_demo.QUICK.instruct_steps
+    assert log["quick"] and log["training"]["steps"] == train.QUICK.instruct_steps
     assert (tmp_path / "run0" / "instruct" / "chat_template.jinja").exists() or log["chat_template"]
 
 
 def test_pydoc_and_code_extraction():
     text = "Title\n*****\n\nFirst prose paragraph of the section, long enough to be counted.\n\nMore.\n"
-    assert list(train_demo.pydoc_sections(text)) == [
+    assert list(data.pydoc_sections(text)) == [
         ("Title", "First prose paragraph of the section, long enough to be counted.")]
     code = 'def f(x):\n    """Return x doubled, exactly as the name says.\n\n    More.\n    """\n    return 2 * x\n'
-    assert list(train_demo.docstring_functions(code)) == [
+    assert list(data.docstring_functions(code)) == [
         ("f", "def f(x):\n    return 2 * x", "Return x doubled, exactly as the name says.")]
-    assert train_demo.math_pairs("Question: What is 1 + 2?\nAnswer: 3\n") == [("What is 1 + 2?", "3")]
+    assert data.math_pairs("Question: What is 1 + 2?\nAnswer: 3\n") == [("What is 1 + 2?", "3")]

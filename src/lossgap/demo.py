@@ -1,6 +1,6 @@
 """`lossgap demo`: the whole analysis offline, in minutes, on a real base/instruct pair and real text.
 
-The pair is trained by this project (`python -m lossgap.train_demo`) and ships as package data; the held-out
+The pair is trained by this project (`python -m tools.train_demo`) and ships as package data; the held-out
 mini-Pile is built at run time from text on this machine (`lossgap corpus build`), so nothing is downloaded.
 """
 
@@ -10,11 +10,10 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from .comparison import compare
-from .config import CompareConfig, CorpusConfig, LayoutConfig, ModelConfig, RunConfig
+from .config import CompareConfig, CorpusConfig, DemoConfig, LayoutConfig, ModelConfig, RunConfig
 from .corpus import Corpus
 from .corpus_build import build_corpus
 from .errors import ModelError
@@ -22,23 +21,12 @@ from .errors import ModelError
 DEMO_MODELS = Path(__file__).parent / "demo_models"
 
 
-@dataclass
-class DemoConfig:
-    out: str = "runs/demo"
-    smollm: bool = False  # score with SmolLM2-135M-Instruct (real pretrained weights) instead of the shipped pair
-    chars_per_domain: int = 16_000  # held-out text per domain: every domain shows, the run stays in minutes
-    seq_len: int = 1024
-    bootstrap: int = 1000
-    overwrite: bool = True  # the demo's folder holds only the demo: re-running replaces it
-    quiet: bool = False
-
-
 def demo_models() -> list[tuple[str, str]]:
     pair = [("base", DEMO_MODELS / "base"), ("instruct", DEMO_MODELS / "instruct")]
     for name, folder in pair:
         if not (folder / "config.json").is_file():
             raise ModelError(f"the shipped demo model {name!r} is missing ({folder})",
-                             "reinstall lossgap, or train the pair with `python -m lossgap.train_demo`")
+                             "reinstall lossgap, or train the pair with `python -m tools.train_demo`")
     return [(name, str(folder)) for name, folder in pair]
 
 

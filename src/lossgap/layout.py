@@ -3,7 +3,7 @@
 Targets are explicit and independent of the layout: with label offset k, a document of n tokens has targets
 k..n-1, each predicted from the position k tokens before it. A segment (a run of one document's tokens inside a
 row) scores the targets its positions predict, even when the target itself lies past the row's end, so every
-layout and mask scores exactly the same set of (document, position) pairs (contract 2).
+layout and mask scores exactly the same set of (document, position) pairs (docs/design.md, contract 2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""4D additive attention masks: 0 where attention is allowed, finfo(dtype).min elsewhere (never -inf: contract 4)."""
+"""4D additive attention masks: 0 where attention is allowed, finfo(dtype).min elsewhere (never -inf:
+docs/design.md, contract 4)."""
 
 from __future__ import annotations
 

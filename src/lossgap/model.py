@@ -9,6 +9,7 @@ import torch
 
 from .config import DEFAULT_SEQ_LEN, ModelConfig
 from .errors import ModelError, UsageError
+from .plans import require_cuda_for_flex
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf", "model.safetensors.index.json")
 HF_ATTN = {"sdpa": "sdpa", "eager": "eager", "flex": "flex_attention"}
@@ -149,8 +150,8 @@ def load_model(cfg: ModelConfig, quiet: bool = False, local_rank: int = 0) -> Lo
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)  # one GPU per torchrun process
     dtype = resolve_dtype(cfg.dtype, device)
-    if cfg.attn == "flex" and device.type != "cuda":
-        raise UsageError("--attn flex runs on CUDA only (it crashes on the CPU with torch 2.13)", "use --attn sdpa")
+    if cfg.attn == "flex":
+        require_cuda_for_flex(device, "--attn flex", "use --attn sdpa")
     where, kwargs = _source(cfg)
     tokenizer = load_tokenizer(cfg)
     placement = {}

@@ -1,5 +1,5 @@
-"""Execution plans: how rows become batches and batches become hidden states. Every plan keeps contracts 2-4:
-the same scored tokens, and the same per-token NLL as `dense` within the dtype's tolerance.
+"""Execution plans: how rows become batches and batches become hidden states. Every plan keeps contracts 2-4 of
+docs/design.md: the same scored tokens, and the same per-token NLL as `dense` within the dtype's tolerance.
 
 - dense: the model's forward with an explicit 4D additive mask (what the seed did, minus `labels=`): the reference.
 - docs: every document segment in a row of its own, rows bucketed by length, plain causal attention with no mask
@@ -163,18 +163,24 @@ def document_block_mask(segment_ids: torch.Tensor, mode: str, window: int | None
                              device=segment_ids.device, _compile=True)
 
 
+def require_cuda_for_flex(device: torch.device, option: str, fix: str) -> None:
+    """FlexAttention runs on CUDA only: on the CPU torch 2.13's inductor fails to compile its template for some batch
+    shapes, and transformers' flex attention crashed there ("double free", docs/design.md contract 4)."""
+    if device.type != "cuda":
+        raise UsageError(f"{option} runs on CUDA only (torch 2.13 cannot compile FlexAttention on the CPU for every "
+                         "batch shape)", fix)
+
+
 class FlexPlan(Plan):
     """FlexAttention with a block-diagonal causal BlockMask, and a sliding-window one for models with such layers
-    (CUDA only: on the CPU, torch 2.13's inductor fails to compile its flex template for some batch shapes)."""
+    (CUDA only)."""
 
     name = "flex"
     attn_implementation = "flex_attention"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.device.type != "cuda":
-            raise UsageError("--plan flex runs on CUDA only (torch 2.13's inductor fails to compile FlexAttention "
-                             "on the CPU for some batch shapes)", "use --plan docs or --plan dense")
+        require_cuda_for_flex(self.device, "--plan flex", "use --plan docs or --plan dense")
 
     def attention_mask(self, batch: Batch):
         seg = batch.segment_ids.to(self.device)
@@ -215,8 +221,8 @@ def choose_plan(name: str, mask: str, position_mode: str, device: torch.device, 
         if apart:
             return "docs"
         return "nomask" if position_mode == "continuous" else "dense"
-    if name == "flex" and device.type != "cuda":
-        raise UsageError("--plan flex runs on CUDA only", "use --plan docs or dense")
+    if name == "flex":
+        require_cuda_for_flex(device, "--plan flex", "use --plan docs or --plan dense")
     if name in ("docs", "varlen") and not apart:
         raise UsageError(f"--plan {name} scores documents apart: it needs --mask block or --layout single",
                          "use --plan nomask or dense")

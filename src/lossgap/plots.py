@@ -7,18 +7,15 @@ is empty (no leakage pair, no second model) is skipped: the function returns Non
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .schema import ALL_POSITIONS, Results, finite, main_row, others, unit
+
 DPI = 110
 PNG_METADATA = {"Software": None}  # no matplotlib version in the file: same results, same bytes
-
-
-def _finite(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -27,27 +24,16 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def _others(results: dict) -> list[str]:
-    return [name for name in results["models"] if name != results["baseline"]]
-
-
-def _unit(results: dict) -> str:
-    return "nats/token" if results["mode"] == "tokens" else "bits/byte"
-
-
-def _main_row(results: dict) -> dict | None:
-    return next((r for r in results["configurations"] if r["key"] == results["main_configuration"]), None)
-
-
-def per_domain_difference(results: dict) -> Figure | None:
+def per_domain_difference(results: Results) -> Figure | None:
     """Difference (other - baseline) per domain with its 95% bootstrap interval, on the main configuration."""
-    row = _main_row(results)
+    row = main_row(results)
     if row is None:
         return None
     series = []
-    for name in _others(results):
+    for name in others(results):
         per_domain = row["comparisons"].get(name, {}).get("per_domain", {})
-        pts = [(d, c["diff"], c.get("ci_low"), c.get("ci_high")) for d, c in per_domain.items() if _finite(c["diff"])]
+        pts = [(d, c["diff"], c.get("ci_low"), c.get("ci_high")) for d, c in per_domain.items()
+               if finite(c["diff"]) is not None]
         if pts:
             series.append((name, pts))
     if not series:
@@ -59,23 +45,24 @@ def per_domain_difference(results: dict) -> Figure | None:
     for k, (name, pts) in enumerate(series):
         y = [domains.index(d) + (k - (len(series) - 1) / 2) * step for d, *_ in pts]
         x = [diff for _, diff, _, _ in pts]
-        lo = [diff - lo if _finite(lo) else 0.0 for _, diff, lo, _ in pts]
-        hi = [hi - diff if _finite(hi) else 0.0 for _, diff, _, hi in pts]
+        lo = [diff - lo if finite(lo) is not None else 0.0 for _, diff, lo, _ in pts]
+        hi = [hi - diff if finite(hi) is not None else 0.0 for _, diff, _, hi in pts]
         ax.errorbar(x, y, xerr=[lo, hi], fmt="o", capsize=4, label=f"{name} - {results['baseline']}")
     ax.axvline(0.0, color="0.3", linewidth=1, linestyle="--")
     ax.set_yticks(range(len(domains)), domains)
     ax.invert_yaxis()
-    ax.set_xlabel(f"difference in mean loss ({_unit(results)}); > 0: worse than {results['baseline']}")
+    ax.set_xlabel(f"difference in mean loss ({unit(results)}); > 0: worse than {results['baseline']}")
     ax.set_title(f"Difference by domain, {row['key']} (95% bootstrap CI)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     return fig
 
 
-def nll_by_position(results: dict) -> Figure | None:
+def nll_by_position(results: Results) -> Figure | None:
     """Mean NLL by position of the target within its document, one line per model."""
     profile = results.get("position_profile") or {}
-    models = {n: [b for b in rows if _finite(b.get("mean_nll"))] for n, rows in (profile.get("models") or {}).items()}
+    models = {n: [b for b in rows if finite(b.get("mean_nll")) is not None]
+              for n, rows in (profile.get("models") or {}).items()}
     models = {n: rows for n, rows in models.items() if rows}
     if not models:
         return None
@@ -93,13 +80,13 @@ def nll_by_position(results: dict) -> Figure | None:
     return fig
 
 
-def leakage_by_position(results: dict) -> Figure | None:
+def leakage_by_position(results: Results) -> Figure | None:
     """Causal - block NLL of the same tokens by position (next-token pair if present), with the token share."""
     pairs = results.get("leakage") or []
     leak = next((p for p in pairs if p.get("label_offset") == 1), pairs[0] if pairs else None)
     if leak is None:
         return None
-    models = {n: [b for b in rows if b["bucket"] != "all"] for n, rows in leak["models"].items()}
+    models = {n: [b for b in rows if b["bucket"] != ALL_POSITIONS] for n, rows in leak["models"].items()}
     models = {n: rows for n, rows in models.items() if rows}
     if not models:
         return None
@@ -108,7 +95,7 @@ def leakage_by_position(results: dict) -> Figure | None:
     ax = fig.add_subplot()
     share_ax = ax.twinx()
     first = next(iter(models.values()))
-    shares = [100 * b["share_tokens"] if _finite(b.get("share_tokens")) else 0.0 for b in first]
+    shares = [100 * b["share_tokens"] if finite(b.get("share_tokens")) is not None else 0.0 for b in first]
     share_ax.bar([labels.index(b["bucket"]) for b in first], shares, color="0.85", width=0.7, label="share of tokens")
     share_ax.set_ylim(0, 1.6 * max(max(shares), 1.0))  # bars in the lower part, room for the legend above
     share_ax.set_ylabel("share of scored tokens (%)", color="0.4")
@@ -116,7 +103,7 @@ def leakage_by_position(results: dict) -> Figure | None:
     ax.set_zorder(share_ax.get_zorder() + 1)  # lines above the bars
     ax.patch.set_visible(False)
     for name, rows in models.items():
-        pts = [(labels.index(b["bucket"]), b["mean_diff"]) for b in rows if _finite(b.get("mean_diff"))]
+        pts = [(labels.index(b["bucket"]), b["mean_diff"]) for b in rows if finite(b.get("mean_diff")) is not None]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", label=name)
     ax.axhline(0.0, color="0.3", linewidth=1, linestyle="--")
@@ -131,7 +118,7 @@ def leakage_by_position(results: dict) -> Figure | None:
     return fig
 
 
-def doc_difference_histogram(results: dict) -> Figure | None:
+def doc_difference_histogram(results: Results) -> Figure | None:
     """Distribution of per-document differences (other - baseline) on the main configuration."""
     hist = (results.get("doc_difference_histogram") or {}).get("models") or {}
     hist = {n: h for n, h in hist.items() if h.get("counts") and len(h["edges"]) == len(h["counts"]) + 1}
@@ -144,7 +131,7 @@ def doc_difference_histogram(results: dict) -> Figure | None:
         ax.stairs(h["counts"], h["edges"], fill=single, alpha=0.6 if single else 1.0, linewidth=1 if single else 2,
                   label=f"{name} - {results['baseline']}")
     ax.axvline(0.0, color="0.3", linewidth=1, linestyle="--")
-    ax.set_xlabel(f"per-document mean loss difference ({_unit(results)}); > 0: worse than {results['baseline']}")
+    ax.set_xlabel(f"per-document mean loss difference ({unit(results)}); > 0: worse than {results['baseline']}")
     ax.set_ylabel("documents")
     ax.set_title(f"Per-document differences, {results['doc_difference_histogram'].get('configuration', '')}")
     ax.grid(alpha=0.3)

@@ -1,4 +1,4 @@
-"""Mask probe (contract 4): change one document and check whether the next document's logits move.
+"""Mask probe (docs/design.md, contract 4): change one document and check whether the next document's logits move.
 
 Under the block mask they must not move; under the causal mask they must. A plan that fails is not trusted:
 eager attention given a boolean mask, for example, silently ignores it.

@@ -9,8 +9,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
-
 from .analysis import (
     DocTable,
     compare_docs,
@@ -21,9 +19,18 @@ from .analysis import (
     read_tokens,
 )
 from .errors import LossgapError
+from .findings import key_findings
 from .matrix import Configuration, leakage_pairs
-
-SCHEMA_VERSION = 1
+from .schema import (
+    SCHEMA_VERSION,
+    ConfigurationRow,
+    Diagnostic,
+    Histogram,
+    LeakagePair,
+    PositionBucket,
+    Results,
+    clean,
+)
 
 
 def _load_manifest(out: Path) -> dict:
@@ -59,69 +66,88 @@ def _read_tokens(out: Path, rel: str) -> dict:
         raise LossgapError(f"{path}: not a readable Parquet file ({e})", "rerun compare") from None
 
 
-def build_results(out: Path) -> dict:
+def build_results(out: Path) -> Results:
+    """Every number of the comparison in `out`, from its stored files; written to out/results.json and returned
+    as JSON reads it back (NaN and inf as None)."""
     out = Path(out)
     m = _load_manifest(out)
-    base, mode = m["baseline"], m["mode"]
-    names = list(m["models"])
     configs = [Configuration(**{k: v for k, v in c.items() if k != "computes"}) for c in m["configurations"]]
+    main = _main_configuration(configs)
+    docs: dict[tuple[str, str], DocTable] = {}
     diagnostics = _tokenizer_diagnostics(m)
     rows = []
-    docs_cache: dict[tuple[str, str], DocTable] = {}
     for conf in configs:
-        entry = {**conf.to_dict(), "models": {}, "comparisons": {}}
-        for name in names:
-            docs = docs_cache[(conf.key, name)] = _read_docs(out, m["runs"][conf.key][name])
-            summary = docs.summary()
-            vocab = m["models"][name]["vocab_size"]
-            summary["ln_vocab"] = math.log(vocab)
-            summary["near_uniform"] = near_uniform(summary["mean_nll"], vocab)
-            entry["models"][name] = summary
-            run_summary = json.loads(_run_file(out, m["runs"][conf.key][name], "summary.json").read_text())
-            diagnostics += _run_diagnostics(conf, name, summary, run_summary)
-        for i, name in enumerate(names):
-            if name != base:
-                entry["comparisons"][name] = compare_docs(docs_cache[(conf.key, base)], docs_cache[(conf.key, name)],
-                                                          mode, m["bootstrap"], m["seed"] + 1000 * i)
-        rows.append(entry)
-
-    leakage = []
-    for block, causal in leakage_pairs(configs):  # within one model: valid whatever the tokenizers
-        per_model = {name: leakage_by_position(_read_tokens(out, m["runs"][block.key][name]),
-                                               _read_tokens(out, m["runs"][causal.key][name])) for name in names}
-        leakage.append({"label_offset": block.label_offset, "block": block.key, "causal": causal.key,
-                        "models": per_model})
-    main = _main_configuration(configs)
-    profile = {name: position_profile(_read_tokens(out, m["runs"][main.key][name])) for name in names}
-    doc_hist = {}
-    for name in names:
-        if name != base:
-            a, b = docs_cache[(main.key, base)], docs_cache[(main.key, name)]
-            scored = (a.n_tokens > 0) & (b.n_tokens > 0)
-            per_doc = b.nll_sum[scored] / b.n_tokens[scored] - a.nll_sum[scored] / a.n_tokens[scored]
-            doc_hist[name] = histogram(per_doc)
-
+        row, notes = _configuration_row(out, m, conf, docs)
+        rows.append(row)
+        diagnostics += notes
     results = {
         "schema_version": SCHEMA_VERSION,
-        "baseline": base,
+        "baseline": m["baseline"],
         "models": m["models"],
-        "mode": mode,
+        "mode": m["mode"],
         "main_configuration": main.key,
         "configurations": rows,
-        "leakage": leakage,
-        "position_profile": {"configuration": main.key, "models": profile},
-        "doc_difference_histogram": {"configuration": main.key, "models": doc_hist},
+        "leakage": _leakage(out, m, configs),
+        "position_profile": {"configuration": main.key, "models": _position_profiles(out, m, main)},
+        "doc_difference_histogram": {"configuration": main.key, "models": _doc_histograms(m, main, docs)},
         "tokenizers": m["tokenizers"],
         "diagnostics": diagnostics,
         "settings": {"bootstrap": m["bootstrap"], "seed": m["seed"], "corpus": m["corpus"],
                      "seq_len": m["config"]["layout"]["seq_len"], "versions": m["versions"]},
     }
-    from .findings import key_findings
-
     results["findings"] = key_findings(results)
-    results = _finite(results)
+    results = clean(results)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _configuration_row(out: Path, m: dict, conf: Configuration,
+                       docs: dict[tuple[str, str], DocTable]) -> tuple[ConfigurationRow, list[Diagnostic]]:
+    """One configuration's summaries and comparisons, with its diagnostics; keeps each run's DocTable in `docs`."""
+    base, names = m["baseline"], list(m["models"])
+    row = {**conf.to_dict(), "models": {}, "comparisons": {}}
+    diagnostics = []
+    for name in names:
+        docs[(conf.key, name)] = _read_docs(out, m["runs"][conf.key][name])
+        summary = docs[(conf.key, name)].summary()
+        vocab = m["models"][name]["vocab_size"]
+        summary["ln_vocab"] = math.log(vocab)
+        summary["near_uniform"] = near_uniform(summary["mean_nll"], vocab)
+        row["models"][name] = summary
+        run_summary = json.loads(_run_file(out, m["runs"][conf.key][name], "summary.json").read_text())
+        diagnostics += _run_diagnostics(conf, name, summary, run_summary)
+    for i, name in enumerate(names):
+        if name != base:
+            row["comparisons"][name] = compare_docs(docs[(conf.key, base)], docs[(conf.key, name)], m["mode"],
+                                                    m["bootstrap"], m["seed"] + 1000 * i)
+    return row, diagnostics
+
+
+def _leakage(out: Path, m: dict, configs: list[Configuration]) -> list[LeakagePair]:
+    """Causal - block NLL by position, per model: within one model, so valid whatever the tokenizers."""
+    pairs = []
+    for block, causal in leakage_pairs(configs):
+        per_model = {name: leakage_by_position(_read_tokens(out, m["runs"][block.key][name]),
+                                               _read_tokens(out, m["runs"][causal.key][name])) for name in m["models"]}
+        pairs.append({"label_offset": block.label_offset, "block": block.key, "causal": causal.key,
+                      "models": per_model})
+    return pairs
+
+
+def _position_profiles(out: Path, m: dict, main: Configuration) -> dict[str, list[PositionBucket]]:
+    return {name: position_profile(_read_tokens(out, m["runs"][main.key][name])) for name in m["models"]}
+
+
+def _doc_histograms(m: dict, main: Configuration, docs: dict[tuple[str, str], DocTable]) -> dict[str, Histogram]:
+    """Per-document mean loss differences (other - baseline) on the main configuration."""
+    base = m["baseline"]
+    out = {}
+    for name in m["models"]:
+        if name != base:
+            a, b = docs[(main.key, base)], docs[(main.key, name)]
+            scored = (a.n_tokens > 0) & (b.n_tokens > 0)
+            out[name] = histogram(b.nll_sum[scored] / b.n_tokens[scored] - a.nll_sum[scored] / a.n_tokens[scored])
+    return out
 
 
 def _main_configuration(configs: list[Configuration]) -> Configuration:
@@ -132,7 +158,7 @@ def _main_configuration(configs: list[Configuration]) -> Configuration:
     return next((c for c in configs if c.label_offset == 1), configs[0])
 
 
-def _tokenizer_diagnostics(m: dict) -> list[dict]:
+def _tokenizer_diagnostics(m: dict) -> list[Diagnostic]:
     out = []
     for name, check in m["tokenizers"].items():
         level = "info" if check["compatible"] else "warning"
@@ -142,7 +168,7 @@ def _tokenizer_diagnostics(m: dict) -> list[dict]:
     return out
 
 
-def _run_diagnostics(conf: Configuration, name: str, summary: dict, run: dict) -> list[dict]:
+def _run_diagnostics(conf: Configuration, name: str, summary: dict, run: dict) -> list[Diagnostic]:
     where = f"{conf.key} / {name}"
     out = []
     if summary["near_uniform"] and summary["mean_nll"] > summary["ln_vocab"]:
@@ -170,16 +196,3 @@ def _run_diagnostics(conf: Configuration, name: str, summary: dict, run: dict) -
                     "message": f"{summary['truncated_context_tokens']:,} tokens ({share:.1%}) were predicted without "
                                "their whole document prefix (documents cut at a row or window edge)"})
     return out
-
-
-def _finite(obj):
-    """JSON has no NaN/inf: write them as null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _finite(obj.item())
-    return obj

@@ -1,5 +1,236 @@
-"""The schema of lossgap's JSON files: results.json, compare.json and summary.json share one version number."""
+"""The schema of lossgap's JSON files: results.json, compare.json and summary.json share one version number.
+
+results.json stays a plain JSON dict; the TypedDicts below say what each level holds, and the accessors are the
+one place the report, the plots and the findings read the shared facts (the compared models, the unit, the main
+row). Cheap to import: `lossgap report` loads this without numpy, torch or transformers.
+"""
 
 from __future__ import annotations
 
+import math
+from typing import Any, NotRequired, TypedDict
+
 SCHEMA_VERSION = 1
+
+TOKENS = "tokens"  # mode: every tokenizer gives the same ids, so models are compared token by token (nats/token)
+BITS_PER_BYTE = "bits_per_byte"  # mode: the tokenizers differ, so only bits per byte are comparable
+ALL_POSITIONS = "all"  # the leakage bucket over every position, after the per-position ones
+
+
+class ModelInfo(TypedDict):
+    """results["models"][name]: what was loaded (from compare.json)."""
+
+    spec: str  # as given on the command line
+    name: str
+    model_type: str
+    vocab_size: int
+    n_params: int
+    dtype: str
+    device: str
+    attn_implementation: str
+    max_positions: int | None
+
+
+class ModelSummary(TypedDict):
+    """configurations[].models[name]: one model's losses under one configuration (stats.aggregate, plus the
+    near-uniform check). Every per-token column declared with summary MEAN (columns.py) adds `mean_<name>`, and
+    each TOTAL column its per-document name (e.g. truncated_context_tokens)."""
+
+    n_documents: int
+    n_scored_documents: int
+    n_tokens: int
+    n_bytes: int
+    nll_sum: float
+    mean_nll: float | None  # nats/token, token-weighted
+    perplexity: float | None  # exp(mean_nll)
+    bits_per_byte: float | None
+    doc_mean_nll: float | None  # every scored document weighs the same
+    truncated_context_tokens: int  # tokens predicted without their whole document prefix
+    ln_vocab: float  # the mean NLL of a uniform guess
+    near_uniform: bool  # mean_nll >= 0.75 ln(vocab): the targets are likely misaligned
+
+
+class ComparisonStats(TypedDict):
+    """other - baseline over one set of documents (analysis._compare); None where JSON cannot hold NaN."""
+
+    unit: str  # "nats/token" or "bits/byte"
+    n_documents: int
+    n_tokens: int  # the baseline's
+    base: float | None  # the baseline's mean loss in `unit`
+    other: float | None
+    diff: float | None  # other - base, token- (or byte-) weighted
+    ci_low: float | None  # paired bootstrap 95% interval over documents
+    ci_high: float | None
+    doc_weighted_diff: float | None
+    share_docs_worse: float | None
+    wilcoxon_statistic: float | None
+    wilcoxon_p: float | None
+    relative_perplexity_change: NotRequired[float | None]  # exp(diff) - 1; tokens mode only
+    ci_relative_perplexity_change: NotRequired[list[float | None]]  # [low, high]; tokens mode only
+    diff_bits_per_byte: float | None
+
+
+class ModelComparison(TypedDict):
+    """configurations[].comparisons[name]: one compared model against the baseline."""
+
+    overall: ComparisonStats
+    per_domain: dict[str, ComparisonStats]  # by domain name, sorted
+
+
+class ConfigurationRow(TypedDict):
+    """results["configurations"][]: one scoring configuration (matrix.Configuration.to_dict) and its numbers."""
+
+    key: str
+    label_offset: int  # 1: next token; 2: the seed's doubly shifted labels
+    layout: str  # "single" or "packed"
+    mask: str  # "block" or "causal"
+    seed_group: str  # the seed table's heading ("" outside the seed matrix)
+    seed_setup: str
+    seed_mask: str
+    computes: str  # what the row measures, in plain words
+    models: dict[str, ModelSummary]  # every model, baseline first
+    comparisons: dict[str, ModelComparison]  # every model but the baseline
+
+
+class LeakageBucket(TypedDict):
+    """One position bucket of a leakage pair: the same tokens under the causal and the block mask."""
+
+    bucket: str  # "1", "2", ..., "5-8", ..., ">1024", or ALL_POSITIONS
+    n_tokens: int
+    share_tokens: float
+    mean_block: float
+    mean_causal: float
+    mean_diff: float  # causal - block
+    mean_abs_diff: float
+    share_of_abs_diff: float | None
+
+
+class LeakagePair(TypedDict):
+    """results["leakage"][]: a block/causal pair of packed configurations with the same label offset."""
+
+    label_offset: int
+    block: str  # configuration keys
+    causal: str
+    models: dict[str, list[LeakageBucket]]
+
+
+class PositionBucket(TypedDict):
+    bucket: str
+    n_tokens: int
+    mean_nll: float
+
+
+class PositionProfile(TypedDict):
+    """results["position_profile"]: mean NLL by target position, on the main configuration."""
+
+    configuration: str
+    models: dict[str, list[PositionBucket]]
+
+
+class Histogram(TypedDict):
+    edges: list[float]  # len(counts) + 1, or both empty
+    counts: list[int]
+
+
+class DocDifferenceHistogram(TypedDict):
+    """results["doc_difference_histogram"]: per-document mean loss differences, other - baseline."""
+
+    configuration: str
+    models: dict[str, Histogram]  # every model but the baseline
+
+
+class TokenizerCheck(TypedDict):
+    """results["tokenizers"][name]: the model's tokenizer against the baseline's (tokcheck.compare_tokenizers)."""
+
+    compatible: bool  # same ids on every document: token-level comparison is valid
+    differences: list[str]
+    special_tokens: dict[str, dict[str, str | None]]
+    vocab_sizes: dict[str, int]
+    documents_checked: int
+    documents_tokenized_differently: int
+    added_tokens_seen_in_corpus: list[str]
+    verdict: str
+
+
+class Diagnostic(TypedDict):
+    level: str  # "error", "warning" or "info"
+    code: str  # e.g. "near_uniform", "mask_probe", "tokenizer", "truncated"
+    where: str  # "<configuration> / <model>", or "<baseline> vs <model>"
+    message: str
+
+
+class Settings(TypedDict):
+    bootstrap: int  # resamples
+    seed: int
+    corpus: dict[str, Any]  # config.CorpusConfig as a dict
+    seq_len: int
+    versions: dict[str, str]  # library versions
+
+
+class Results(TypedDict):
+    """results.json: every number of a comparison (results.build_results)."""
+
+    schema_version: int
+    baseline: str
+    models: dict[str, ModelInfo]  # baseline first
+    mode: str  # TOKENS or BITS_PER_BYTE
+    main_configuration: str  # the key of the row the headline numbers come from
+    configurations: list[ConfigurationRow]
+    leakage: list[LeakagePair]
+    position_profile: PositionProfile
+    doc_difference_histogram: DocDifferenceHistogram
+    tokenizers: dict[str, TokenizerCheck]  # every model but the baseline
+    diagnostics: list[Diagnostic]
+    settings: Settings
+    findings: list[str]
+
+
+# ---------------------------------------------------------------- accessors
+
+
+def others(results: Results) -> list[str]:
+    """The compared models: every model but the baseline, in order."""
+    return [name for name in results["models"] if name != results["baseline"]]
+
+
+def tokens_mode(results: Results) -> bool:
+    return results["mode"] == TOKENS
+
+
+def unit_of(mode: str) -> str:
+    return "nats/token" if mode == TOKENS else "bits/byte"
+
+
+def unit(results: Results) -> str:
+    """The unit of losses and differences between models."""
+    return unit_of(results["mode"])
+
+
+def configuration_row(results: Results, key: str) -> ConfigurationRow | None:
+    return next((row for row in results["configurations"] if row["key"] == key), None)
+
+
+def main_row(results: Results) -> ConfigurationRow | None:
+    """The row the headline numbers come from (None only in a hand-made results dict without it)."""
+    return configuration_row(results, results["main_configuration"])
+
+
+def finite(x) -> float | None:
+    """x as a finite number, or None: missing values read as null in results.json, NaN or inf in memory."""
+    if x is None or isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+        return None
+    return x + 0  # -0.0 -> 0.0: an exact zero never prints with a minus sign
+
+
+def clean(obj):
+    """JSON's view of the results (NaN/inf -> None, tuples -> lists, numpy scalars -> Python, keys -> str), so
+    results in memory, written and read back agree."""
+    if isinstance(obj, dict):
+        return {str(k): clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [clean(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, str):  # numpy scalars, without importing numpy
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,4 +1,5 @@
-"""Summary statistics from per-document sums (contract 6: nats/token, perplexity = exp(mean), bits per byte)."""
+"""Summary statistics from per-document sums (docs/design.md, contract 6: nats/token, perplexity = exp(mean), bits
+per byte)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Build-time tools of the lossgap repository: run from the repository root, never shipped in the wheel."""
