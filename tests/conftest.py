@@ -118,10 +118,11 @@ def score_run(model, corpus, out, *, layout="packed", mask="block", seq_len=64, 
 
     corpus_kwargs = {k: run_kwargs.pop(k) for k in list(run_kwargs) if k in CorpusConfig.__dataclass_fields__}
     model_kwargs = {k: run_kwargs.pop(k) for k in list(run_kwargs) if k in ModelConfig.__dataclass_fields__}
+    tokenize_kwargs = {k: run_kwargs.pop(k) for k in list(run_kwargs) if k in TokenizeConfig.__dataclass_fields__}
     cfg = ScoreConfig(
         model=ModelConfig(str(model), **{"dtype": "float32", "device": "cpu", **model_kwargs}),
         corpus=CorpusConfig(str(corpus), **corpus_kwargs),
-        tokenize=TokenizeConfig(add_bos=add_bos, add_eos=add_eos),
+        tokenize=TokenizeConfig(add_bos=add_bos, add_eos=add_eos, **tokenize_kwargs),
         layout=LayoutConfig(layout, seq_len, stride, mask, positions, label_offset),
         run=RunConfig(str(out), batch_size=batch_size, quiet=True, **run_kwargs),
     )

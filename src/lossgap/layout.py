@@ -1,7 +1,8 @@
 """Layouts: place documents into rows (packed, as in pretraining, or one document per row) and collate batches.
 
 Targets are explicit and independent of the layout: with label offset k, a document of n tokens has targets
-k..n-1, each predicted from the position k tokens before it. A segment (a run of one document's tokens inside a
+k..n-1, each predicted from the position k tokens before it (a document with a chat prefix of c context tokens:
+c+k..n-1, reported at their position in the raw document). A segment (a run of one document's tokens inside a
 row) scores the targets its positions predict, even when the target itself lies past the row's end, so every
 layout and mask scores exactly the same set of (document, position) pairs (docs/design.md, contract 2).
 """
@@ -82,7 +83,7 @@ def packed_rows(docs: Iterable[TokenizedDocument], seq_len: int, k: int) -> Iter
         start = 0
         while start < n:
             take = min(n - start, seq_len - fill)
-            segments.append(Segment(doc, start, take, fill, start + k, min(start + take + k, n)))
+            segments.append(Segment(doc, start, take, fill, max(start, doc.context) + k, min(start + take + k, n)))
             fill += take
             start += take
             if fill == seq_len:
@@ -101,14 +102,14 @@ def single_rows(docs: Iterable[TokenizedDocument], seq_len: int, k: int, stride:
     step = stride or seq_len
     for doc in docs:
         n = len(doc.ids)
-        begin, lo = 0, k
+        begin, lo = 0, doc.context + k
         while True:
             end = min(begin + seq_len, n)
             hi = min(end + k, n)
             yield Row([Segment(doc, begin, end - begin, 0, lo, hi)])
             if hi >= n:
                 break
-            begin, lo = begin + step, hi
+            begin, lo = begin + step, max(hi, lo)  # a window inside a chat prefix scores nothing
 
 
 def retarget(rows: list[Row], k_from: int, k_to: int) -> list[Row]:
@@ -157,7 +158,7 @@ def collate(rows: list[Row], k: int, position_mode: str, pad_id: int = 0, pad_mu
             flat.append(b * length + seg.offset + (t - k - seg.start))
             targets.append(seg.doc.ids[t])
             doc_ids.append(np.full(t.size, seg.doc.doc_id, dtype=np.int64))
-            target_pos.append(t.astype(np.int32))
+            target_pos.append((t - seg.doc.context).astype(np.int32))
             truncated.append(np.full(t.size, seg.start > 0))
     cat = _concat_or_empty
     return Batch(

@@ -172,7 +172,8 @@ def run_windows(cfg: ScoreConfig, engine: Engine, corpus: Corpus, outputs: list[
     """Score every window this process owns and has not finished, writing each as a shard. Stops cleanly, keeping
     finished windows, at a corpus error, a signal, a full disk or another rank's failure."""
     stream = StopAtError(corpus)
-    docs = encode_documents(stream, engine.tokenizer, engine.special, engine.loaded.vocab_size, cfg.corpus.max_tokens)
+    docs = encode_documents(stream, engine.tokenizer, engine.special, engine.loaded.vocab_size, cfg.corpus.max_tokens,
+                            prefix=engine.prefix)
     work = Prefetch(windows(make_rows(docs, cfg.layout), outputs[0].window_tokens))
     progress = Progress(cfg, corpus, enabled=not cfg.run.quiet and dist.main)
     done = Pass(WindowRunner(engine.plan, engine.head, engine.loaded.name, cfg.run.fp32_check), world=dist.world)
