@@ -179,7 +179,8 @@ def test_chat_context_scores_exactly_the_raw_targets(tmp_path, pile_jsonl, layou
     assert not np.allclose(a["nll"], b["nll"])  # the context changed, so the predictions did
     tok = AutoTokenizer.from_pretrained(instruct)
     prefix = chat_prefix(tok, "Please write a document.", "instruct")
-    assert tok.decode(prefix) == "<|endoftext|><|im_start|>user\nPlease write a document.<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.decode(prefix) == ("<|endoftext|><|im_start|>user\nPlease write a document.<|im_end|>\n"
+                                  "<|im_start|>assistant\n")
     assert chat.summary["chat_prefix_tokens"] == len(prefix) and raw.summary["chat_prefix_tokens"] is None
     # a document not cut at a row edge: its loss is the model's own loss on prefix + document, document tokens only
     whole = b.groupby("doc_id")["truncated"].any()
