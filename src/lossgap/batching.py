@@ -113,10 +113,10 @@ def _free_bytes(devices: list[torch.device]) -> int:
     if cuda:
         return min(torch.cuda.mem_get_info(d)[0] + torch.cuda.memory_reserved(d) - torch.cuda.memory_allocated(d)
                    for d in cuda)
-    return _available_ram()
+    return available_ram()
 
 
-def _available_ram() -> int:
+def available_ram() -> int:
     try:
         with open("/proc/meminfo") as f:
             for line in f:

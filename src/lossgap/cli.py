@@ -7,7 +7,10 @@ Each subcommand fills a config dataclass and calls one API function. Any option 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+import traceback
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -24,6 +27,7 @@ from .config import (
     TokenizeConfig,
 )
 from .errors import LossgapError, UsageError
+from .files import writable_dir
 from .options import OptionParser, build, option
 
 
@@ -104,6 +108,10 @@ def cmd_score(a: argparse.Namespace) -> int:
     print(f"{s['model']['name']}: mean NLL {s['mean_nll']:.4f} nats/token, perplexity {s['perplexity']:.3f}, "
           f"{s['bits_per_byte']:.4f} bits/byte over {s['n_tokens']:,} tokens in {s['n_documents']:,} documents")
     print(f"{s['tokens_per_second']:,.0f} tokens/s; results in {result.out_dir}/")
+    short = s["n_documents"] - s.get("n_scored_documents", s["n_documents"])
+    if short:
+        print(f"note: {s['corpus']['path']}: {short} of {s['n_documents']} document(s) too short to have a target "
+              f"under label offset {s['label_offset']}: counted, not scored", file=sys.stderr)
     return 0
 
 
@@ -141,6 +149,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
 
     cfg = build(DemoConfig, a)
+    writable_dir(Path(cfg.out))  # before anything is built or loaded
     results = run_demo(cfg)
     _print_report(Path(cfg.out) / "compare", results)
     print(f"demo finished in {results['demo_wall_seconds']:.0f} s")
@@ -151,6 +160,7 @@ def cmd_corpus_build(a: argparse.Namespace) -> int:
     from .corpus_build import build_corpus
 
     o = build(corpus_build_options(), a)
+    writable_dir(Path(o.out).parent, shown=Path(o.out))
     result = build_corpus(o.out, tuple(o.sources), o.max_docs_per_source, o.seed, only_split=o.only_split,
                           math_docs=o.math_docs)
     for domain, splits in sorted(result.counts.items()):
@@ -165,6 +175,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, OptionParser]]:
     """The parser, and the subparsers that read --config files by command."""
     parser = argparse.ArgumentParser(prog="lossgap", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (also accepted "
+                        "after the command, or as LOSSGAP_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OptionParser)
     p = sub.add_parser("score", help="score a corpus with one model: per-token losses and a summary",
                        config_files=True)
@@ -206,6 +218,9 @@ def _config_file(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("LOSSGAP_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]  # accepted anywhere: before or after the command
+    args, subparsers = None, {}
     try:
         parser, subparsers = build_parser()
         config_file = _config_file(argv)
@@ -214,8 +229,68 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         return args.func(args)
     except LossgapError as e:
+        if debug:
+            traceback.print_exc()
+        if isinstance(e, UsageError) and argv and argv[0] in subparsers:
+            subparsers[argv[0]].name_file_key(e, argv)
         print(f"lossgap: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("lossgap: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # not anticipated: an environment error said plainly, anything else a bug
+        if debug:
+            traceback.print_exc()
+        print(f"lossgap: {unexpected_error(e, argv, _out_folder(args), debug)}", file=sys.stderr)
+        return 1
+
+
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOTDIR,
+                      errno.EISDIR, errno.ENOENT, errno.ENAMETOOLONG, errno.EMFILE}
+
+
+def unexpected_error(e: Exception, argv: list[str], out: Path | None, debug: bool) -> str:
+    """The message for an exception lossgap did not anticipate. A file system error names the path; anything else
+    is a bug: its traceback is saved (in --out, else the temp folder) for the report, not spilled on the terminal."""
+    if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS and e.filename:
+        return (f"error: {e.filename}: {e.strerror}\n  fix: check the path, its permissions and free space"
+                f"{'' if debug else '; --debug shows where it happened'}")
+    saved = _save_traceback(e, argv, out)
+    where = f"the full traceback is saved in {saved}" if saved else "the traceback could not be saved"
+    return (f"internal error: {type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}\n"
+            f"  this is a bug in lossgap, not a problem with your input; {where}\n"
+            "  please report it with that file attached (it holds the command, the versions and the traceback)"
+            f"{'' if debug else '; --debug shows the traceback here'}")
+
+
+def _out_folder(args: argparse.Namespace | None) -> Path | None:
+    """The command's output folder, where a bug's traceback is saved beside the run."""
+    for dest in ("RunConfig.out", "DemoConfig.out", "dir"):
+        value = getattr(args, dest, None)
+        if value:
+            return Path(value)
+    return None
+
+
+def _save_traceback(e: Exception, argv: list[str], out: Path | None) -> Path | None:
+    import platform
+    import tempfile
+
+    from .files import write_text
+    from .version import __version__
+
+    versions = ", ".join(f"{name} {getattr(sys.modules[name], '__version__', '?')}" for name in
+                         ("torch", "transformers", "tokenizers", "pyarrow", "numpy") if name in sys.modules)
+    text = (f"command: lossgap {' '.join(argv)}\nlossgap {__version__}, python {platform.python_version()}, "
+            f"{versions}\n\n{''.join(traceback.format_exception(e))}")
+    if out is not None and out.is_dir():
+        try:
+            return write_text(out / "lossgap-error.log", text)
+        except OSError:
+            pass
+    try:
+        fd, name = tempfile.mkstemp(prefix="lossgap-error-", suffix=".log")  # a unique name, then the content
+        os.close(fd)
+        return write_text(Path(name), text)
+    except OSError:
+        return None

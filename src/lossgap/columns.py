@@ -87,3 +87,31 @@ def document_sums(doc_index: np.ndarray, n_docs: int, table: pa.Table) -> dict[s
             values = table.column(c.name).to_numpy(zero_copy_only=False).astype(np.float64)
             out[c.per_document] = np.bincount(doc_index, weights=values, minlength=n_docs)
     return out
+
+
+# A paired pass (pairs/<other>.parquet): the baseline and another model on the same tokens. Each model's columns are
+# named f"{column}_{model}"; the pair's own compare the two distributions.
+PAIR_MODEL_COLUMNS: tuple[Column, ...] = (
+    Column("nll", pa.float32(), "nats", "negative log-probability of the target", "model"),
+    Column("entropy", pa.float32(), "nats", "entropy of the predictive distribution", "model"),
+    Column("p_target", pa.float32(), "probability", "probability of the target", "model"),
+    Column("argmax", pa.int32(), "token id", "the top-1 prediction (ties: the lowest id)", "model"),
+    Column("p_argmax", pa.float32(), "probability", "probability of the top-1 prediction", "model"),
+    Column("rank", pa.int32(), "entries", "vocabulary entries with a higher logit than the target (0: top-1)",
+           "model"),
+)
+PAIR_STATS = ("kl_bo", "kl_ob", "top1_agree")  # what the paired head computes besides each model's statistics
+
+
+def pair_columns(base: str, other: str) -> tuple[Column, ...]:
+    """The columns of pairs/<other>.parquet for a baseline and another model, in file order."""
+    keys = tuple(BY_NAME[name] for name in ("doc_id", "domain", "pos", "target", "truncated"))
+    per_model = tuple(Column(f"{c.name}_{model}", c.arrow, c.unit, f"{model}: {c.meaning}", c.source)
+                      for model in (base, other) for c in PAIR_MODEL_COLUMNS)
+    pair = (
+        Column(f"kl_{base}_{other}", pa.float32(), "nats", f"KL({base} || {other}) of the predictive distributions",
+               "model"),
+        Column(f"kl_{other}_{base}", pa.float32(), "nats", f"KL({other} || {base})", "model"),
+        Column("top1_agree", pa.bool_(), "", "the two models' top-1 predictions are the same token", "model"),
+    )
+    return keys + per_model + pair

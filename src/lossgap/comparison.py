@@ -9,18 +9,21 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .config import CompareConfig, ModelConfig, ScoreConfig, TokenizeConfig
-from .corpus import Corpus
+from .config import CompareConfig, ModelConfig, ScoreConfig
+from .corpus import Corpus, require_documents
 from .dist import init_distributed
-from .encode import resolve_special_tokens
+from .encode import chat_prefix, resolve_special_tokens
 from .errors import UsageError
 from .files import write_json
-from .matrix import SEED_MATRIX, Configuration, single_configuration
+from .matrix import SEED_MATRIX, Configuration, main_configuration, single_configuration
+from .memory import require_room_for_pair
 from .model import load_model, load_tokenizer, resolve_device, resolve_seq_len
+from .paired import paired_pass, pairs_dir
 from .plans import choose_plan
 from .schema import SCHEMA_VERSION
 from .scoring import score_offsets
 from .store import prepare_out_dir
+from .textclass import write_vocab_tables
 from .version import library_versions
 
 MANIFEST = "compare.json"
@@ -49,19 +52,19 @@ def compare(cfg: CompareConfig, min_models: int = 2) -> dict:
     cfg.validate(min_models)
     out = Path(cfg.run.out)
     _prepare(out, cfg.run.overwrite)
-    Corpus(cfg.corpus)  # fail early on a missing or unreadable corpus, before any model is loaded
+    require_documents(Corpus(cfg.corpus))  # fail early on a missing, unreadable or empty corpus, before any model
     model_cfgs = {name: replace(cfg.model, name=spec) for name, spec in cfg.models}
     tokenizers = {name: load_tokenizer(m) for name, m in model_cfgs.items()}
     checks, mode = _check_tokenizers(cfg, tokenizers)
     configs = configurations(cfg)
+    explanation = _plan_explanation(cfg, model_cfgs, tokenizers, mode, main_configuration(list(configs)))
     _say(cfg, f"comparing {', '.join(model_cfgs)} on {cfg.corpus.path}: {len(configs)} configurations, "
               f"{'token-level' if mode == 'tokens' else 'bits per byte only (tokenizers differ)'}")
-    runs = _Runs(cfg, configs, _plans_per_group(cfg, configs), out, len(model_cfgs))
-    base_tokenizer = tokenizers[cfg.models[0][0]]
-    for name, mcfg in model_cfgs.items():
-        runs.score_model(name, mcfg, base_tokenizer, mode)
+    runs = _Runs(cfg, configs, _plans_per_group(cfg, configs), out, len(model_cfgs), tokenizers, mode)
+    runs.score_all(model_cfgs, explanation)
     if not init_distributed(cfg.model.device).main:
         return {}  # under torchrun, rank 0 analyses and reports
+    explanation["vocab"] = write_vocab_tables(out, tokenizers, runs.model_info)
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "baseline": cfg.models[0][0],
@@ -77,10 +80,38 @@ def compare(cfg: CompareConfig, min_models: int = 2) -> dict:
         "versions": library_versions(),
         "elapsed_seconds": time.perf_counter() - started,
     }
+    if explanation["enabled"]:
+        manifest["explanation"] = explanation
     write_json(out / MANIFEST, manifest)
     results = build_results(out)
     write_report(out, results)
     return results
+
+
+def _plan_explanation(cfg: CompareConfig, model_cfgs: dict, tokenizers: dict, mode: str, main: Configuration) -> dict:
+    """What the explanation will compute, decided (and refused where it cannot be done) before any model loads: the
+    paired pass needs identical tokenization, equal vocabulary sizes and room for two models; --chat-context needs
+    each other model's chat template."""
+    names = list(model_cfgs)
+    plan = {"enabled": cfg.explain and len(names) > 1, "configuration": main.key, "pairs": {}, "skipped": {},
+            "chat_runs": {}, "chat_user_turn": cfg.tokenize.chat_user_turn if cfg.tokenize.chat_context else None,
+            "memory": None}
+    if cfg.tokenize.chat_context:
+        for name in names[1:]:
+            chat_prefix(tokenizers[name], cfg.tokenize.chat_user_turn, name)  # refuses a model without a template
+    if not plan["enabled"]:
+        return plan
+    reason = None
+    if mode != "tokens":
+        reason = ("the tokenizers differ on this corpus, so the two models' distributions are over different tokens: "
+                  "KL, top-1 agreement and calibration against the baseline are undefined; the difference is "
+                  "attributed by byte class in bits per byte")
+    elif main.label_offset != 1:
+        reason = "no next-token configuration was scored"
+    else:
+        plan["memory"] = require_room_for_pair(model_cfgs, names[0])
+    plan["skipped"] = dict.fromkeys(names[1:], reason) if reason else {}
+    return plan
 
 
 def _check_tokenizers(cfg: CompareConfig, tokenizers: dict) -> tuple[dict, str]:
@@ -97,45 +128,92 @@ def _check_tokenizers(cfg: CompareConfig, tokenizers: dict) -> tuple[dict, str]:
 
 
 class _Runs:
-    """The scoring runs of a comparison, model by model: every configuration of one model while it is loaded."""
+    """The scoring runs of a comparison, model by model: every configuration of one model while it is loaded; with
+    the explanation, the baseline stays loaded for the paired pass with each other model."""
 
-    def __init__(self, cfg: CompareConfig, configs, plans: dict, out: Path, n_models: int):
-        self.cfg, self.configs, self.plans, self.out = cfg, configs, plans, out
+    def __init__(self, cfg: CompareConfig, configs, plans: dict, out: Path, n_models: int, tokenizers: dict,
+                 mode: str):
+        self.cfg, self.configs, self.plans, self.out, self.mode = cfg, configs, plans, out, mode
         self.total = len(configs) * n_models
         self.step = 0
         self.seq_len = cfg.layout.seq_len
-        self.tokenize = cfg.tokenize
+        self.tokenize = replace(cfg.tokenize, chat_context=False)  # the configurations score the raw text
+        self.base_tokenizer = tokenizers[cfg.models[0][0]]
         self.folders: dict[str, dict[str, str]] = {c.key: {} for c in configs}
         self.model_info: dict[str, dict] = {}
 
-    def score_model(self, name: str, mcfg: ModelConfig, base_tokenizer, mode: str) -> None:
+    def score_all(self, model_cfgs: dict[str, ModelConfig], explanation: dict) -> None:
+        """Every model under every configuration; the paired pass and the chat-formatted run where asked for."""
+        (base_name, base_cfg), *others = model_cfgs.items()
+        pairs = explanation["enabled"] and not explanation["skipped"]
+        main = next(c for c in self.configs if c.key == explanation["configuration"])
+        base = self.score_model(base_name, base_cfg, keep=pairs)
+        for name, mcfg in others:
+            loaded = self.score_model(name, mcfg, keep=True)
+            if pairs and base.vocab_size != loaded.vocab_size:
+                explanation["skipped"][name] = (f"the output vocabularies differ in size ({base.vocab_size} vs "
+                                                f"{loaded.vocab_size}): the distributions cannot be compared entry by "
+                                                "entry")
+            elif pairs:
+                _say(self.cfg, f"paired pass: {base_name} and {name} on {main.key}")
+                run = self._config(main, name, mcfg, pairs_dir(self.out, name))
+                done = paired_pass(run, (base_name, name), base, loaded, self.base_tokenizer, self.out)
+                explanation["pairs"][name] = str(done.path.relative_to(self.out))
+            if self.cfg.tokenize.chat_context:
+                explanation["chat_runs"][name] = self._chat_run(main, name, mcfg, loaded)
+            del loaded
+            gc.collect()
+        del base
+        gc.collect()
+
+    def score_model(self, name: str, mcfg: ModelConfig, keep: bool = False):
+        """Score every configuration with one model; return the loaded model if `keep`, else release it."""
         cfg = self.cfg
         loaded = load_model(mcfg, quiet=cfg.run.quiet)
         self.seq_len = resolve_seq_len(loaded, self.seq_len)
-        if mode == "tokens" and name == cfg.models[0][0]:
-            special = resolve_special_tokens(base_tokenizer, cfg.tokenize, loaded.vocab_size)
+        if self.mode == "tokens" and name == cfg.models[0][0]:
+            special = resolve_special_tokens(self.base_tokenizer, cfg.tokenize, loaded.vocab_size)
             # every model gets the baseline's BOS/EOS ids: an instruct EOS such as <|eot_id|> is another target
-            self.tokenize = TokenizeConfig(special.bos_id is not None, special.eos_id is not None,
-                                           special.bos_id, special.eos_id)
+            self.tokenize = replace(self.tokenize, add_bos=special.bos_id is not None,
+                                    add_eos=special.eos_id is not None, bos_id=special.bos_id, eos_id=special.eos_id)
         self.model_info[name] = {"spec": mcfg.name, **loaded.describe()}
         # the offsets of one layout and mask share their forward passes: one pass per batch serves all of them
         for group in _offset_groups(self.configs):
             self.step += len(group)
             keys = " + ".join(f"{conf.key} ({conf.computes})" for conf in group)
             _say(cfg, f"[{self.step}/{self.total}] {name}: {keys}")
-            run_cfgs = [self._score_config(conf, name, mcfg) for conf in group]
-            score_offsets(run_cfgs, loaded, base_tokenizer if mode == "tokens" else None)
+            run_cfgs = []
+            for conf in group:
+                folder = run_dir(self.out, conf.key, name)
+                self.folders[conf.key][name] = str(folder.relative_to(self.out))
+                run_cfgs.append(self._config(conf, name, mcfg, folder))
+            score_offsets(run_cfgs, loaded, self._tokenizer())
+        if keep:
+            return loaded
         del loaded
         gc.collect()
+        return None
 
-    def _score_config(self, conf: Configuration, name: str, mcfg: ModelConfig) -> ScoreConfig:
-        cfg, folder = self.cfg, run_dir(self.out, conf.key, name)
+    def _chat_run(self, main: Configuration, name: str, mcfg: ModelConfig, loaded) -> str:
+        """The main configuration once more, each document as the model's reply in its own chat template."""
+        folder = run_dir(self.out, f"{main.key}-chat", name)
+        _say(self.cfg, f"{name}: {main.key}, chat-formatted (documents as the assistant's reply)")
+        run = self._config(main, name, mcfg, folder)
+        run.tokenize = replace(run.tokenize, chat_context=True, chat_user_turn=self.cfg.tokenize.chat_user_turn)
+        score_offsets([run], loaded, self._tokenizer())
+        return str(folder.relative_to(self.out))
+
+    def _tokenizer(self):
+        """Token-level comparisons tokenize every model's input with the baseline's tokenizer."""
+        return self.base_tokenizer if self.mode == "tokens" else None
+
+    def _config(self, conf: Configuration, name: str, mcfg: ModelConfig, folder: Path) -> ScoreConfig:
+        cfg = self.cfg
         layout = replace(cfg.layout, layout=conf.layout, mask=conf.mask, label_offset=conf.label_offset,
                          seq_len=self.seq_len, stride=cfg.layout.stride if conf.layout == "single" else None)
-        self.folders[conf.key][name] = str(folder.relative_to(self.out))
         return ScoreConfig(model=mcfg, corpus=copy.deepcopy(cfg.corpus), tokenize=self.tokenize, layout=layout,
-                           run=replace(cfg.run, out=str(folder), overwrite=True, plan=self.plans[(conf.layout,
-                                                                                                   conf.mask)]))
+                           run=replace(cfg.run, out=str(folder), overwrite=True,
+                                       plan=self.plans[(conf.layout, conf.mask)]))
 
 
 def _offset_groups(configs) -> list[list[Configuration]]:

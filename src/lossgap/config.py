@@ -212,6 +212,8 @@ class CompareConfig:
                          "given by --layout/--mask/--label-offset")
     bootstrap: int = option(1000, help="paired bootstrap resamples over documents")
     seed: int = option(0, flag="--bootstrap-seed")
+    explain: bool = option(True, flag="--no-explain", help="skip the paired pass (the baseline and each other model "
+                           "resident together: KL, top-1 agreement, calibration) and the statistics built on it")
 
     def validate(self, min_models: int = 2) -> CompareConfig:
         if len(self.models) < min_models:

@@ -372,3 +372,25 @@ def _deterministic_sample(docs: Iterator[Document], n: int, seed: int) -> Iterat
         elif item > heap[0]:
             heapq.heapreplace(heap, item)
     yield from sorted((d for _, _, d in heap), key=lambda d: d.doc_id)
+
+
+def require_documents(corpus: Corpus) -> None:
+    """Refuse a selection without documents before any model loads: scoring it would report a NaN loss over 0
+    tokens. Reads up to the first document only (all of the corpus only when it has none)."""
+    docs = corpus._valid_documents()
+    try:
+        if next(docs, None) is not None:
+            return
+    finally:
+        docs.close()
+    c, read, bad = corpus.config, corpus.records_read, corpus.bad_records
+    if read == 0:
+        why, fix = "the corpus holds no records", "point --corpus at a corpus with documents (or at another --split)"
+    elif c.skip >= read:
+        why, fix = f"--skip {c.skip} skips all {read} of its records", f"use a --skip below {read}"
+    else:
+        after = f" after --skip {c.skip}" if c.skip else ""
+        which = f"all {len(bad)} of its records{after} are" if len(bad) > 1 else f"its only record{after} is"
+        why = f"{which} bad and skipped (first: {bad[0].source}: {bad[0].reason})"
+        fix = "fix the records (run with --on-bad-line fail to stop at each), or choose another corpus"
+    raise CorpusError(f"{corpus.path}: no documents to score: {why}", fix)

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 from .comparison import compare
-from .config import CompareConfig, CorpusConfig, DemoConfig, LayoutConfig, ModelConfig, RunConfig
+from .config import CompareConfig, CorpusConfig, DemoConfig, LayoutConfig, ModelConfig, RunConfig, TokenizeConfig
 from .corpus import Corpus
 from .corpus_build import build_corpus
 from .errors import ModelError
+from .files import atomic_path
 
 DEMO_MODELS = Path(__file__).parent / "demo_models"
 
@@ -40,7 +41,7 @@ def select_per_domain(corpus: Path, out: Path, chars_per_domain: int) -> tuple[P
         if taken is None or taken + len(doc.text) <= chars_per_domain:
             chosen.append(doc)
             used[doc.domain] = (taken or 0) + len(doc.text)
-    with open(out, "w", encoding="utf-8") as f:
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for doc in sorted(chosen, key=lambda d: d.doc_id):
             f.write(json.dumps({"text": doc.text, "meta": {"pile_set_name": doc.domain}}, ensure_ascii=False) + "\n")
     counts = {d: sum(1 for doc in chosen if doc.domain == d) for d in used}
@@ -62,6 +63,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         models=models,
         corpus=CorpusConfig(str(subset)),
         model=ModelConfig("", dtype="auto", device="auto"),
+        # the shipped instruct model has a chat template: the report shows how much of the gap the format explains
+        tokenize=TokenizeConfig(chat_context=not cfg.smollm),
         layout=LayoutConfig(seq_len=cfg.seq_len),
         run=RunConfig(out=str(out / "compare"), batch_size=4, overwrite=cfg.overwrite, quiet=cfg.quiet),
         matrix="seed",

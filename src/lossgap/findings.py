@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .explain_findings import explanation_findings
 from .matrix import SEED_FIGURES, is_seed_matrix
 from .schema import ALL_POSITIONS, ConfigurationRow, Results, main_row, tokens_mode, unit
 from .stats import relative_perplexity_change
@@ -22,6 +23,7 @@ def key_findings(results: Results) -> list[str]:
     out += _leakage(results)
     out += _packing(results, seed)
     out += _domains(results, main)
+    out += explanation_findings(results)
     out += _diagnostics(results)
     return out
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .errors import LossgapError
+from .headstats import paired_token_stats
 
 
 @contextmanager
@@ -38,6 +39,23 @@ def forward_batches(plan, head, batches: list, metrics: tuple[str, ...] = ("nll"
         stats = head.token_stats(hidden[b.flat_index.to(hidden.device)], b.targets.to(hidden.device), metrics)
         out.append({name: values.cpu().numpy() for name, values in stats.items()})
     return out
+
+
+@torch.inference_mode()
+def forward_pair(plan_b, head_b, plan_o, head_o, batch) -> dict[str, np.ndarray]:
+    """A baseline b and another model o on the same batch: each model's distribution statistics and the pair's (KL
+    both ways, top-1 agreement), from one pass over both heads' vocabulary tiles (headstats.py)."""
+    index = batch.flat_index
+    hidden_b = plan_b.hidden_states(batch)
+    hidden_o = plan_o.hidden_states(batch)
+    hidden_b = hidden_b.reshape(-1, hidden_b.shape[-1])[index.to(hidden_b.device)]
+    hidden_o = hidden_o.reshape(-1, hidden_o.shape[-1])[index.to(hidden_o.device)]
+    stats = paired_token_stats(head_b, hidden_b, head_o, hidden_o.to(hidden_b.device),
+                               batch.targets.to(hidden_b.device))
+    out = {f"{name}_b": values for name, values in stats["b"].items()}
+    out |= {f"{name}_o": values for name, values in stats["o"].items()}
+    out |= {name: stats[name] for name in ("kl_bo", "kl_ob", "top1_agree")}
+    return {name: values.cpu().numpy() for name, values in out.items()}
 
 
 def score_batches(plan, head, batches: list) -> list[np.ndarray]:

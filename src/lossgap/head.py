@@ -1,4 +1,5 @@
-"""Per-token NLL in fp32 from hidden states, applying the output head in tiles (contract 5: no [B, T, V] logits).
+"""Per-token NLL in fp32 from hidden states, applying the output head in tiles (docs/design.md, contract 5: no
+[B, T, V] logits).
 
 The head is tiled over the vocabulary as well as over tokens, with a running log-sum-exp (as in flash attention):
 one slice of the output matrix is read once per batch and stays in cache while every token chunk passes through it.
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ModelError, UsageError
+from .headstats import stream_stats
 from .tolerances import tolerance
 
 # On the CPU one tile's logits should stay in cache: 4,096 vocabulary entries by 512 tokens (16 MiB at 8 bytes an
@@ -24,6 +26,9 @@ from .tolerances import tolerance
 CPU_TILE_BYTES = 16 << 20
 VOCAB_TILE = {"cpu": 4096, "cuda": 16384}
 BYTES_PER_LOGIT = 8  # the tile's logits in the model's dtype plus their fp32 copy
+# the statistics beyond the NLL (headstats.py) also hold exp(z - m) and a comparison per logit: with their token
+# chunk halved so, full statistics cost 5-9 % over the NLL on SmolLM2's head in bf16, against 15 % at the NLL's chunk
+STATS_BYTES_PER_LOGIT = 16
 
 
 def _plain_linear(proj: torch.nn.Module) -> bool:
@@ -53,6 +58,7 @@ class OutputHead:
         self.plain = _plain_linear(self.proj)
         self.vocab_tile = min(self.vocab, VOCAB_TILE.get(device, VOCAB_TILE["cuda"])) if self.plain else self.vocab
         self.chunk_tokens = max(1, budget // (self.vocab_tile * BYTES_PER_LOGIT))
+        self.stats_tokens = max(1, budget // (self.vocab_tile * STATS_BYTES_PER_LOGIT))
         # CCE's own kernel holds no logits; its torch.compile form (off CUDA) holds a chunk's [tokens, V] logits
         self.cce_tokens = max(1, budget // (self.vocab * 12))
         self._cce = None
@@ -104,12 +110,32 @@ class OutputHead:
             bias = None if bias is None else bias.double()
         return self._transform(F.linear(hidden, weight, bias))
 
-    def token_stats(self, hidden: torch.Tensor, targets: torch.Tensor, metrics: tuple[str, ...] = ("nll",)) -> dict:
-        """Per-token columns computed from the predictive distribution (columns.py, source "model"), fp32, [N] each."""
-        unknown = set(metrics) - {"nll"}
-        if unknown:
-            raise ValueError(f"the output head computes no {sorted(unknown)}")
-        return {"nll": self.nll(hidden, targets)}
+    def target_logits(self, hidden: torch.Tensor, targets: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """The logit of targets[i] given hidden[i] from the gathered weight rows, rounded to the model's dtype and
+        transformed as a tile's are (fp32, float64 if exact): what a target's rank is counted against, before any
+        tile is read. Plain Linear heads only."""
+        weight, bias = self.proj.weight, self.proj.bias
+        acc = torch.float64 if exact else torch.float32
+        out = torch.empty(targets.shape[0], dtype=acc, device=hidden.device)
+        for start in range(0, targets.shape[0], self.stats_tokens):
+            rows = slice(start, start + self.stats_tokens)
+            ids = targets[rows]
+            dot = torch.linalg.vecdot(hidden[rows].to(acc), weight[ids].to(acc))
+            if bias is not None:
+                dot = dot + bias[ids].to(acc)
+            out[rows] = self._transform(dot if exact else dot.to(weight.dtype)).to(acc)
+        return out
+
+    def token_stats(self, hidden: torch.Tensor, targets: torch.Tensor, metrics: tuple[str, ...] = ("nll",),
+                    exact: bool = False) -> dict:
+        """Per-token columns computed from the predictive distribution (columns.py, source "model"), [N] each: fp32
+        (float64 if exact), argmax and rank int64 (headstats.METRICS). The NLL alone, with p_target = exp(-NLL), takes
+        the NLL path (the fused kernel where in use); anything else takes one tiled pass that yields every metric,
+        the NLL included (so with --loss-kernel cce the NLL then comes from the tiled pass, not the kernel)."""
+        if set(metrics) <= {"nll", "p_target"}:
+            nll = self._tiled_nll(hidden, targets, exact=True) if exact else self.nll(hidden, targets)
+            return {name: nll if name == "nll" else torch.exp(-nll) for name in metrics}
+        return stream_stats(self, hidden, targets, metrics, exact)
 
     def nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """NLL in nats of targets[i] given hidden[i], fp32, [N] -> [N]."""

@@ -77,3 +77,11 @@ def leakage_pairs(configs) -> list[tuple[Configuration, Configuration]]:
                 if (causal.layout, causal.mask, causal.label_offset) == ("packed", "causal", block.label_offset):
                     pairs.append((block, causal))
     return pairs
+
+
+def main_configuration(configs: list[Configuration]) -> Configuration:
+    """The row the headline numbers come from: next-token targets, packed rows, block mask, when present."""
+    for conf in configs:
+        if (conf.label_offset, conf.layout, conf.mask) == (1, "packed", "block"):
+            return conf
+    return next((c for c in configs if c.label_offset == 1), configs[0])

@@ -9,6 +9,7 @@ import torch
 
 from .config import DEFAULT_SEQ_LEN, ModelConfig
 from .errors import ModelError, UsageError
+from .modelfiles import Source, check_finite, check_loading_info, held_logs, loading
 from .plans import require_cuda_for_flex
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf", "model.safetensors.index.json")
@@ -112,10 +113,7 @@ def _locate(cfg: ModelConfig) -> tuple[str, str | None]:
     return cfg.name, cfg.gguf_file
 
 
-LOAD_ERRORS = (OSError, ValueError, KeyError, ImportError)
-
-
-def _source(cfg: ModelConfig) -> tuple[str, dict]:
+def model_source(cfg: ModelConfig) -> tuple[str, dict]:
     """Where from_pretrained reads, and the keyword arguments the tokenizer and the model share."""
     where, gguf = _locate(cfg)
     kwargs = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
@@ -124,19 +122,27 @@ def _source(cfg: ModelConfig) -> tuple[str, dict]:
     return where, kwargs
 
 
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+def _described(cfg: ModelConfig, where: str, kwargs: dict) -> Source:
+    return Source(cfg.name, where, kwargs.get("gguf_file"), cfg.trust_remote_code)
+
+
+def load_config(cfg: ModelConfig):
+    """The model's config alone, the first stage of loading: a broken config.json is named as such."""
+    from transformers import AutoConfig
+
+    where, kwargs = model_source(cfg)
+    with held_logs(), loading(_described(cfg, where, kwargs), "config"):
+        return AutoConfig.from_pretrained(where, **kwargs)
 
 
 def load_tokenizer(cfg: ModelConfig):
     """The model's tokenizer alone (no weights): for checking tokenizers before any model is loaded."""
     from transformers import AutoTokenizer
 
-    where, kwargs = _source(cfg)
-    try:
+    load_config(cfg)
+    where, kwargs = model_source(cfg)
+    with held_logs(), loading(_described(cfg, where, kwargs), "tokenizer"):
         return AutoTokenizer.from_pretrained(where, **kwargs)
-    except LOAD_ERRORS as e:
-        raise ModelError(f"could not load the tokenizer of {cfg.name!r}: {_first_line(e)}") from None
 
 
 def load_model(cfg: ModelConfig, quiet: bool = False, local_rank: int = 0) -> LoadedModel:
@@ -152,7 +158,7 @@ def load_model(cfg: ModelConfig, quiet: bool = False, local_rank: int = 0) -> Lo
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.attn == "flex":
         require_cuda_for_flex(device, "--attn flex", "use --attn sdpa")
-    where, kwargs = _source(cfg)
+    where, kwargs = model_source(cfg)
     tokenizer = load_tokenizer(cfg)
     placement = {}
     if cfg.tp:
@@ -163,20 +169,19 @@ def load_model(cfg: ModelConfig, quiet: bool = False, local_rank: int = 0) -> Lo
         placement["tp_plan"] = "auto"
     elif cfg.device_map:
         placement["device_map"] = cfg.device_map
-    try:
-        model_kwargs = dict(kwargs, dtype=dtype, **placement)
-        if cfg.attn != "auto":
-            model_kwargs["attn_implementation"] = HF_ATTN[cfg.attn]
-        model = AutoModelForCausalLM.from_pretrained(where, **model_kwargs)
-    except LOAD_ERRORS as e:
-        fix = (
-            "check the path or hub id; without network access pass a local folder"
-            if not Path(where).exists()
-            else "check that the folder holds a complete Hugging Face model, or choose another --attn"
-        )
-        raise ModelError(f"could not load model {cfg.name!r}: {_first_line(e)}", fix) from None
-    if not placement:
-        model.to(device)
+    model_kwargs = dict(kwargs, dtype=dtype, **placement)
+    if cfg.attn != "auto":
+        model_kwargs["attn_implementation"] = HF_ATTN[cfg.attn]
+    source = _described(cfg, where, kwargs)
+    with held_logs():  # a refusal below drops transformers' own load report
+        with loading(source, "weights"):
+            # mismatched sizes are refused by check_loading_info, naming the tensor, rather than by transformers
+            model, info = AutoModelForCausalLM.from_pretrained(where, output_loading_info=True,
+                                                               ignore_mismatched_sizes=True, **model_kwargs)
+            if not placement:
+                model.to(device)
+        check_loading_info(info, source)
+        check_finite(model, source)
     model.eval()
     device = next(model.parameters()).device
     config = model.config

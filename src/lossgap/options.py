@@ -225,6 +225,7 @@ class OptionParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.config_files = config_files
         self.field_options: list[FieldOption] = []
+        self.file_set: dict[str, str] = {}  # flag -> "key = value in --config FILE", for the options a file set
 
     def add_config_option(self, group: Any) -> None:
         group.add_argument("--config", help="TOML file with any of these options")
@@ -257,6 +258,8 @@ class OptionParser(argparse.ArgumentParser):
             if normal not in keys:
                 near = difflib.get_close_matches(normal, list(keys), n=1)
                 hint = f" (did you mean {near[0]!r}?)" if near else ""
+                if not near and isinstance(value, dict):
+                    hint = " (options are top-level keys, not [sections])"
                 raise UsageError(f"{origin}: unknown option {key!r}{hint}")
             opt, turns_off = keys[normal]
             if opt.spec.table == normal:
@@ -269,11 +272,21 @@ class OptionParser(argparse.ArgumentParser):
                 raise UsageError(f"{origin}: {key!r} sets {opt.flag} a second time")
             else:
                 defaults[opt.dest] = (not value) if turns_off else value
+            self.file_set[opt.flag] = f"{key} = {reprlib.repr(value)} in {origin}"
         return defaults
 
     def apply_config_file(self, path: Path) -> None:
         """The file's options become this parser's defaults, so the command line still wins."""
         self.set_defaults(**self.file_defaults(read_toml(path), f"--config {path}"))
+
+    def name_file_key(self, e: UsageError, argv: list[str]) -> None:
+        """A value refused by validation names the config file key that set it (when the command line did not):
+        validation speaks of options, the user wrote a key."""
+        for flag, where in self.file_set.items():
+            given = any(a == flag or a.startswith(flag + "=") for a in argv)
+            if not given and e.message.startswith((flag + ":", flag + " ")):
+                e.message = f"{e.message} (set by {where})"
+                return
 
 
 def _table_items(table: Any, key: str, origin: str) -> list[str]:

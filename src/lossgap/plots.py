@@ -12,13 +12,14 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .files import atomic_path
 from .schema import ALL_POSITIONS, Results, finite, main_row, others, unit
 
 DPI = 110
 PNG_METADATA = {"Software": None}  # no matplotlib version in the file: same results, same bytes
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -39,7 +40,7 @@ def per_domain_difference(results: Results) -> Figure | None:
     if not series:
         return None
     domains = sorted({d for _, pts in series for d, *_ in pts})
-    fig = _figure(8.0, max(3.0, 1.6 + 0.42 * len(domains) * max(1.0, 0.6 * len(series))))
+    fig = new_figure(8.0, max(3.0, 1.6 + 0.42 * len(domains) * max(1.0, 0.6 * len(series))))
     ax = fig.add_subplot()
     step = 0.7 / len(series)
     for k, (name, pts) in enumerate(series):
@@ -67,7 +68,7 @@ def nll_by_position(results: Results) -> Figure | None:
     if not models:
         return None
     labels = bucket_order(rows for rows in models.values())
-    fig = _figure(8.5, 4.6)
+    fig = new_figure(8.5, 4.6)
     ax = fig.add_subplot()
     for name, rows in models.items():
         ax.plot([labels.index(b["bucket"]) for b in rows], [b["mean_nll"] for b in rows], marker="o", label=name)
@@ -91,7 +92,7 @@ def leakage_by_position(results: Results) -> Figure | None:
     if not models:
         return None
     labels = bucket_order(models.values())
-    fig = _figure(8.5, 4.8)
+    fig = new_figure(8.5, 4.8)
     ax = fig.add_subplot()
     share_ax = ax.twinx()
     first = next(iter(models.values()))
@@ -124,7 +125,7 @@ def doc_difference_histogram(results: Results) -> Figure | None:
     hist = {n: h for n, h in hist.items() if h.get("counts") and len(h["edges"]) == len(h["counts"]) + 1}
     if not hist:
         return None
-    fig = _figure(8.0, 4.2)
+    fig = new_figure(8.0, 4.2)
     ax = fig.add_subplot()
     for name, h in hist.items():
         single = len(hist) == 1  # one model: filled bars; several: outlines that stay readable when they overlap
@@ -157,16 +158,18 @@ PLOTS = {
 }
 
 
-def write_plots(out: Path, results: dict) -> dict[str, Path | None]:
-    """Draw every figure into `out`; a skipped figure maps to None and any stale file of that name is removed."""
+def write_plots(out: Path, results: dict, draws: dict | None = None) -> dict[str, Path | None]:
+    """Draw every figure (`draws`: file name -> drawing function, default PLOTS) into `out`; a skipped figure maps
+    to None and any stale file of that name is removed."""
     written: dict[str, Path | None] = {}
-    for name, draw in PLOTS.items():
+    for name, draw in (PLOTS if draws is None else draws).items():
         path = Path(out) / name
         fig = draw(results)
         if fig is None:
             path.unlink(missing_ok=True)
             written[name] = None
             continue
-        fig.savefig(path, format="png", dpi=DPI, metadata=PNG_METADATA)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI, metadata=PNG_METADATA)
         written[name] = path
     return written

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from .files import atomic_path
 from .schema import finite
 
 NA = "n/a"
@@ -132,6 +133,8 @@ class Section:
     bullets: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     figures: list[tuple[str, str]] = field(default_factory=list)  # (png file name, alt text)
+    html: list[str] = field(default_factory=list)  # ready-made HTML blocks (the token view); Markdown points to them
+    style: str = ""  # CSS the blocks need, added to the page's head only when a section has some
 
 
 def _bold(table: Table, column: int, cell: Cell) -> bool:
@@ -170,6 +173,8 @@ def render_markdown(title: str, subtitle: str, secs: list[Section]) -> str:
                 parts.append(f"### {t.title}")
             parts.append(md_table(t) if t.rows else "_(no rows)_")
         parts += [f"![{alt}]({name})" for name, alt in s.figures]
+        if s.html:
+            parts.append("_The token-level view of this section is in report.html._")
     return "\n\n".join(parts) + "\n"
 
 
@@ -232,9 +237,11 @@ def render_html(title: str, subtitle: str, secs: list[Section], out: Path) -> st
             data = base64.b64encode((out / name).read_bytes()).decode("ascii")
             body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{e(alt)}">'
                         f"<figcaption>{e(alt)} ({e(name)})</figcaption></figure>")
+        body += s.html
+    style = CSS + "".join(dict.fromkeys(s.style for s in secs if s.style))
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+            f"<title>{e(title)}</title>\n<style>{style}</style>\n</head>\n<body>\n"
             + "\n".join(body) + "\n</body>\n</html>\n")
 
 
@@ -252,7 +259,7 @@ def write_csvs(out: Path, secs: list[Section]) -> list[Path]:
     for name, records in grouped.items():
         fields = list(dict.fromkeys(k for r in records for k in r))
         path = out / name
-        with open(path, "w", newline="", encoding="utf-8") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=fields, restval="", lineterminator="\n")
             writer.writeheader()
             writer.writerows(records)

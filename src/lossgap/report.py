@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import plots
+from . import explain_plots, plots
+from .files import write_text
 from .render import NA, Section, count, md_table, render_html, render_markdown, write_csvs
+from .report_explain import explanation_section
 from .report_tables import (
     diagnostics_table,
     leakage_tables,
@@ -63,6 +65,9 @@ def sections(results: Results, figures: dict[str, Path | None]) -> list[Section]
     ]
     if mean_columns(results):
         secs.append(_token_statistics_section(results))
+    explanation = explanation_section(results, figures)
+    if explanation is not None:
+        secs.insert(2, explanation)  # right after the seed's table: where the headline difference comes from
     return secs + [
         Section("Tokenizers", tables=[tokenizer_table(results)]),
         _diagnostics_section(results),
@@ -142,10 +147,10 @@ def write_report(out: Path, results: Results) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = clean(results)
-    figures = plots.write_plots(out, results)
+    figures = plots.write_plots(out, results, {**plots.PLOTS, **explain_plots.PLOTS})
     secs = sections(results, figures)
     title, subtitle = _title(results), _subtitle(results)
     md, page = out / "report.md", out / "report.html"
-    md.write_text(render_markdown(title, subtitle, secs), encoding="utf-8")
-    page.write_text(render_html(title, subtitle, secs, out), encoding="utf-8")
+    write_text(md, render_markdown(title, subtitle, secs))
+    write_text(page, render_html(title, subtitle, secs, out))
     return [md, page, *write_csvs(out, secs), *(p for p in figures.values() if p is not None)]

@@ -19,8 +19,10 @@ from .analysis import (
     read_tokens,
 )
 from .errors import LossgapError
+from .explain import build_explanation
+from .files import write_text
 from .findings import key_findings
-from .matrix import Configuration, leakage_pairs
+from .matrix import Configuration, leakage_pairs, main_configuration
 from .schema import (
     SCHEMA_VERSION,
     ConfigurationRow,
@@ -72,7 +74,7 @@ def build_results(out: Path) -> Results:
     out = Path(out)
     m = _load_manifest(out)
     configs = [Configuration(**{k: v for k, v in c.items() if k != "computes"}) for c in m["configurations"]]
-    main = _main_configuration(configs)
+    main = main_configuration(configs)
     docs: dict[tuple[str, str], DocTable] = {}
     diagnostics = _tokenizer_diagnostics(m)
     rows = []
@@ -95,9 +97,12 @@ def build_results(out: Path) -> Results:
         "settings": {"bootstrap": m["bootstrap"], "seed": m["seed"], "corpus": m["corpus"],
                      "seq_len": m["config"]["layout"]["seq_len"], "versions": m["versions"]},
     }
+    explanation = build_explanation(out, m, docs)
+    if explanation is not None:  # comparisons stored without one rebuild the results they had
+        results["explanation"] = explanation
     results["findings"] = key_findings(results)
     results = clean(results)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     return results
 
 
@@ -148,14 +153,6 @@ def _doc_histograms(m: dict, main: Configuration, docs: dict[tuple[str, str], Do
             scored = (a.n_tokens > 0) & (b.n_tokens > 0)
             out[name] = histogram(b.nll_sum[scored] / b.n_tokens[scored] - a.nll_sum[scored] / a.n_tokens[scored])
     return out
-
-
-def _main_configuration(configs: list[Configuration]) -> Configuration:
-    """The row the headline numbers come from: next-token targets, packed rows, block mask, when present."""
-    for conf in configs:
-        if (conf.label_offset, conf.layout, conf.mask) == (1, "packed", "block"):
-            return conf
-    return next((c for c in configs if c.label_offset == 1), configs[0])
 
 
 def _tokenizer_diagnostics(m: dict) -> list[Diagnostic]:

@@ -26,6 +26,8 @@ class WindowRunner:
     """Scores windows with one plan and head; one forward pass per batch serves every label offset asked for (the
     plan's rows are laid out for the smallest)."""
 
+    columns = TOKEN_COLUMNS  # what a window's table holds
+
     def __init__(self, plan, head, model_name: str, fp32_check: bool):
         self.plan, self.head, self.model_name = plan, head, model_name
         self.want_fp32_check = fp32_check and plan.dtype != torch.float32
@@ -39,17 +41,25 @@ class WindowRunner:
         for group in self.plan.groups(rows):
             for batches, stats in self._score_group(group, offsets):
                 for k, batch, columns in zip(offsets, batches, stats, strict=True):
-                    forward.check_finite(columns["nll"], batch, self.model_name)
-                    if self.want_fp32_check and k not in self.fp32_check and batch.n_targets:
-                        self.fp32_check[k] = forward.fp32_deviation(self.plan, self.head, batch, columns["nll"])
+                    self.check(k, batch, columns)
                     parts[k].append({**layout_columns(batch), **columns})
                 self.input_tokens += batches[0].n_input_tokens
-        return [_document_order(parts[k], documents) for k in offsets]
+        return [document_order(parts[k], documents, self.columns) for k in offsets]
+
+    def forward(self, batches: list[Batch]) -> list[dict[str, np.ndarray]]:
+        """The per-token columns the model computes, one dict per batch (the same rows, one per offset)."""
+        return forward.forward_batches(self.plan, self.head, batches, MODEL_METRICS)
+
+    def check(self, k: int, batch: Batch, columns: dict) -> None:
+        """Refuse a non-finite loss; measure the first batch of each offset against float32 below it."""
+        forward.check_finite(columns["nll"], batch, self.model_name)
+        if self.want_fp32_check and k not in self.fp32_check and batch.n_targets:
+            self.fp32_check[k] = forward.fp32_deviation(self.plan, self.head, batch, columns["nll"])
 
     def _score_group(self, group, offsets: list[int]) -> list[tuple[list[Batch], list[dict]]]:
         batches = [self.plan.collate(retarget(group, self.plan.k, k), k) for k in offsets]
         try:
-            return [(batches, forward.forward_batches(self.plan, self.head, batches, MODEL_METRICS))]
+            return [(batches, self.forward(batches))]
         except torch.OutOfMemoryError:
             if len(group) == 1:
                 raise LossgapError(
@@ -64,11 +74,11 @@ class WindowRunner:
         return self._score_group(group[:half], offsets) + self._score_group(group[half:], offsets)
 
 
-def _document_order(parts: list[dict], documents: DocumentTable) -> pa.Table:
+def document_order(parts: list[dict], documents: DocumentTable, columns=TOKEN_COLUMNS) -> pa.Table:
     """The batches' columns joined and sorted by (document, position), with each document's domain."""
-    names = [c.name for c in TOKEN_COLUMNS if c.name != "domain"]
+    names = [c.name for c in columns if c.name != "domain"]
     joined = {name: np.concatenate([p[name] for p in parts]) for name in names}
     order = np.lexsort((joined["pos"], joined["doc_id"]))
     values = {name: a[order] for name, a in joined.items()}
     values["domain"] = [documents.docs[d].domain for d in values["doc_id"].tolist()]
-    return token_table(values)
+    return token_table(values, columns)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .batching import AUTO, cap_rows
 from .config import ScoreConfig
-from .corpus import Corpus
+from .corpus import Corpus, require_documents
 from .dist import Dist, init_distributed
 from .encode import encode_documents
 from .engine import Engine, prepare_engine
@@ -30,7 +30,7 @@ from .runner import WindowRunner
 from .schema import SCHEMA_VERSION
 from .shards import ShardStore, corpus_fingerprint, model_fingerprint
 from .stats import summarize_documents
-from .store import SUMMARY_FILE, DocumentTable, TokenWriter, prepare_out_dir, write_documents
+from .store import SUMMARY_FILE, DocumentTable, TokenWriter, prepare_out_dir, require_targets, write_documents
 from .version import library_versions
 
 
@@ -71,6 +71,7 @@ def score_offsets(cfgs: list[ScoreConfig], loaded: LoadedModel | None = None, to
     cfg = min(cfgs, key=lambda c: c.layout.label_offset)  # rows for the smallest offset serve the others
     dist = init_distributed(cfg.model.device)
     corpus = Corpus(cfg.corpus)
+    require_documents(corpus)  # an empty selection fails before the model loads
     if dist.main:
         for c in cfgs:
             prepare_out_dir(c.out_dir, c.run.overwrite or c.run.resume)
@@ -108,14 +109,17 @@ class Output:
         return self.cfg.layout.label_offset
 
 
+def window_size(cfg: ScoreConfig, engine: Engine) -> int:
+    """Tokens per window, the unit of resume. It must not depend on a measured batch size: every rank and every
+    resumed run cuts the same windows."""
+    window_rows = cap_rows(engine.loaded.device, engine.seq_len) if cfg.run.batch_size == AUTO else cfg.run.batch_size
+    return cfg.run.window_tokens or max(1 << 16, 16 * window_rows * engine.seq_len)
+
+
 def open_outputs(cfgs: list[ScoreConfig], engine: Engine, corpus: Corpus, dist: Dist) -> list[Output]:
     """A shard store (checked against an interrupted run's manifest with --resume) and a document table per offset;
     the tables share one document registry."""
-    cfg = cfgs[0]
-    auto_batch = cfg.run.batch_size == AUTO
-    # windows must not depend on a measured batch size: every rank and every resumed run cuts the same windows
-    window_rows = cap_rows(engine.loaded.device, engine.seq_len) if auto_batch else cfg.run.batch_size
-    window_tokens = cfg.run.window_tokens or max(1 << 16, 16 * window_rows * engine.seq_len)
+    window_tokens = window_size(cfgs[0], engine)
     corpus_print = corpus_fingerprint(corpus.files) if corpus.files else {"path": str(corpus.path)}
     outputs: list[Output] = []
     for c in cfgs:
@@ -126,7 +130,7 @@ def open_outputs(cfgs: list[ScoreConfig], engine: Engine, corpus: Corpus, dist: 
             "plan": engine.plan.name,
             "schema_version": SCHEMA_VERSION,
         }
-        manifest = {"config": _results_config(c, engine.special), "corpus": corpus_print,
+        manifest = {"config": resume_config(c, engine.special), "corpus": corpus_print,
                     "model": model_fingerprint(engine.loaded.name, metadata["model"]), "window_tokens": window_tokens}
         documents = DocumentTable(outputs[0].documents.docs if outputs else None)  # one registry, own sums
         shards = ShardStore(c.out_dir, manifest, c.run.resume, main=dist.main)
@@ -168,15 +172,18 @@ class Pass:
         }
 
 
-def run_windows(cfg: ScoreConfig, engine: Engine, corpus: Corpus, outputs: list[Output], dist: Dist) -> Pass:
+def run_windows(cfg: ScoreConfig, engine: Engine, corpus: Corpus, outputs: list[Output], dist: Dist,
+                runner: WindowRunner | None = None) -> Pass:
     """Score every window this process owns and has not finished, writing each as a shard. Stops cleanly, keeping
-    finished windows, at a corpus error, a signal, a full disk or another rank's failure."""
+    finished windows, at a corpus error, a signal, a full disk or another rank's failure. `runner` scores a window
+    (default: the engine's model alone; the paired pass brings its own)."""
     stream = StopAtError(corpus)
     docs = encode_documents(stream, engine.tokenizer, engine.special, engine.loaded.vocab_size, cfg.corpus.max_tokens,
                             prefix=engine.prefix)
     work = Prefetch(windows(make_rows(docs, cfg.layout), outputs[0].window_tokens))
     progress = Progress(cfg, corpus, enabled=not cfg.run.quiet and dist.main)
-    done = Pass(WindowRunner(engine.plan, engine.head, engine.loaded.name, cfg.run.fp32_check), world=dist.world)
+    runner = runner or WindowRunner(engine.plan, engine.head, engine.loaded.name, cfg.run.fp32_check)
+    done = Pass(runner, world=dist.world)
     signals = StopOnSignal()
     started = time.perf_counter()
     try:
@@ -237,6 +244,7 @@ def finish(o: Output, done: Pass, facts: dict, started: float) -> ScoreResult:
     if complete:
         o.shards.remove()
     table = o.documents.to_arrow()
+    require_targets(table, o.k, o.cfg.corpus.path, tokens_path if complete else None)
     write_documents(out_dir, table, o.metadata)
     overall, per_domain = summarize_documents(table)
     cfg = o.cfg
@@ -280,7 +288,7 @@ def _check_offset_siblings(cfgs: list[ScoreConfig]) -> None:
         raise ValueError("score_offsets: each configuration needs its own label offset and output folder")
 
 
-def _results_config(cfg: ScoreConfig, special) -> dict:
+def resume_config(cfg: ScoreConfig, special) -> dict:
     """The settings that decide the numbers, flattened (what --resume must find unchanged)."""
     d = cfg.to_dict()
     for key in ("out", "overwrite", "quiet", "resume", "probe"):

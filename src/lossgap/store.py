@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .columns import AGGREGATED, TOKEN_SCHEMA, document_sums
-from .errors import UsageError
-from .files import PARTIAL_SUFFIX, atomic_path
+from .errors import CorpusError, UsageError
+from .files import PARTIAL_SUFFIX, atomic_path, writable_dir
 
 TOKENS_FILE = "tokens.parquet"
 DOCUMENTS_FILE = "documents.parquet"
@@ -106,18 +106,34 @@ def write_documents(out_dir: Path, table: pa.Table, metadata: dict) -> Path:
     return path
 
 
+def require_targets(documents: pa.Table, k: int, corpus: str, tokens_path: Path | None) -> None:
+    """Refuse a finished run in which no document had a target under label offset k (all too short): its summary
+    would be a NaN loss over 0 tokens. The empty tokens file goes; the documents too short are counted in the summary
+    either way (n_documents - n_scored_documents). tokens_path None: the run did not finish, nothing to refuse."""
+    n_tokens = documents.column("n_tokens").to_numpy()
+    if tokens_path is None or n_tokens.sum() > 0:
+        return
+    tokens_path.unlink(missing_ok=True)
+    raise CorpusError(
+        f"{corpus}: nothing to score: none of its {n_tokens.size} documents is long enough to have a target under "
+        f"label offset {k} (each has at most {k} token(s), BOS and EOS included)",
+        f"score longer documents: label offset {k} needs {k + 1} tokens a document (keep --bos/--eos on: they count)",
+    )
+
+
 def existing_run_files(out_dir: Path) -> list[str]:
     return [name for name in RUN_FILES if (out_dir / name).exists()]
 
 
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to mix runs: an output folder holding a previous run needs --overwrite."""
+    """Refuse to mix runs (an output folder holding a previous run needs --overwrite) and refuse, before any model
+    loads, a folder that cannot be created or written."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out {out_dir} is a file, not a folder")
-    found = existing_run_files(out_dir) if out_dir.exists() else []
+        raise UsageError(f"--out {out_dir} is a file, not a folder", "choose another --out: a folder")
+    found = existing_run_files(out_dir) if out_dir.is_dir() else []
     if found and not overwrite:
         raise UsageError(
             f"--out {out_dir} already holds a run ({', '.join(found)})",
             "choose another --out, or pass --overwrite to replace those files",
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    writable_dir(out_dir)

@@ -32,9 +32,13 @@ is tokenized with split_special_tokens=True.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .files import atomic_path
 
 TEXT_CLASSES = ("special", "newline", "whitespace", "non_ascii", "digits", "punctuation", "word_start",
                 "word_continuation", "mixed")
@@ -185,3 +189,21 @@ def class_codes(vocab: pa.Table, column: str = "text_class", classes: tuple[str,
     """Index into `classes` of each token id's class: codes[target] classifies targets without a Python loop."""
     index = {name: i for i, name in enumerate(classes)}
     return np.array([index[c] for c in vocab.column(column).to_pylist()], dtype=np.int64)
+
+
+VOCAB_DIR = "vocab"
+
+
+def write_vocab_tables(out: Path, tokenizers: dict, model_info: dict[str, dict]) -> dict[str, str]:
+    """vocab/<model>.parquet for every model of a comparison (its tokens' bytes and classes, for the explanation, which
+    is built from the stored files alone); returns the paths relative to `out`."""
+    paths = {}
+    for name, tokenizer in tokenizers.items():
+        if name not in model_info:
+            continue
+        path = Path(out) / VOCAB_DIR / f"{name}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            pq.write_table(vocab_table(tokenizer, model_info[name]["vocab_size"]), tmp, compression="zstd")
+        paths[name] = str(path.relative_to(out))
+    return paths
