@@ -90,6 +90,8 @@ def test_stats_match_float64_full_softmax(tiny_models, arch):
             head = _tiled(OutputHead(model), chunk, tile)
             got = head.token_stats(hidden, targets, METRICS)
             assert list(got) == list(METRICS)
+            assert {k: v.dtype for k, v in got.items()} == {k: torch.int64 if k in ("argmax", "rank") else torch.float32
+                                                            for k in METRICS}
             _assert_matches(got, z, targets)
             assert torch.equal(got["nll"], head.token_stats(hidden, targets)["nll"])  # the same figure either way
             if tile == 7:

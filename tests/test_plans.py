@@ -175,3 +175,19 @@ def test_flex_block_mask_has_the_blocks_the_dense_mask_needs(window):
     allowed = allowed_pairs(seg, "block", window)[0]
     blocks = allowed.reshape(8, 128, 8, 128).any(dim=3).any(dim=1)
     assert torch.equal(got, blocks) and 0 < blocks.sum() < 36  # sparser than the causal triangle
+
+
+def test_auto_takes_varlen_on_the_cpu_and_docs_where_varlen_refuses_the_model(tmp_path, tiny_models, pile_jsonl):
+    """auto: documents apart on a CPU run varlen (faster or at par on every CPU measured), on CUDA docs; a model with
+    soft-capped attention (Gemma 2), which varlen refuses, gets docs instead of an error."""
+    from lossgap.errors import UsageError
+    from lossgap.plans import choose_plan
+
+    assert choose_plan("auto", "block", "restart", torch.device("cpu")) == "varlen"
+    assert choose_plan("auto", "causal", "continuous", torch.device("cpu"), "single") == "varlen"
+    assert choose_plan("auto", "block", "restart", torch.device("cuda")) == "docs"
+    assert choose_plan("auto", "causal", "continuous", torch.device("cpu")) == "nomask"
+    assert score_run(tiny_models["llama"], pile_jsonl, tmp_path / "l").summary["plan"] == "varlen"
+    assert score_run(tiny_models["gemma2"], pile_jsonl, tmp_path / "g").summary["plan"] == "docs"
+    with pytest.raises(UsageError, match="soft-caps"):
+        score_run(tiny_models["gemma2"], pile_jsonl, tmp_path / "v", plan="varlen")

@@ -234,18 +234,17 @@ def _plans_per_group(cfg: CompareConfig, configs) -> dict[tuple[str, str], str]:
         conf = group[0]
         layout = replace(cfg.layout, layout=conf.layout, mask=conf.mask)
         try:
-            plans[(conf.layout, conf.mask)] = choose_plan(cfg.run.plan, conf.mask, layout.position_mode, device,
-                                                          conf.layout)
+            choose_plan(cfg.run.plan, conf.mask, layout.position_mode, device, conf.layout)
+            plans[(conf.layout, conf.mask)] = cfg.run.plan  # auto is resolved per model (engine.py)
         except UsageError as e:
             refusals.append(e)
-            plans[(conf.layout, conf.mask)] = choose_plan("auto", conf.mask, layout.position_mode, device,
-                                                          conf.layout)
+            plans[(conf.layout, conf.mask)] = "auto"
     if refusals and len(refusals) == len(plans):
         raise refusals[0]
     if refusals:
-        others = ", ".join(f"{lay} {mask}: {plan}" for (lay, mask), plan in plans.items() if plan != cfg.run.plan)
-        _say(cfg, f"--plan {cfg.run.plan} does not apply to every configuration; the others run the automatic "
-                  f"choice ({others})")
+        others = ", ".join(f"{lay} {mask}" for (lay, mask), plan in plans.items() if plan != cfg.run.plan)
+        _say(cfg, f"--plan {cfg.run.plan} does not apply to every configuration; the others ({others}) run the "
+                  "automatic choice")
     return plans
 
 

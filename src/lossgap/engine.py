@@ -15,10 +15,10 @@ from .compiled import check_compiled, compile_layers
 from .config import ScoreConfig
 from .dist import Dist
 from .encode import SpecialTokens, chat_prefix, resolve_special_tokens
-from .errors import ModelError
+from .errors import ModelError, UsageError
 from .head import OutputHead
 from .model import LoadedModel, load_model, resolve_seq_len
-from .plans import Plan, choose_plan, make_plan, restore_attention
+from .plans import AUTO_FALLBACK, Plan, choose_plan, make_plan, restore_attention
 from .probe import ProbeResult, probe_mask, require_probe
 
 
@@ -99,8 +99,14 @@ def _sized_plan(cfg: ScoreConfig, loaded: LoadedModel, head: OutputHead, seq_len
     positions = cfg.layout.position_mode
     name = choose_plan(cfg.run.plan, cfg.layout.mask, positions, loaded.device, cfg.layout.layout)
     auto_batch = cfg.run.batch_size == AUTO
-    plan = make_plan(name, loaded.model, cfg.layout.mask, positions, cfg.layout.label_offset,
-                     1 if auto_batch else cfg.run.batch_size, cfg.run.batch_tokens, cfg.run.mask_heads)
+    args = (loaded.model, cfg.layout.mask, positions, cfg.layout.label_offset, 1 if auto_batch else cfg.run.batch_size,
+            cfg.run.batch_tokens, cfg.run.mask_heads)
+    try:
+        plan = make_plan(name, *args)
+    except UsageError:
+        if cfg.run.plan != "auto" or name not in AUTO_FALLBACK:
+            raise
+        plan = make_plan(AUTO_FALLBACK[name], *args)  # e.g. varlen refuses soft-capped attention: docs serves it
     sizing = auto_batch_size(plan, head, seq_len, loaded.vocab_size) if auto_batch else None
     if sizing is not None:  # tensor parallel ranks run the same batches: all take the smallest
         plan.batch_size = int(dist.min(sizing.rows)) if cfg.model.tp else sizing.rows

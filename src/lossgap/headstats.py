@@ -44,9 +44,10 @@ def _max_and_argmax(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows, width = z.shape
     block = next((b for b in ARGMAX_BLOCKS if width % b == 0), None)
     if z.is_cuda or block is None or not z.is_contiguous():
-        return z.max(1)
+        return z.amax(1), z.argmax(1)  # argmax promises the first of equal maxima; max(dim) does not on CUDA
     blocks = width // block
-    top, which = z.view(rows, blocks, block).amax(2).max(1)
+    maxima = z.view(rows, blocks, block).amax(2)
+    top, which = maxima.amax(1), maxima.argmax(1)  # argmax: the first of equal maxima
     first = torch.arange(rows, device=z.device) * blocks + which
     return top, which * block + z.view(-1, block).index_select(0, first).argmax(1)
 

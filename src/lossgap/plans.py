@@ -215,11 +215,15 @@ class VarlenPlan(Plan):
 
 def choose_plan(name: str, mask: str, position_mode: str, device: torch.device, layout: str = "packed") -> str:
     """`auto`: the fastest plan valid for this device, mask, positions and layout; an explicit name is checked.
-    With one document per row (layout single) the block and causal masks are the same, so `docs` serves both."""
+    With one document per row (layout single) the block and causal masks are the same, so `docs` serves both.
+
+    Documents apart: `varlen` on a CPU (AVX2-only EPYC, fp32: 430 against docs' 360 tok/s; avx512_bf16 EPYC and AMX
+    Xeon: at par in fp32 and bf16, benchmarks/RESULTS.md), `docs` on CUDA until a GPU has measured both. A model
+    varlen cannot serve (sliding-window or soft-capped attention) takes `docs` (auto_fallback)."""
     apart = mask == "block" or layout == "single"
     if name == "auto":
         if apart:
-            return "docs"
+            return "varlen" if device.type == "cpu" else "docs"
         return "nomask" if position_mode == "continuous" else "dense"
     if name == "flex":
         require_cuda_for_flex(device, "--plan flex", "use --plan docs or --plan dense")
@@ -230,6 +234,9 @@ def choose_plan(name: str, mask: str, position_mode: str, device: torch.device, 
         raise UsageError("--plan nomask needs --mask causal with continuous positions",
                          "use --plan dense for other combinations")
     return name
+
+
+AUTO_FALLBACK = {"varlen": "docs"}  # what `auto` takes when its first choice refuses the model
 
 
 def make_plan(name: str, model: torch.nn.Module, mask: str, position_mode: str, k: int, batch_size: int,
