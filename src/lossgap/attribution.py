@@ -238,42 +238,46 @@ def _ranked(order: np.ndarray, value: np.ndarray, k: int) -> dict[str, np.ndarra
     return {"other_worse": worse[value[worse] > 0][:k], "other_better": better[value[better] < 0][:k]}
 
 
+def _grouped(keys, nll_b, nll_o, k: int) -> tuple[np.ndarray, dict[str, list[dict]]]:
+    """Per distinct key: token count, summed delta, its contribution to D and both mean NLLs; the k largest each
+    way (rows without the key itself, which the caller names)."""
+    uniq, idx = np.unique(np.asarray(keys), return_inverse=True)
+    sum_b = np.bincount(idx, weights=np.asarray(nll_b, dtype=np.float64), minlength=uniq.size)
+    sum_o = np.bincount(idx, weights=np.asarray(nll_o, dtype=np.float64), minlength=uniq.size)
+    n_tok = np.bincount(idx, minlength=uniq.size)
+    delta = sum_o - sum_b
+    rows = {direction: [(int(i), {"delta_sum": float(delta[i]), "contribution": float(delta[i] / idx.size),
+                                  "mean_delta": float(delta[i] / n_tok[i]), "mean_nll_base": float(sum_b[i] / n_tok[i]),
+                                  "mean_nll_other": float(sum_o[i] / n_tok[i]), "n": int(n_tok[i])})
+                        for i in chosen]
+            for direction, chosen in _ranked(uniq, delta, k).items()}
+    return uniq, rows
+
+
 def top_documents(doc_id, nll_b, nll_o, k: int = 20, doc_domain: Mapping[int, str] | None = None) -> dict:
     """The documents with the largest summed delta each way, with token counts and both models' mean NLL."""
-    docs, idx = np.unique(np.asarray(doc_id), return_inverse=True)
-    n = idx.size
-    sum_b = np.bincount(idx, weights=np.asarray(nll_b, dtype=np.float64), minlength=docs.size)
-    sum_o = np.bincount(idx, weights=np.asarray(nll_o, dtype=np.float64), minlength=docs.size)
-    n_tok = np.bincount(idx, minlength=docs.size)
-    delta = sum_o - sum_b
+    docs, ranked = _grouped(doc_id, nll_b, nll_o, k)
     out = {}
-    for direction, chosen in _ranked(docs, delta, k).items():
-        out[direction] = [{
-            "doc_id": int(docs[i]), **({"domain": str(doc_domain[int(docs[i])])} if doc_domain else {}),
-            "n_tokens": int(n_tok[i]), "delta_sum": float(delta[i]), "contribution": float(delta[i] / n),
-            "mean_delta": float(delta[i] / n_tok[i]), "mean_nll_base": float(sum_b[i] / n_tok[i]),
-            "mean_nll_other": float(sum_o[i] / n_tok[i]),
-        } for i in chosen]
+    for direction, rows in ranked.items():
+        out[direction] = []
+        for i, row in rows:
+            doc = int(docs[i])
+            out[direction].append({"doc_id": doc, **({"domain": str(doc_domain[doc])} if doc_domain else {}),
+                                   "n_tokens": row.pop("n"), **row})
     return out
 
 
 def top_tokens(target, nll_b, nll_o, vocab: pa.Table | None = None, k: int = 20) -> dict:
     """The target tokens with the largest total contribution each way: count, mean delta, both mean NLLs, text."""
-    types, idx = np.unique(np.asarray(target), return_inverse=True)
-    n = idx.size
-    sum_b = np.bincount(idx, weights=np.asarray(nll_b, dtype=np.float64), minlength=types.size)
-    sum_o = np.bincount(idx, weights=np.asarray(nll_o, dtype=np.float64), minlength=types.size)
-    count = np.bincount(idx, minlength=types.size)
-    delta = sum_o - sum_b
+    types, ranked = _grouped(target, nll_b, nll_o, k)
     text = vocab.column("text") if vocab is not None else None
     out = {}
-    for direction, chosen in _ranked(types, delta, k).items():
-        out[direction] = [{
-            "token_id": int(types[i]), **({"text": text[int(types[i])].as_py()} if text is not None else {}),
-            "count": int(count[i]), "delta_sum": float(delta[i]), "contribution": float(delta[i] / n),
-            "mean_delta": float(delta[i] / count[i]), "mean_nll_base": float(sum_b[i] / count[i]),
-            "mean_nll_other": float(sum_o[i] / count[i]),
-        } for i in chosen]
+    for direction, rows in ranked.items():
+        out[direction] = []
+        for i, row in rows:
+            token = int(types[i])
+            out[direction].append({"token_id": token, **({"text": text[token].as_py()} if text is not None else {}),
+                                   "count": row.pop("n"), **row})
     return out
 
 
