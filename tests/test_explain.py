@@ -168,7 +168,9 @@ def test_token_view_renders_in_headless_chromium(compared, tmp_path):
     dom = subprocess.run([*base, f"--user-data-dir={tmp_path / 'a'}", "--dump-dom", page.as_uri()],
                          check=True, capture_output=True, text=True, timeout=120).stdout
     view = compared["results"]["explanation"]["models"]["sft"]["token_view"]
-    n_tokens = sum(len(s["tokens"]) for spans in view.values() for s in spans)
+    blocks = [*view["other_worse"], *view["other_better"], *(d for docs in view["documents"].values() for d in docs)]
+    n_tokens = sum(len(b["tokens"]) for b in blocks)
+    assert view["documents"]["other_worse"] and len(blocks) == dom.count('class="tokview"')
     assert len(re.findall(r'<span class="tok( ctx)?"', dom)) == n_tokens > 0
     assert "Where the difference comes from" in dom and 'title="base NLL' in dom
     shot = tmp_path / "shot.png"

@@ -16,12 +16,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .analysis import DocTable, histogram
-from .attribution import attribute, bootstrap_ratios, byte_class_contributions, top_spans
+from .attribution import attribute, bootstrap_ratios, byte_class_contributions, top_documents, top_spans
 from .calibration import calibration_report
 from .divergence import divergence_report
 
 VIEW_SPANS = 6  # spans per direction in the token view
 VIEW_CONTEXT = 8  # scored tokens shown before and after a span
+VIEW_DOCUMENTS = 2  # documents per direction in the token view
+VIEW_DOCUMENT_TOKENS = 300  # a document's first tokens shown
 PAIR_KEYS = ("nll", "entropy", "p_target", "argmax", "p_argmax", "rank")
 
 
@@ -125,27 +127,38 @@ def _byte_classes(out: Path, m: dict, main: str, base: str, other: str, vocab: d
 
 
 def token_view(tokens: dict, vocab: pa.Table, spans: int = VIEW_SPANS, context: int = VIEW_CONTEXT) -> dict:
-    """The top spans each way with a few scored tokens around them, token by token: its text, both NLLs, both top-1
-    predictions and KL(baseline || other), for the report's coloured view. Rows: [text, nll_b, nll_o, top1_b,
-    top1_o, kl, in_span]."""
+    """The top spans each way with a few scored tokens around them, and the top documents each way (their first
+    VIEW_DOCUMENT_TOKENS tokens), token by token: its text, both NLLs, both top-1 predictions and KL(baseline ||
+    other), for the report's coloured view. Rows: [text, nll_b, nll_o, top1_b, top1_o, kl, highlighted]."""
     order = np.lexsort((tokens["pos"], tokens["doc_id"]))
     t = {k: np.asarray(v)[order] for k, v in tokens.items()}
-    ranked = top_spans(t["doc_id"], t["pos"], t["nll_b"], t["nll_o"], k=spans)
     texts = [b.decode("utf-8", errors="replace") for b in vocab.column("bytes").to_pylist()]
-    text = lambda i: texts[i] if 0 <= i < len(texts) else f"<{i}>"  # noqa: E731
-    key = t["doc_id"].astype(np.int64) * (1 << 32) + t["pos"].astype(np.int64)
-    view = {}
-    for direction, rows in ranked.items():
+    doc_start = np.searchsorted(t["doc_id"], np.unique(t["doc_id"]))
+    starts = dict(zip(np.unique(t["doc_id"]).tolist(), doc_start.tolist(), strict=True))
+    ends = dict(zip(np.unique(t["doc_id"]).tolist(), [*doc_start[1:].tolist(), t["doc_id"].size], strict=True))
+
+    def cells(lo: int, hi: int, first: int, last: int) -> list[list]:
+        text = lambda i: texts[i] if 0 <= i < len(texts) else f"<{i}>"  # noqa: E731
+        return [[text(int(t["target"][j])), round(float(t["nll_b"][j]), 4), round(float(t["nll_o"][j]), 4),
+                 text(int(t["argmax_b"][j])), text(int(t["argmax_o"][j])), round(float(t["kl_bo"][j]), 4),
+                 first <= j <= last] for j in range(lo, hi)]
+
+    view: dict = {}
+    for direction, rows in top_spans(t["doc_id"], t["pos"], t["nll_b"], t["nll_o"], k=spans).items():
         view[direction] = []
         for row in rows:
-            first = int(np.searchsorted(key, row["doc_id"] * (1 << 32) + row["first_pos"]))
-            last = int(np.searchsorted(key, row["doc_id"] * (1 << 32) + row["last_pos"]))
-            lo = max(first - context, int(np.searchsorted(key, row["doc_id"] * (1 << 32))))
-            hi = min(last + context, int(np.searchsorted(key, (row["doc_id"] + 1) * (1 << 32))) - 1)
-            cells = [[text(int(t["target"][j])), round(float(t["nll_b"][j]), 4), round(float(t["nll_o"][j]), 4),
-                      text(int(t["argmax_b"][j])), text(int(t["argmax_o"][j])), round(float(t["kl_bo"][j]), 4),
-                      first <= j <= last] for j in range(lo, hi + 1)]
+            start = starts[row["doc_id"]]
+            first = start + int(np.searchsorted(t["pos"][start:ends[row["doc_id"]]], row["first_pos"]))
+            last = first + row["n_tokens"] - 1
+            lo, hi = max(first - context, start), min(last + context + 1, ends[row["doc_id"]])
             view[direction].append({**{k: row[k] for k in ("doc_id", "first_pos", "last_pos", "delta_sum")},
-                                    "tokens": cells})
+                                    "tokens": cells(lo, hi, first, last)})
+    view["documents"] = {}
+    for direction, docs in top_documents(t["doc_id"], t["nll_b"], t["nll_o"], k=VIEW_DOCUMENTS).items():
+        view["documents"][direction] = []
+        for d in docs:
+            start = starts[d["doc_id"]]
+            shown = cells(start, min(ends[d["doc_id"]], start + VIEW_DOCUMENT_TOKENS), 0, t["doc_id"].size)
+            view["documents"][direction].append({k: d[k] for k in ("doc_id", "n_tokens", "delta_sum")}
+                                                | {"tokens": shown})
     return view
-

@@ -100,14 +100,27 @@ def _token(cell: list, base: str, name: str) -> str:
 
 def token_view_html(name: str, base: str, view: dict) -> str:
     """The top spans each way, each token coloured by Δ with both NLLs, both top-1 predictions and KL on hover."""
-    parts = [f'<h3>Token view: {html.escape(name)} against {html.escape(base)}</h3>',
+    e = html.escape
+    parts = [f'<h3 id="token-view-{e(name)}">Token view: {e(name)} against {e(base)}</h3>',
              "<p>Each token is coloured by Δ = NLL(other) - NLL(baseline): red where the other model is worse, blue "
              "where it is better; hover for both NLLs, both top-1 predictions and the KL. Faded tokens are context "
              "around the span.</p>"]
     for direction, label in (("other_worse", "worse"), ("other_better", "better")):
         for span in view.get(direction, []):
-            parts.append(f'<div class="tokview-head">{html.escape(name)} {label}: document {span["doc_id"]}, '
-                         f'positions {span["first_pos"]}-{span["last_pos"]}, summed Δ {span["delta_sum"]:+.3f}</div>')
-            parts.append('<div class="tokview" data-direction="' + direction + '">'
-                         + "".join(_token(cell, base, name) for cell in span["tokens"]) + "</div>")
+            parts.append(f'<div class="tokview-head">Span where {html.escape(name)} is {label}: document '
+                         f'{span["doc_id"]}, positions {span["first_pos"]}-{span["last_pos"]}, summed Δ '
+                         f'{span["delta_sum"]:+.3f}</div>')
+            parts.append(_block(span["tokens"], direction, base, name))
+    for direction, label in (("other_worse", "worse"), ("other_better", "better")):
+        for doc in (view.get("documents") or {}).get(direction, []):
+            shown = len(doc["tokens"])
+            parts.append(f'<div class="tokview-head">Document where {html.escape(name)} is {label}: document '
+                         f'{doc["doc_id"]}, summed Δ {doc["delta_sum"]:+.3f} over {doc["n_tokens"]} tokens'
+                         + (f" (the first {shown} shown)" if shown < doc["n_tokens"] else "") + "</div>")
+            parts.append(_block(doc["tokens"], direction, base, name))
     return "\n".join(parts)
+
+
+def _block(cells: list, direction: str, base: str, name: str) -> str:
+    return (f'<div class="tokview" data-direction="{direction}">'
+            + "".join(_token(cell, base, name) for cell in cells) + "</div>")
