@@ -107,13 +107,17 @@ class PeakMemory:
         self.bytes = self.peak - self.base
 
 
+def free_on(device: torch.device) -> int:
+    """Memory free on one GPU, counting what the caching allocator holds but does not use; the host's for a CPU."""
+    if device.type != "cuda":
+        return available_ram()
+    return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
 def _free_bytes(devices: list[torch.device]) -> int:
     """Memory a batch may still take: the least free on any of the model's GPUs, else the host's available RAM."""
     cuda = [d for d in devices if d.type == "cuda"]
-    if cuda:
-        return min(torch.cuda.mem_get_info(d)[0] + torch.cuda.memory_reserved(d) - torch.cuda.memory_allocated(d)
-                   for d in cuda)
-    return available_ram()
+    return min(free_on(d) for d in cuda) if cuda else available_ram()
 
 
 def available_ram() -> int:

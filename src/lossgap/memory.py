@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .batching import available_ram
+from .batching import free_on
 from .config import ModelConfig
 from .errors import ModelError
 from .model import load_config, resolve_device, resolve_dtype
@@ -34,8 +34,8 @@ def available_bytes(cfg: ModelConfig) -> int:
     device = resolve_device(cfg.device)
     if device.type == "cuda":
         gpus = range(torch.cuda.device_count()) if cfg.device_map else [torch.cuda.current_device()]
-        return sum(torch.cuda.mem_get_info(i)[0] for i in gpus)
-    return available_ram()
+        return sum(free_on(torch.device("cuda", i)) for i in gpus)
+    return free_on(device)
 
 
 def require_room_for_pair(models: dict[str, ModelConfig], baseline: str) -> dict:
