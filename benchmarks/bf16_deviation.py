@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from lossgap import CorpusConfig, LayoutConfig, ModelConfig, RunConfig, ScoreConfig, score
-from lossgap.corpus_build import build_corpus
+from lossgap.data.corpus_build import build_corpus
 
 VARIANTS = (("dense", "float32"), ("dense", "bfloat16"), ("docs", "bfloat16"))
 

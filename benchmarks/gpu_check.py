@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from lossgap.config import LayoutConfig
-from lossgap.encode import TokenizedDocument
-from lossgap.forward import score_batch
-from lossgap.head import OutputHead
-from lossgap.layout import make_rows, windows
-from lossgap.plans import make_plan
-from lossgap.probe import probe_mask
+from lossgap.data.encode import TokenizedDocument
+from lossgap.data.layout import make_rows, windows
+from lossgap.engine.forward import score_batch
+from lossgap.engine.head import OutputHead
+from lossgap.engine.plans import make_plan
+from lossgap.engine.probe import probe_mask
 
 
 def tiny(arch: str, device: str, dtype: torch.dtype, attn: str):
@@ -101,7 +101,7 @@ def main() -> int:
 def check_compile(device: str) -> int:
     """--compile on small models: lossgap's own start check (compiled layers against eager, and against float32
     below it), for the docs and varlen plans."""
-    from lossgap.compiled import check_compiled, compile_layers
+    from lossgap.engine.compiled import check_compiled, compile_layers
 
     failures = 0
     for dtype in (torch.float32, torch.bfloat16):

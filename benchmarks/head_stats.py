@@ -7,7 +7,7 @@ best of --repeats rounds:
   full    head.token_stats(hidden, targets, METRICS): nll, entropy, p_target, argmax, p_argmax, rank in one pass
   paired  paired_token_stats over two heads: both models' statistics plus KL both ways and top-1 agreement
 and prints tokens/s, full / nll (target: <= ~1.15), paired / one nll (target: <= ~2.3), the peak working memory
-of each variant (lossgap.batching.PeakMemory: sampled RSS above the RSS before it) and the process's RSS after it.
+of each variant (engine.batching.PeakMemory: sampled RSS above the RSS before it) and the RSS after it.
 
   python benchmarks/head_stats.py
   python benchmarks/head_stats.py --shapes smollm2-135m --dtypes bf16 --repeats 5
@@ -21,9 +21,9 @@ import time
 
 import torch
 
-from lossgap.batching import PeakMemory, rss
-from lossgap.head import OutputHead
-from lossgap.headstats import METRICS, paired_token_stats
+from lossgap.engine.batching import PeakMemory, rss
+from lossgap.engine.head import OutputHead
+from lossgap.engine.headstats import METRICS, paired_token_stats
 
 SHAPES = {"smollm2-135m": (576, 49152, 2048), "llama-3.1-8b": (4096, 128256, 128)}  # dim, vocab, default tokens
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -14,8 +14,8 @@ import torch
 from throughput import ARCHS, build_model, matmul_peak, pile_like_documents, run_plan
 from torch.profiler import ProfilerActivity, profile
 
-from lossgap.layout import packed_rows, windows
-from lossgap.plans import make_plan
+from lossgap.data.layout import packed_rows, windows
+from lossgap.engine.plans import make_plan
 
 
 def main(argv=None) -> None:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import zstandard
 
-from lossgap.batching import rss
 from lossgap.config import CorpusConfig, LayoutConfig
-from lossgap.corpus import Corpus
-from lossgap.encode import SpecialTokens, encode_documents
-from lossgap.layout import make_rows, windows
+from lossgap.data.corpus import Corpus
+from lossgap.data.encode import SpecialTokens, encode_documents
+from lossgap.data.layout import make_rows, windows
+from lossgap.engine.batching import rss
 
 WORDS = ("the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from",
          "his", "an", "were", "are", "which", "this", "be", "or", "has", "had", "not", "but", "one", "their",

@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lossgap.batching import PeakMemory, auto_batch_size, trim_heap
-from lossgap.compiled import compile_layers
-from lossgap.encode import TokenizedDocument
-from lossgap.forward import eager, score_batch
-from lossgap.head import OutputHead
-from lossgap.layout import collate, packed_rows, windows
-from lossgap.masks import additive_mask
-from lossgap.plans import make_plan
+from lossgap.data.encode import TokenizedDocument
+from lossgap.data.layout import collate, packed_rows, windows
+from lossgap.engine.batching import PeakMemory, auto_batch_size, trim_heap
+from lossgap.engine.compiled import compile_layers
+from lossgap.engine.forward import eager, score_batch
+from lossgap.engine.head import OutputHead
+from lossgap.engine.masks import additive_mask
+from lossgap.engine.plans import make_plan
 
 ARCHS = {
     # hidden, intermediate, layers, heads, kv heads, vocab, rope theta, tied

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from lossgap.analysis import (
+from lossgap.analysis.documents import (
     DocTable,
     bucket_labels,
     compare_docs,

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lossgap import analysis
-from lossgap.attribution import (
+from lossgap.analysis import documents as analysis
+from lossgap.analysis.attribution import (
     agreement_buckets,
     attribute,
     best_span_ends,
@@ -25,7 +25,7 @@ from lossgap.attribution import (
     top_spans,
     top_tokens,
 )
-from lossgap.textclass import BYTE_CLASSES, TEXT_CLASSES
+from lossgap.analysis.textclass import BYTE_CLASSES, TEXT_CLASSES
 
 VOCAB = 50
 
@@ -35,7 +35,7 @@ def fake_vocab(n: int = VOCAB, seed: int = 0) -> pa.Table:
     rng = np.random.default_rng(seed)
     alphabet = [b"a", b"Z", b" ", b"\n", b"7", b".", b"\xc3", b"\t", b"\x01"]
     data = [b"", b""] + [b"".join(rng.choice(alphabet, size=rng.integers(1, 5))) for _ in range(n - 2)]
-    from lossgap.textclass import BYTE_CLASS_OF, text_class
+    from lossgap.analysis.textclass import BYTE_CLASS_OF, text_class
 
     cols = {"id": np.arange(n, dtype=np.int32), "bytes": pa.array(data, type=pa.binary()),
             "text": [b.decode("utf-8", "replace") for b in data], "n_bytes": [len(b) for b in data],
@@ -130,7 +130,7 @@ def test_the_interval_of_d_is_analysis_paired_bootstrap():
 @pytest.mark.parametrize("budget", [20_000_000, 25 * 7])
 def test_bootstrap_ratios_resample_whole_rows(monkeypatch, budget):
     """Each statistic is the ratio of resampled rows' sums, whatever the memory budget groups the draws into."""
-    from lossgap import attribution
+    from lossgap.analysis import attribution
 
     monkeypatch.setattr(attribution, "BOOTSTRAP_BUDGET", budget)
     rng = np.random.default_rng(0)

@@ -9,10 +9,10 @@ from conftest import read_tokens, score_run
 from test_cli import run_cli
 from transformers import AutoModelForCausalLM
 
-from lossgap import batching
-from lossgap.batching import HEADROOM, TOKENS_CAP, PeakMemory, auto_batch_size
-from lossgap.head import OutputHead
-from lossgap.plans import make_plan
+from lossgap.engine import batching
+from lossgap.engine.batching import HEADROOM, TOKENS_CAP, PeakMemory, auto_batch_size
+from lossgap.engine.head import OutputHead
+from lossgap.engine.plans import make_plan
 
 
 def test_peak_memory_sees_an_allocation_of_known_size():

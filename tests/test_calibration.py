@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from lossgap.calibration import calibration_report, confident_and_wrong, model_calibration, reliability
+from lossgap.analysis.calibration import calibration_report, confident_and_wrong, model_calibration, reliability
 
 
 def test_reliability_and_ece_by_hand():

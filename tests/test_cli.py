@@ -120,7 +120,7 @@ def test_existing_run_is_never_overwritten_silently(capsys, tmp_path, llama_dir,
 def test_disk_full_stops_with_a_message_and_keeps_finished_work(capsys, tmp_path, llama_dir, pile_jsonl, monkeypatch):
     import errno
 
-    from lossgap.shards import ShardStore
+    from lossgap.run.shards import ShardStore
 
     original = ShardStore.write
     calls = {"n": 0}

@@ -9,11 +9,11 @@ import torch
 from conftest import read_summary, read_tokens, score_run
 from transformers import AutoModelForCausalLM
 
-from lossgap.compiled import check_compiled, compile_layers, decoder_layers
+from lossgap.engine.compiled import check_compiled, compile_layers, decoder_layers
+from lossgap.engine.forward import eager
+from lossgap.engine.head import OutputHead
+from lossgap.engine.plans import make_plan
 from lossgap.errors import ModelError, UsageError
-from lossgap.forward import eager
-from lossgap.head import OutputHead
-from lossgap.plans import make_plan
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lossgap.config import CorpusConfig
-from lossgap.corpus import Corpus, Document, _deterministic_sample, _ZstdFrames
+from lossgap.data.corpus import Corpus, Document, _deterministic_sample, _ZstdFrames
 from lossgap.errors import CorpusError, UsageError
 
 # Pile format; record 2 has no domain (falls back to the file name), record 4 has non-ASCII text.

@@ -16,8 +16,8 @@ import zstandard
 
 from lossgap.cli import main
 from lossgap.config import CorpusConfig
-from lossgap.corpus import Corpus
-from lossgap.corpus_build import SOURCES, _licenses, _stdlib, build_corpus
+from lossgap.data.corpus import Corpus
+from lossgap.data.corpus_build import SOURCES, _licenses, _stdlib, build_corpus
 from lossgap.errors import UsageError
 
 SMALL = 6  # documents per source: enough for every code path, quick to build

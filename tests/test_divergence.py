@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from lossgap.divergence import (
+from lossgap.analysis.divergence import (
     DELTA_P_PERCENTILES,
     KL_PERCENTILES,
     delta_p_stats,

@@ -8,8 +8,8 @@ from conftest import write_jsonl
 from transformers import PreTrainedTokenizerFast
 
 from lossgap.config import CorpusConfig, TokenizeConfig
-from lossgap.corpus import Corpus, Document
-from lossgap.encode import SpecialTokens, TokenizedDocument, encode_documents, resolve_special_tokens
+from lossgap.data.corpus import Corpus, Document
+from lossgap.data.encode import SpecialTokens, TokenizedDocument, encode_documents, resolve_special_tokens
 from lossgap.errors import ModelError, UsageError
 
 VOCAB = 384  # the conftest tokenizer: <pad>=0, <bos>=1, <eos>=2

@@ -121,13 +121,13 @@ def test_a_model_against_itself_attributes_nothing(tmp_path, pair, pile_records)
 
 def test_two_models_that_do_not_fit_are_refused_before_any_model_loads(tmp_path, pair, pile_records, monkeypatch,
                                                                        capsys):
-    from lossgap import memory
+    from lossgap.engine import memory
 
     corpus = write_jsonl(tmp_path / "pile.jsonl", pile_records[:4])
     sizes = memory.weight_bytes(memory.ModelConfig(str(pair["base"]), dtype="float32", device="cpu"))
     monkeypatch.setattr(memory, "available_bytes", lambda cfg: int(1.5 * sizes))  # one model fits, not two
     loads = []
-    monkeypatch.setattr("lossgap.comparison.load_model", lambda *a, **k: loads.append(a) or pytest.fail("loaded"))
+    monkeypatch.setattr("lossgap.run.comparison.load_model", lambda *a, **k: loads.append(a) or pytest.fail("loaded"))
     code = main(["compare", "--base", str(pair["base"]), "--model", f"sft={pair['sft']}", "--corpus", str(corpus),
                  "--out", str(tmp_path / "c"), "--matrix", "single", "--device", "cpu", "--dtype", "float32"])
     err = capsys.readouterr().err

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from conftest import ARCHS
 from transformers import AutoModelForCausalLM
 
+from lossgap.engine.head import BYTES_PER_LOGIT, CPU_TILE_BYTES, VOCAB_TILE, OutputHead
 from lossgap.errors import ModelError, UsageError
-from lossgap.head import BYTES_PER_LOGIT, CPU_TILE_BYTES, VOCAB_TILE, OutputHead
 
 
 @pytest.mark.parametrize("arch", ARCHS)

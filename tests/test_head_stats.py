@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from conftest import ARCHS
 from transformers import AutoModelForCausalLM
 
-from lossgap.head import CPU_TILE_BYTES, STATS_BYTES_PER_LOGIT, OutputHead
-from lossgap.headstats import METRICS, pair_tiles, paired_token_stats, stream_stats
+from lossgap.engine.head import CPU_TILE_BYTES, STATS_BYTES_PER_LOGIT, OutputHead
+from lossgap.engine.headstats import METRICS, pair_tiles, paired_token_stats, stream_stats
 
 TIE = 1e-5  # float64 logits closer than this may swap order in fp32: argmax and rank may differ there only
 # (tokens, vocabulary entries); None: all, -1: all but one; 128: the blocked argmax search, then a ragged last tile

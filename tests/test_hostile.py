@@ -255,12 +255,12 @@ def out_virtual_fs(c):
 
 
 def _refuse_writes(c, code: int):
-    import lossgap.files
+    import lossgap.formats.files
 
     def refuse(*args, **kwargs):
         raise OSError(code, os.strerror(code))
 
-    c.monkeypatch.setattr(lossgap.files.tempfile, "mkstemp", refuse)
+    c.monkeypatch.setattr(lossgap.formats.files.tempfile, "mkstemp", refuse)
 
 
 def out_read_only(c):
@@ -374,7 +374,7 @@ def toml_compare_range(c):
 
 def interrupted(c, windows: int = 3, name: str = "resumable", seq_len: int = 64) -> tuple[list[str], Path]:
     """A run stopped by a full disk after `windows` windows: its shards and manifest stay for --resume."""
-    from lossgap.shards import ShardStore
+    from lossgap.run.shards import ShardStore
 
     out = c.tmp / name
     argv = c.score(c.llama, "--window-tokens", 256, "--batch-size", 2, out=out)
@@ -468,12 +468,12 @@ def nothing_deleted(c: Ctx, err: str) -> None:
 
 
 def internal_bug(c):
-    import lossgap.scoring
+    import lossgap.run.scoring
 
     def bug(*args, **kwargs):
         raise KeyError("no_such_column")
 
-    c.monkeypatch.setattr(lossgap.scoring, "finish", bug)
+    c.monkeypatch.setattr(lossgap.run.scoring, "finish", bug)
     return c.score(c.llama, out=c.tmp / "bug"), str(c.tmp / "bug" / "lossgap-error.log")
 
 
@@ -597,7 +597,7 @@ def test_a_process_prints_one_message_and_exits_1(tmp_path, llama_dir, pile_json
 
 
 def test_a_bug_is_short_on_the_terminal_and_whole_with_debug(tmp_path, llama_dir, pile_jsonl):
-    bug = "import lossgap.scoring as s\ndef bug(*a, **k):\n    raise KeyError('no_such_column')\ns.finish = bug"
+    bug = "import lossgap.run.scoring as s\ndef bug(*a, **k):\n    raise KeyError('no_such_column')\ns.finish = bug"
     argv = ["score", "--model", str(llama_dir), "--corpus", str(pile_jsonl), "--device", "cpu", "--quiet"]
     proc = _run(*argv, "--out", str(tmp_path / "a"), prelude=bug)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lossgap.encode import TokenizedDocument
-from lossgap.layout import Row, Segment, collate, length_buckets, packed_rows, retarget, single_rows
+from lossgap.data.encode import TokenizedDocument
+from lossgap.data.layout import Row, Segment, collate, length_buckets, packed_rows, retarget, single_rows
 
 
 def docs_of(lengths):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lossgap.masks import additive_mask, allowed_pairs
+from lossgap.engine.masks import additive_mask, allowed_pairs
 
 
 def test_block_and_causal_patterns():

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from lossgap.config import ModelConfig
+from lossgap.engine.model import load_model
 from lossgap.errors import LossgapError
-from lossgap.model import load_model
 
 HEAD = 4096  # headers and metadata live here: flips there are the interesting ones
 

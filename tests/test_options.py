@@ -34,7 +34,7 @@ def test_parser_defaults_are_the_dataclass_defaults():
 
 
 def test_demo_and_corpus_build_defaults_are_their_functions_defaults():
-    from lossgap.corpus_build import build_corpus
+    from lossgap.data.corpus_build import build_corpus
     from lossgap.demo import DemoConfig
 
     assert build(DemoConfig, parse("demo")) == DemoConfig()

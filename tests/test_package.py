@@ -16,10 +16,10 @@ import lossgap
 def test_public_functions_resolve_lazily_to_their_modules():
     from lossgap import ScoreResult, compare, score, score_offsets
 
-    scoring = sys.modules["lossgap.scoring"]
+    scoring = sys.modules["lossgap.run.scoring"]
     assert lossgap.score is score is scoring.score and score_offsets is scoring.score_offsets
     assert ScoreResult is scoring.ScoreResult
-    assert compare is importlib.import_module("lossgap.comparison").compare
+    assert compare is importlib.import_module("lossgap.run.comparison").compare
     assert set(lossgap.__all__) <= set(dir(lossgap))  # completion and pydoc see the lazy names
 
 

@@ -13,8 +13,8 @@ from conftest import read_tokens
 from transformers import AutoModelForCausalLM
 
 from lossgap.config import CorpusConfig, LayoutConfig, ModelConfig, RunConfig, ScoreConfig
-from lossgap.model import load_model
-from lossgap.paired import paired_pass
+from lossgap.engine.model import load_model
+from lossgap.run.paired import paired_pass
 
 
 def _cfg(corpus, out, seq_len=64, plan="auto", **run) -> ScoreConfig:
@@ -77,7 +77,7 @@ def test_every_statistic_equals_float64_full_softmax(tmp_path, tiny_models, toke
 def test_paired_nlls_equal_each_models_own_run(tmp_path, tiny_models, pile_jsonl):
     """Each model's own run, tokenized with the baseline's tokenizer as a comparison does (a Qwen2 folder loads its
     tokenizer as Qwen2's class, which splits text differently)."""
-    from lossgap.scoring import score
+    from lossgap.run.scoring import score
 
     pairs, result = _run_pair(tiny_models, pile_jsonl, tmp_path, plan="dense")
     base = _load(tiny_models["llama"])
@@ -101,7 +101,7 @@ def test_a_model_against_itself(tmp_path, tiny_models, pile_jsonl):
 
 def test_a_resumed_pass_gives_the_same_file(tmp_path, tiny_models, pile_jsonl):
     whole, _ = _run_pair(tiny_models, pile_jsonl, tmp_path / "a", window_tokens=256)
-    from lossgap import paired
+    from lossgap.run import paired
 
     original = paired.run_windows
     calls = {"n": 0}

@@ -111,7 +111,7 @@ def test_varlen_refuses_what_it_cannot_apply(tmp_path, tiny_models, llama_dir, p
         score_run(llama_dir, pile_jsonl, tmp_path / "c", mask="causal", plan="varlen")
     from conftest import tiny_config
 
-    from lossgap.plans import make_plan
+    from lossgap.engine.plans import make_plan
 
     cfg = tiny_config("qwen2", 384, 256)
     cfg.use_sliding_window, cfg.sliding_window, cfg.max_window_layers = True, 8, 1
@@ -123,11 +123,11 @@ def test_varlen_refuses_what_it_cannot_apply(tmp_path, tiny_models, llama_dir, p
 def test_a_plan_that_swaps_attention_leaves_the_next_plan_the_models_own(llama_dir):
     """varlen switches the model to its attention; a dense plan made afterwards on the same model (as compare and
     the benchmarks do) switches it back and still gives the dense numbers."""
-    from lossgap.encode import TokenizedDocument
-    from lossgap.forward import score_batch
-    from lossgap.head import OutputHead
-    from lossgap.layout import packed_rows
-    from lossgap.plans import make_plan
+    from lossgap.data.encode import TokenizedDocument
+    from lossgap.data.layout import packed_rows
+    from lossgap.engine.forward import score_batch
+    from lossgap.engine.head import OutputHead
+    from lossgap.engine.plans import make_plan
 
     model = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32).eval()
     rng = np.random.default_rng(0)
@@ -151,8 +151,8 @@ def test_a_plan_that_swaps_attention_leaves_the_next_plan_the_models_own(llama_d
 def test_flex_mask_mod_allows_what_the_dense_mask_allows(mode, window):
     """The flex plan's mask_mod, evaluated on every (row, query, key), equals the dense reference mask, sliding
     window and padding included (the flex kernel itself runs on CUDA only: benchmarks/gpu_check.py)."""
-    from lossgap.masks import allowed_pairs
-    from lossgap.plans import flex_mask_mod
+    from lossgap.engine.masks import allowed_pairs
+    from lossgap.engine.plans import flex_mask_mod
 
     seg = torch.tensor([[0, 0, 0, 0, 1, 1, 1, -1, -1], [2, 2, 3, 3, 3, 3, 3, 3, 3]])
     rows, length = seg.shape
@@ -166,8 +166,8 @@ def test_flex_mask_mod_allows_what_the_dense_mask_allows(mode, window):
 @pytest.mark.parametrize("window", [None, 100])
 def test_flex_block_mask_has_the_blocks_the_dense_mask_needs(window):
     """The compiled BlockMask keeps exactly the 128 x 128 blocks holding an allowed (query, key) pair."""
-    from lossgap.masks import allowed_pairs
-    from lossgap.plans import document_block_mask
+    from lossgap.engine.masks import allowed_pairs
+    from lossgap.engine.plans import document_block_mask
 
     lengths = [300, 40, 500, 180]  # 1,020 tokens of documents, then padding to 1,024
     seg = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)] + [torch.full((4,), -1)])[None]
@@ -180,8 +180,8 @@ def test_flex_block_mask_has_the_blocks_the_dense_mask_needs(window):
 def test_auto_takes_varlen_on_the_cpu_and_docs_where_varlen_refuses_the_model(tmp_path, tiny_models, pile_jsonl):
     """auto: documents apart on a CPU run varlen (faster or at par on every CPU measured), on CUDA docs; a model with
     soft-capped attention (Gemma 2), which varlen refuses, gets docs instead of an error."""
+    from lossgap.engine.plans import choose_plan
     from lossgap.errors import UsageError
-    from lossgap.plans import choose_plan
 
     assert choose_plan("auto", "block", "restart", torch.device("cpu")) == "varlen"
     assert choose_plan("auto", "causal", "continuous", torch.device("cpu"), "single") == "varlen"

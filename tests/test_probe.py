@@ -7,10 +7,10 @@ import torch
 from conftest import ARCHS
 from transformers import AutoModelForCausalLM
 
+from lossgap.engine.head import OutputHead
+from lossgap.engine.plans import DensePlan, DocsPlan, NoMaskPlan
+from lossgap.engine.probe import probe_mask, require_probe
 from lossgap.errors import PlanError
-from lossgap.head import OutputHead
-from lossgap.plans import DensePlan, DocsPlan, NoMaskPlan
-from lossgap.probe import probe_mask, require_probe
 
 
 def load(folder, attn):
@@ -39,7 +39,7 @@ class BooleanMaskPlan(DensePlan):
     """The mistake DESIGN.md measured: a boolean mask handed to eager attention, which adds it as 0/1."""
 
     def attention_mask(self, batch):
-        from lossgap.masks import allowed_pairs
+        from lossgap.engine.masks import allowed_pairs
 
         return allowed_pairs(batch.segment_ids, self.mask)[:, None]
 

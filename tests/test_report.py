@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from lossgap import columns
+from lossgap.formats import columns
 from lossgap.matrix import SEED_MATRIX
-from lossgap.render import (
+from lossgap.report.build import format_seed_table, write_report
+from lossgap.report.render import (
     Interval,
     Position,
     Table,
@@ -36,7 +37,6 @@ from lossgap.render import (
     share,
     signed,
 )
-from lossgap.report import format_seed_table, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("per_domain_difference.png", "nll_by_position.png", "leakage_by_position.png", "doc_difference_histogram.png")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from test_report import make_results
 
+from lossgap.analysis.findings import key_findings
 from lossgap.cli import main
-from lossgap.findings import key_findings
 from lossgap.matrix import single_configuration
 
 STORED = Path(__file__).parent / "data" / "stored_comparison"

@@ -88,7 +88,7 @@ def test_sigterm_finishes_the_window_and_exits_resumable(tmp_path, llama_dir, bi
 def test_resume_refuses_changed_inputs(tmp_path, llama_dir, pile_jsonl, capsys, monkeypatch):
     import errno
 
-    from lossgap.shards import ShardStore
+    from lossgap.run.shards import ShardStore
 
     out = tmp_path / "r"
     base = ["score", "--model", str(llama_dir), "--corpus", str(pile_jsonl), "--out", str(out), "--seq-len", "64",
@@ -133,7 +133,7 @@ def test_out_of_memory_batches_are_retried_in_halves(tmp_path, llama_dir, pile_j
 
 
 def test_nan_loss_stops_the_run_naming_the_document(tmp_path, llama_dir, pile_jsonl, monkeypatch, capsys):
-    from lossgap import forward as score_mod
+    from lossgap.engine import forward as score_mod
     original = score_mod.forward_batches
 
     def nan_in_doc_5(plan, head, batches, metrics):

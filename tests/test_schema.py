@@ -10,7 +10,7 @@ import sys
 import numpy as np
 from test_report import make_results
 
-from lossgap import schema
+from lossgap.formats import schema
 
 
 def test_accessors_read_the_shared_facts():
@@ -50,7 +50,7 @@ def test_clean_gives_what_json_reads_back():
 
 
 def test_schema_is_cheap_to_import():
-    probe = "import sys, lossgap.schema; print(sorted({'numpy', 'torch', 'transformers'} & set(sys.modules)))"
+    probe = "import sys, lossgap.formats.schema; print(sorted({'numpy', 'torch', 'transformers'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -132,7 +132,7 @@ def _score_config(model, corpus, out, layout, mask, k, stride=None, plan="auto",
 ])
 def test_offsets_from_one_pass_equal_separate_runs(tmp_path, llama_dir, pile_jsonl, layout, mask, stride, plan):
     """score_offsets writes, for each offset, the files a run of that offset alone writes."""
-    from lossgap.scoring import score, score_offsets
+    from lossgap.run.scoring import score, score_offsets
 
     together = score_offsets([_score_config(llama_dir, pile_jsonl, tmp_path / f"t{k}", layout, mask, k, stride, plan)
                               for k in (2, 1)])
@@ -152,7 +152,7 @@ def test_offsets_from_one_pass_equal_separate_runs(tmp_path, llama_dir, pile_jso
 
 
 def test_offsets_from_one_pass_refuse_different_configurations(tmp_path, llama_dir, pile_jsonl):
-    from lossgap.scoring import score_offsets
+    from lossgap.run.scoring import score_offsets
 
     with pytest.raises(ValueError, match="differ only in label_offset"):
         score_offsets([_score_config(llama_dir, pile_jsonl, tmp_path / "a", "packed", "block", 1),
@@ -166,8 +166,8 @@ def test_offsets_from_one_pass_refuse_different_configurations(tmp_path, llama_d
 def test_chat_context_scores_exactly_the_raw_targets(tmp_path, pile_jsonl, layout, mask, seq_len):
     """--chat-context puts each document after the instruct model's own chat template up to the assistant's reply:
     the same (document, position, target) set is scored, each target now with the chat prefix as its context."""
+    from lossgap.data.encode import chat_prefix
     from lossgap.demo import DEMO_MODELS
-    from lossgap.encode import chat_prefix
 
     instruct = DEMO_MODELS / "instruct"
     raw = score_run(instruct, pile_jsonl, tmp_path / "raw", layout=layout, mask=mask, seq_len=seq_len)

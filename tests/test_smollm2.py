@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import stdlib_texts, write_jsonl
 
-from lossgap.model import builtin_model_path
+from lossgap.engine.model import builtin_model_path
 
 pytestmark = pytest.mark.slow
 

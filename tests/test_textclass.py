@@ -7,7 +7,7 @@ import pydoc_data.topics
 import pytest
 from conftest import stdlib_texts
 
-from lossgap.textclass import (
+from lossgap.analysis.textclass import (
     BYTE_CLASSES,
     TEXT_CLASSES,
     byte_class_counts,
@@ -158,7 +158,7 @@ def test_sentencepiece_style_bytes(sentencepiece):
 def test_smollm2_tokens_concatenate_to_the_text():
     from transformers import AutoTokenizer
 
-    from lossgap.model import builtin_model_path
+    from lossgap.engine.model import builtin_model_path
 
     try:
         path = builtin_model_path("smollm2")

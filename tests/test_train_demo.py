@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import lossgap
-from lossgap.corpus_build import build_corpus
+from lossgap.data.corpus_build import build_corpus
 from tools.train_demo import data, evaluate, train
 from tools.train_demo.__main__ import train_pair
 

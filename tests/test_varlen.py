@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lossgap.varlen import cumulative_lengths, varlen_attention
+from lossgap.engine.varlen import cumulative_lengths, varlen_attention
 
 
 def test_cumulative_lengths_cut_at_segments_and_rows():

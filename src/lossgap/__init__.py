@@ -18,10 +18,10 @@ from .version import __version__
 
 # name -> submodule that defines it, imported on first access
 _LAZY = {
-    "score": "scoring",
-    "score_offsets": "scoring",
-    "ScoreResult": "scoring",
-    "compare": "comparison",
+    "score": "run.scoring",
+    "score_offsets": "run.scoring",
+    "ScoreResult": "run.scoring",
+    "compare": "run.comparison",
 }
 
 __all__ = [

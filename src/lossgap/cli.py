@@ -27,7 +27,7 @@ from .config import (
     TokenizeConfig,
 )
 from .errors import LossgapError, UsageError
-from .files import writable_dir
+from .formats.files import writable_dir
 from .options import OptionParser, build, option
 
 
@@ -55,7 +55,7 @@ class CompareModels:
 @cache
 def corpus_build_options() -> type:
     """The options of `corpus build`; a function so that corpus_build.py is read only when the parser is built."""
-    from .corpus_build import MATH_DOCS, SOURCES, SPLITS
+    from .data.corpus_build import MATH_DOCS, SOURCES, SPLITS
 
     @dataclass
     class CorpusBuildOptions:
@@ -99,7 +99,7 @@ def compare_config_from_args(a: argparse.Namespace) -> CompareConfig:
 
 def cmd_score(a: argparse.Namespace) -> int:
     cfg = score_config_from_args(a).validate()  # a bad value fails before torch is imported
-    from .scoring import score
+    from .run.scoring import score
 
     result = score(cfg)
     s = result.summary
@@ -116,7 +116,7 @@ def cmd_score(a: argparse.Namespace) -> int:
 
 
 def _print_report(out: Path, results: dict) -> None:
-    from .report import format_seed_table
+    from .report.build import format_seed_table
 
     print(format_seed_table(results))
     print()
@@ -127,7 +127,7 @@ def _print_report(out: Path, results: dict) -> None:
 
 def cmd_compare(a: argparse.Namespace) -> int:
     cfg = compare_config_from_args(a).validate()  # a bad value fails before torch is imported
-    from .comparison import compare
+    from .run.comparison import compare
 
     results = compare(cfg)
     if results:  # empty on torchrun ranks other than 0
@@ -136,8 +136,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from .report import write_report
-    from .results import build_results
+    from .analysis.results import build_results
+    from .report.build import write_report
 
     results = build_results(Path(a.dir))
     write_report(Path(a.dir), results)
@@ -157,7 +157,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_corpus_build(a: argparse.Namespace) -> int:
-    from .corpus_build import build_corpus
+    from .data.corpus_build import build_corpus
 
     o = build(corpus_build_options(), a)
     writable_dir(Path(o.out).parent, shown=Path(o.out))
@@ -276,7 +276,7 @@ def _save_traceback(e: Exception, argv: list[str], out: Path | None) -> Path | N
     import platform
     import tempfile
 
-    from .files import write_text
+    from .formats.files import write_text
     from .version import __version__
 
     versions = ", ".join(f"{name} {getattr(sys.modules[name], '__version__', '?')}" for name in

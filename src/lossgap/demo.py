@@ -12,12 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-from .comparison import compare
 from .config import CompareConfig, CorpusConfig, DemoConfig, LayoutConfig, ModelConfig, RunConfig, TokenizeConfig
-from .corpus import Corpus
-from .corpus_build import build_corpus
+from .data.corpus import Corpus
+from .data.corpus_build import build_corpus
 from .errors import ModelError
-from .files import atomic_path
+from .formats.files import atomic_path
+from .run.comparison import compare
 
 DEMO_MODELS = Path(__file__).parent / "demo_models"
 

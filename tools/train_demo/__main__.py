@@ -1,6 +1,6 @@
 """Train the demo pair shipped in `lossgap/demo_models`: a small Llama base model and its instruct sibling.
 
-Everything comes from a corpus built on this machine (`lossgap.corpus_build.build_corpus`): the base model is
+Everything comes from a corpus built on this machine (`lossgap.data.corpus_build.build_corpus`): the base model is
 pretrained on the corpus's training split, the instruct model is fine-tuned from the saved base on chat
 conversations made from the same training split, and both are evaluated on the held-out split after saving, by
 loading the saved weights. Both folders share one tokenizer (the chat tokens are reserved from the start), so the
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lossgap.corpus_build import BuildResult, build_corpus
+from lossgap.data.corpus_build import BuildResult, build_corpus
 
 from .data import CHAT_TEMPLATE, EOT, SPECIAL_TOKENS, Record, base_rows, read_records, train_tokenizer
 from .evaluate import evaluate_pair, unigram_counts

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from lossgap.config import CorpusConfig
-from lossgap.corpus import Corpus
+from lossgap.data.corpus import Corpus
 
 EOT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (EOT, IM_START, IM_END)  # ids 0, 1, 2 in both tokenizers
@@ -43,7 +43,7 @@ CODE_QUESTIONS = (
 
 @dataclass(frozen=True)
 class Record:
-    """One document of a corpus written by `lossgap.corpus_build.build_corpus`: its text and meta fields."""
+    """One document of a corpus written by `lossgap.data.corpus_build.build_corpus`: its text and meta fields."""
 
     text: str
     domain: str  # meta.pile_set_name

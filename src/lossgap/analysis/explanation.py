@@ -1,0 +1,164 @@
+"""Where the difference comes from: results.json's `explanation`, built from the stored files alone (the paired
+pass's pairs/<other>.parquet, each run's tokens.parquet, the vocabulary tables), so `lossgap report DIR` rebuilds it.
+
+Per other model: the distribution statistics (llama.cpp's set with document-bootstrap intervals; divergence.py), an
+attribution of the difference D that adds up along every dimension (attribution.py), calibration (calibration.py),
+the chat-formatted run paired against the same baseline tokens, and the token-level view of the top spans. Models
+with different tokenizers get the byte-class attribution in bits per byte instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .attribution import attribute, bootstrap_ratios, byte_class_contributions, top_documents, top_spans
+from .calibration import calibration_report
+from .divergence import divergence_report
+from .documents import DocTable, histogram
+
+VIEW_SPANS = 6  # spans per direction in the token view
+VIEW_CONTEXT = 8  # scored tokens shown before and after a span
+VIEW_DOCUMENTS = 2  # documents per direction in the token view
+VIEW_DOCUMENT_TOKENS = 300  # a document's first tokens shown
+PAIR_KEYS = ("nll", "entropy", "p_target", "argmax", "p_argmax", "rank")
+
+
+def build_explanation(out: Path, m: dict, docs: dict[tuple[str, str], DocTable]) -> dict | None:
+    """results.json's `explanation`, or None when the comparison recorded none (older comparisons, --no-explain)."""
+    e = m.get("explanation")
+    if not e:
+        return None
+    base, main = m["baseline"], e["configuration"]
+    vocab = {name: pq.read_table(Path(out) / path) for name, path in e["vocab"].items()}
+    table = docs[(main, base)]
+    doc_domain = dict(zip(table.doc_id.tolist(), table.domain.tolist(), strict=True))
+    models = {}
+    for i, other in enumerate(n for n in m["models"] if n != base):
+        seed = m["seed"] + 7000 + 100 * i
+        entry: dict = {"skipped": e["skipped"].get(other)}
+        if other in e["pairs"]:
+            entry |= _paired(_pair_tokens(Path(out) / e["pairs"][other], base, other), vocab[base], doc_domain,
+                             m["bootstrap"], seed)
+        elif m["mode"] == "tokens":
+            entry["attribution"] = attribute(_run_tokens(out, m, main, base, other), vocab[base], doc_domain,
+                                             m["bootstrap"], seed)
+        else:
+            entry["bits_per_byte"] = _byte_classes(out, m, main, base, other, vocab, docs, seed)
+        if other in e["chat_runs"] and m["mode"] == "tokens":
+            entry["chat"] = _chat(out, m, main, base, other, e["chat_runs"][other], vocab[base], doc_domain, seed)
+        models[other] = entry
+    return {"configuration": main, "chat_user_turn": e.get("chat_user_turn"), "models": models}
+
+
+def _paired(tokens: dict, vocab: pa.Table, doc_domain: dict, n_boot: int, seed: int) -> dict:
+    """Everything the paired pass makes possible for one other model."""
+    attribution = attribute(tokens, vocab, doc_domain, n_boot, seed)
+    return {
+        "distribution": divergence_report(tokens, doc_domain, n_boot, seed + 1),
+        "kl_histogram": histogram(np.log10(np.maximum(np.asarray(tokens["kl_bo"], dtype=np.float64), 1e-8))),
+        "attribution": attribution,
+        "calibration": calibration_report(tokens),
+        "token_view": token_view(tokens, vocab),
+    }
+
+
+def _pair_tokens(path: Path, base: str, other: str) -> dict[str, np.ndarray]:
+    """A pairs file's columns under role names: nll_b, nll_o, ..., kl_bo, kl_ob, agree (attribution.py's names)."""
+    t = pq.read_table(path)
+    col = lambda name: t.column(name).to_numpy()  # noqa: E731
+    tokens = {"doc_id": col("doc_id"), "pos": col("pos"), "target": col("target")}
+    for key in PAIR_KEYS:
+        tokens[f"{key}_b"], tokens[f"{key}_o"] = col(f"{key}_{base}"), col(f"{key}_{other}")
+    tokens["kl_bo"], tokens["kl_ob"] = col(f"kl_{base}_{other}"), col(f"kl_{other}_{base}")
+    tokens["agree"] = col("top1_agree")
+    return tokens
+
+
+def _tokens(out: Path, rel: str) -> pa.Table:
+    return pq.read_table(Path(out) / rel / "tokens.parquet", columns=["doc_id", "pos", "target", "nll"])
+
+
+def _run_tokens(out: Path, m: dict, main: str, base: str, other: str, other_rel: str | None = None) -> dict:
+    """Two runs of the same tokens (token-level comparisons) joined: the baseline's and the other model's NLL."""
+    a = _tokens(out, m["runs"][main][base])
+    b = _tokens(out, other_rel or m["runs"][main][other])
+    same = all(a.column(c).equals(b.column(c)) for c in ("doc_id", "pos", "target"))
+    if not same:
+        raise ValueError(f"{base} and {other} runs scored different tokens")
+    return {"doc_id": a.column("doc_id").to_numpy(), "pos": a.column("pos").to_numpy(),
+            "target": a.column("target").to_numpy(), "nll_b": a.column("nll").to_numpy(),
+            "nll_o": b.column("nll").to_numpy()}
+
+
+def _chat(out: Path, m: dict, main: str, base: str, other: str, rel: str, vocab: pa.Table, doc_domain: dict,
+          seed: int) -> dict:
+    """The other model's chat-formatted run paired against the same baseline tokens as its raw run: D by the same
+    dimensions, and how much of the raw difference the format takes away (with a document-bootstrap interval)."""
+    raw = _run_tokens(out, m, main, base, other)
+    chat = _run_tokens(out, m, main, base, other, rel)
+    attribution = attribute(chat, vocab, doc_domain, m["bootstrap"], seed, top_k=10)
+    docs, idx = np.unique(raw["doc_id"], return_inverse=True)
+    gain = np.asarray(raw["nll_o"], np.float64) - np.asarray(chat["nll_o"], np.float64)
+    sums = np.bincount(idx, weights=gain, minlength=docs.size)[:, None]
+    lo, hi = bootstrap_ratios(sums, np.bincount(idx, minlength=docs.size), m["bootstrap"], seed + 3)
+    raw_diff = float((np.asarray(raw["nll_o"], np.float64) - np.asarray(raw["nll_b"], np.float64)).mean())
+    reduction = float(gain.mean())
+    return {"run": rel, "raw_diff": raw_diff, "chat_diff": attribution["dimensions"]["position"]["diff"],
+            "reduction": reduction, "reduction_ci": [float(lo[0]), float(hi[0])],
+            "share_of_raw_explained": reduction / raw_diff if raw_diff else float("nan"),
+            "attribution": attribution}
+
+
+def _byte_classes(out: Path, m: dict, main: str, base: str, other: str, vocab: dict, docs: dict,
+                  seed: int) -> dict:
+    """Models with different tokenizers: each model's own tokens, their loss spread over their bytes by class."""
+    per = {}
+    for name in (base, other):
+        t = _tokens(out, m["runs"][main][name])
+        per[name] = {"doc_id": t.column("doc_id").to_numpy(), "target": t.column("target").to_numpy(),
+                     "nll": t.column("nll").to_numpy()}
+    table = docs[(main, base)]
+    return byte_class_contributions(per[base], per[other], vocab[base], vocab[other], table.doc_id, table.n_bytes,
+                                    m["bootstrap"], seed)
+
+
+def token_view(tokens: dict, vocab: pa.Table, spans: int = VIEW_SPANS, context: int = VIEW_CONTEXT) -> dict:
+    """The top spans each way with a few scored tokens around them, and the top documents each way (their first
+    VIEW_DOCUMENT_TOKENS tokens), token by token: its text, both NLLs, both top-1 predictions and KL(baseline ||
+    other), for the report's coloured view. Rows: [text, nll_b, nll_o, top1_b, top1_o, kl, highlighted]."""
+    order = np.lexsort((tokens["pos"], tokens["doc_id"]))
+    t = {k: np.asarray(v)[order] for k, v in tokens.items()}
+    texts = [b.decode("utf-8", errors="replace") for b in vocab.column("bytes").to_pylist()]
+    doc_start = np.searchsorted(t["doc_id"], np.unique(t["doc_id"]))
+    starts = dict(zip(np.unique(t["doc_id"]).tolist(), doc_start.tolist(), strict=True))
+    ends = dict(zip(np.unique(t["doc_id"]).tolist(), [*doc_start[1:].tolist(), t["doc_id"].size], strict=True))
+
+    def cells(lo: int, hi: int, first: int, last: int) -> list[list]:
+        text = lambda i: texts[i] if 0 <= i < len(texts) else f"<{i}>"  # noqa: E731
+        return [[text(int(t["target"][j])), round(float(t["nll_b"][j]), 4), round(float(t["nll_o"][j]), 4),
+                 text(int(t["argmax_b"][j])), text(int(t["argmax_o"][j])), round(float(t["kl_bo"][j]), 4),
+                 first <= j <= last] for j in range(lo, hi)]
+
+    view: dict = {}
+    for direction, rows in top_spans(t["doc_id"], t["pos"], t["nll_b"], t["nll_o"], k=spans).items():
+        view[direction] = []
+        for row in rows:
+            start = starts[row["doc_id"]]
+            first = start + int(np.searchsorted(t["pos"][start:ends[row["doc_id"]]], row["first_pos"]))
+            last = first + row["n_tokens"] - 1
+            lo, hi = max(first - context, start), min(last + context + 1, ends[row["doc_id"]])
+            view[direction].append({**{k: row[k] for k in ("doc_id", "first_pos", "last_pos", "delta_sum")},
+                                    "tokens": cells(lo, hi, first, last)})
+    view["documents"] = {}
+    for direction, docs in top_documents(t["doc_id"], t["nll_b"], t["nll_o"], k=VIEW_DOCUMENTS).items():
+        view["documents"][direction] = []
+        for d in docs:
+            start = starts[d["doc_id"]]
+            shown = cells(start, min(ends[d["doc_id"]], start + VIEW_DOCUMENT_TOKENS), 0, t["doc_id"].size)
+            view["documents"][direction].append({k: d[k] for k in ("doc_id", "n_tokens", "delta_sum")}
+                                                | {"tokens": shown})
+    return view

@@ -1,0 +1,233 @@
+"""Layouts: place documents into rows (packed, as in pretraining, or one document per row) and collate batches.
+
+Targets are explicit and independent of the layout: with label offset k, a document of n tokens has targets
+k..n-1, each predicted from the position k tokens before it (a document with a chat prefix of c context tokens:
+c+k..n-1, reported at their position in the raw document). A segment (a run of one document's tokens inside a
+row) scores the targets its positions predict, even when the target itself lies past the row's end, so every
+layout and mask scores exactly the same set of (document, position) pairs (docs/design.md, contract 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from ..config import LayoutConfig
+from .encode import TokenizedDocument
+
+
+@dataclass
+class Segment:
+    """doc.ids[start:start+length] placed at row[offset:offset+length]; scores doc targets [target_lo, target_hi)."""
+
+    doc: TokenizedDocument
+    start: int
+    length: int
+    offset: int
+    target_lo: int
+    target_hi: int
+    position_start: int | None = None  # continuous positions of a segment moved out of its row: its old offset
+
+
+@dataclass
+class Row:
+    segments: list[Segment]
+
+    @property
+    def length(self) -> int:
+        last = self.segments[-1]
+        return last.offset + last.length
+
+
+@dataclass
+class Batch:
+    """Model inputs for B rows padded to L, plus the scored targets gathered from them."""
+
+    input_ids: torch.Tensor  # [B, L] int64
+    position_ids: torch.Tensor  # [B, L] int64
+    segment_ids: torch.Tensor  # [B, L] int64, -1 for padding; unique per segment within a row
+    flat_index: torch.Tensor  # [N] index into the flattened [B*L] positions that predict a target
+    targets: torch.Tensor  # [N] target token ids
+    doc_ids: np.ndarray  # [N] int64
+    target_pos: np.ndarray  # [N] int32, index of the target token within its document
+    truncated: np.ndarray  # [N] bool, the prediction did not see the whole document prefix
+    docs: dict[int, TokenizedDocument]
+    n_input_tokens: int
+
+    @property
+    def n_targets(self) -> int:
+        return int(self.targets.numel())
+
+
+def make_rows(docs: Iterable[TokenizedDocument], cfg: LayoutConfig) -> Iterator[Row]:
+    if cfg.layout == "packed":
+        return packed_rows(docs, cfg.seq_len, cfg.label_offset)
+    return single_rows(docs, cfg.seq_len, cfg.label_offset, cfg.stride)
+
+
+def synthetic_row(token_arrays: list[np.ndarray], k: int, source: str) -> list[Row]:
+    """Documents made of these token ids (ids 0, 1, ...) packed into one row: the start-up checks' input."""
+    docs = [TokenizedDocument(i, source, f"{source}{i}", ids, 0) for i, ids in enumerate(token_arrays)]
+    return list(packed_rows(docs, sum(len(ids) for ids in token_arrays), k))
+
+
+def packed_rows(docs: Iterable[TokenizedDocument], seq_len: int, k: int) -> Iterator[Row]:
+    """Concatenate documents into rows of seq_len; a document that does not fit continues in the next row."""
+    segments: list[Segment] = []
+    fill = 0
+    for doc in docs:
+        n = len(doc.ids)
+        start = 0
+        while start < n:
+            take = min(n - start, seq_len - fill)
+            segments.append(Segment(doc, start, take, fill, max(start, doc.context) + k, min(start + take + k, n)))
+            fill += take
+            start += take
+            if fill == seq_len:
+                yield Row(segments)
+                segments, fill = [], 0
+    if segments:
+        yield Row(segments)
+
+
+def single_rows(docs: Iterable[TokenizedDocument], seq_len: int, k: int, stride: int | None) -> Iterator[Row]:
+    """One document per row; a longer one is split into windows seq_len long, stride apart (disjoint by default).
+
+    Window w scores the targets not scored by window w-1, so each target is scored once; with a stride below
+    seq_len every window after the first keeps at least seq_len - stride tokens of context (the HF perplexity guide).
+    """
+    step = stride or seq_len
+    for doc in docs:
+        n = len(doc.ids)
+        begin, lo = 0, doc.context + k
+        while True:
+            end = min(begin + seq_len, n)
+            hi = min(end + k, n)
+            yield Row([Segment(doc, begin, end - begin, 0, lo, hi)])
+            if hi >= n:
+                break
+            begin, lo = begin + step, max(hi, lo)  # a window inside a chat prefix scores nothing
+
+
+def retarget(rows: list[Row], k_from: int, k_to: int) -> list[Row]:
+    """The same rows scoring label offset k_to >= k_from: the inputs are the same, every target range moves by
+    k_to - k_from (capped at the document's end). Rows laid out for the smaller offset serve the larger one: a
+    segment's range [start + k, end + k) only moves, and a trailing window the larger offset would not have needed
+    scores nothing for it. One forward pass then serves both offsets (tests/test_layout.py checks the scored sets)."""
+    if k_to < k_from:
+        raise ValueError(f"retarget: rows for offset {k_from} cannot serve offset {k_to}")
+    if k_to == k_from:
+        return rows
+    shift = k_to - k_from
+    return [Row([replace(s, target_lo=s.target_lo + shift, target_hi=min(s.target_hi + shift, len(s.doc.ids)))
+                 for s in row.segments]) for row in rows]
+
+
+def collate(rows: list[Row], k: int, position_mode: str, pad_id: int = 0, pad_multiple: int = 1) -> Batch:
+    """Pad rows to one length (rounded up to pad_multiple: fewer distinct shapes, fewer kernel set-ups) and gather
+    the (position, target) pairs each segment scores."""
+    length = -(-max(r.length for r in rows) // pad_multiple) * pad_multiple
+    input_ids = np.full((len(rows), length), pad_id, dtype=np.int64)
+    position_ids = np.zeros((len(rows), length), dtype=np.int64)
+    segment_ids = np.full((len(rows), length), -1, dtype=np.int64)
+    flat, targets, doc_ids, target_pos, truncated = [], [], [], [], []
+    docs: dict[int, TokenizedDocument] = {}
+    for b, row in enumerate(rows):
+        # padding continues the last position: position ids that restart inside a row would make transformers
+        # build a document mask of its own when no mask is passed
+        last = row.segments[-1]
+        pad_from = (last.length if position_mode == "restart" else
+                    (last.offset if last.position_start is None else last.position_start) + last.length)
+        position_ids[b, row.length:] = np.arange(pad_from, pad_from + length - row.length)
+        for s, seg in enumerate(row.segments):
+            sl = slice(seg.offset, seg.offset + seg.length)
+            input_ids[b, sl] = seg.doc.ids[seg.start : seg.start + seg.length]
+            segment_ids[b, sl] = s
+            if position_mode == "restart":
+                position_ids[b, sl] = np.arange(seg.length)
+            else:
+                first = sl.start if seg.position_start is None else seg.position_start
+                position_ids[b, sl] = np.arange(first, first + seg.length)
+            docs[seg.doc.doc_id] = seg.doc
+            if seg.target_hi <= seg.target_lo:
+                continue
+            t = np.arange(seg.target_lo, seg.target_hi)
+            flat.append(b * length + seg.offset + (t - k - seg.start))
+            targets.append(seg.doc.ids[t])
+            doc_ids.append(np.full(t.size, seg.doc.doc_id, dtype=np.int64))
+            target_pos.append((t - seg.doc.context).astype(np.int32))
+            truncated.append(np.full(t.size, seg.start > 0))
+    cat = _concat_or_empty
+    return Batch(
+        input_ids=torch.from_numpy(input_ids),
+        position_ids=torch.from_numpy(position_ids),
+        segment_ids=torch.from_numpy(segment_ids),
+        flat_index=torch.from_numpy(cat(flat, np.int64)),
+        targets=torch.from_numpy(cat(targets, np.int64)),
+        doc_ids=cat(doc_ids, np.int64),
+        target_pos=cat(target_pos, np.int32),
+        truncated=cat(truncated, bool),
+        docs=docs,
+        n_input_tokens=sum(r.length for r in rows),
+    )
+
+
+def windows(rows: Iterable[Row], window_tokens: int) -> Iterator[list[Row]]:
+    """Consecutive groups of rows of about window_tokens: a plan may reorder work inside a window, and the
+    results of a window are written in document order, so output order never depends on the plan."""
+    group: list[Row] = []
+    tokens = 0
+    for row in rows:
+        group.append(row)
+        tokens += row.length
+        if tokens >= window_tokens:
+            yield group
+            group, tokens = [], 0
+    if group:
+        yield group
+
+
+def isolate_segments(rows: Iterable[Row]) -> list[Row]:
+    """Each segment in a row of its own (keeping its positions): under the block mask nothing else was visible."""
+    isolated = []
+    for row in rows:
+        for seg in row.segments:
+            start = seg.offset if seg.position_start is None else seg.position_start
+            isolated.append(Row([replace(seg, offset=0, position_start=start)]))
+    return isolated
+
+
+def length_buckets(rows: list[Row], batch_tokens: int, pad_multiple: int = 1,
+                   batch_overhead: int | None = None) -> Iterator[list[Row]]:
+    """Rows sorted by length and cut into batches whose padded size (rows x longest row, rounded up to pad_multiple)
+    stays within batch_tokens, choosing the cuts that compute the fewest padded tokens plus a fixed cost per batch
+    (default batch_tokens / 64 tokens). Filling greedily from the longest row computed 30 % padding on Pile-like
+    lengths; this dynamic programme over the sorted lengths computes about 3 % (benchmarks/RESULTS.md)."""
+    ordered = sorted(rows, key=lambda r: r.length, reverse=True)
+    n = len(ordered)
+    padded = np.array([-(-r.length // pad_multiple) * pad_multiple for r in ordered], dtype=np.int64)
+    overhead = batch_tokens // 64 if batch_overhead is None else batch_overhead
+    best = np.zeros(n + 1)
+    first = np.zeros(n + 1, dtype=np.int64)  # first[j]: where the last batch of the best cut of ordered[:j] starts
+    lo = 0
+    for j in range(1, n + 1):
+        # ordered[i:j] fits when (j - i) * padded[i] <= batch_tokens (one row always fits); feasible i form [lo, j)
+        while lo < j - 1 and (j - lo) * padded[lo] > batch_tokens:
+            lo += 1
+        starts = np.arange(lo, j)
+        cost = best[lo:j] + (j - starts) * padded[lo:j] + overhead
+        pick = int(np.argmin(cost))
+        best[j], first[j] = cost[pick], lo + pick
+    cuts, j = [], n
+    while j > 0:
+        cuts.append((int(first[j]), j))
+        j = int(first[j])
+    for i, j in reversed(cuts):
+        yield ordered[i:j]
+
+
+def _concat_or_empty(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)

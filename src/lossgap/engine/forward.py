@@ -1,0 +1,102 @@
+"""The forward layer: a batch through a model to per-token results, below any orchestration.
+
+`plan.hidden_states` runs the model (the plan decides masks and attention); the output head turns the hidden states
+of the positions that predict a target into per-token columns (columns.py, source "model"). One forward pass serves
+every label offset of the same rows. Also here: the float32 re-scoring that reduced-precision and compiled runs are
+checked against, switching compiled layers to eager, and refusing non-finite losses.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from ..errors import LossgapError
+from .headstats import paired_token_stats
+
+
+@contextmanager
+def eager():
+    """Run compiled modules as plain eager PyTorch inside the block (references, the float32 check). Before torch 2.6
+    nothing is compiled (compiled.compile_layers refuses), so there is nothing to switch off."""
+    if not hasattr(torch.compiler, "set_stance"):
+        yield
+        return
+    with torch.compiler.set_stance("force_eager"):
+        yield
+
+
+@torch.inference_mode()
+def forward_batches(plan, head, batches: list, metrics: tuple[str, ...] = ("nll",)) -> list[dict[str, np.ndarray]]:
+    """The same rows scoring different targets (label offsets): one forward pass, then per batch the head's per-token
+    `metrics` (name -> [N] array, in the batch's target order)."""
+    hidden = plan.hidden_states(batches[0])
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    out = []
+    for b in batches:
+        stats = head.token_stats(hidden[b.flat_index.to(hidden.device)], b.targets.to(hidden.device), metrics)
+        out.append({name: values.cpu().numpy() for name, values in stats.items()})
+    return out
+
+
+@torch.inference_mode()
+def forward_pair(plan_b, head_b, plan_o, head_o, batch) -> dict[str, np.ndarray]:
+    """A baseline b and another model o on the same batch: each model's distribution statistics and the pair's (KL
+    both ways, top-1 agreement), from one pass over both heads' vocabulary tiles (headstats.py)."""
+    index = batch.flat_index
+    hidden_b = plan_b.hidden_states(batch)
+    hidden_o = plan_o.hidden_states(batch)
+    hidden_b = hidden_b.reshape(-1, hidden_b.shape[-1])[index.to(hidden_b.device)]
+    hidden_o = hidden_o.reshape(-1, hidden_o.shape[-1])[index.to(hidden_o.device)]
+    stats = paired_token_stats(head_b, hidden_b, head_o, hidden_o.to(hidden_b.device),
+                               batch.targets.to(hidden_b.device))
+    out = {f"{name}_b": values for name, values in stats["b"].items()}
+    out |= {f"{name}_o": values for name, values in stats["o"].items()}
+    out |= {name: stats[name] for name in ("kl_bo", "kl_ob", "top1_agree")}
+    return {name: values.cpu().numpy() for name, values in out.items()}
+
+
+def score_batches(plan, head, batches: list) -> list[np.ndarray]:
+    """Per-token NLL (fp32, nats) of each batch's targets from one forward pass."""
+    return [stats["nll"] for stats in forward_batches(plan, head, batches)]
+
+
+def score_batch(plan, head, batch) -> np.ndarray:
+    """Per-token NLL (fp32, nats) of the batch's scored targets, in the batch's target order."""
+    return score_batches(plan, head, [batch])[0]
+
+
+def float32_nll(plan, head, batch) -> np.ndarray:
+    """The batch scored by the eager model in float32 (bf16 -> fp32 -> bf16 round-trips exactly): the reference for
+    reduced-precision and compiled runs."""
+    dtype = plan.dtype
+    plan.model.to(torch.float32)
+    plan.dtype = torch.float32
+    try:
+        with eager():
+            return score_batch(plan, head, batch)
+    finally:
+        plan.model.to(dtype)
+        plan.dtype = dtype
+
+
+def fp32_deviation(plan, head, batch, nll: np.ndarray) -> dict:
+    """How far the reduced-precision per-token NLL of one batch is from float32."""
+    diff = nll.astype(np.float64) - float32_nll(plan, head, batch).astype(np.float64)
+    return {"dtype": str(plan.dtype).removeprefix("torch."), "tokens": int(diff.size),
+            "max_abs_diff": float(np.abs(diff).max()) if diff.size else 0.0,
+            "mean_abs_diff": float(np.abs(diff).mean()) if diff.size else 0.0,
+            "mean_nll_diff": float(diff.mean()) if diff.size else 0.0}
+
+
+def check_finite(nll: np.ndarray, batch, model_name: str) -> None:
+    """Refuse a NaN or inf loss, naming the document it came from."""
+    bad = ~np.isfinite(nll)
+    if bad.any():
+        doc = batch.docs[int(batch.doc_ids[np.argmax(bad)])]
+        raise LossgapError(
+            f"{model_name} produced a non-finite loss on {doc.source} (document {doc.doc_id})",
+            "try --dtype float32; results up to the previous batch are kept",
+        )

@@ -1,0 +1,216 @@
+"""Per-token NLL in fp32 from hidden states, applying the output head in tiles (docs/design.md, contract 5: no
+[B, T, V] logits).
+
+The head is tiled over the vocabulary as well as over tokens, with a running log-sum-exp (as in flash attention):
+one slice of the output matrix is read once per batch and stays in cache while every token chunk passes through it.
+Chunking tokens alone re-reads the whole matrix (57 MB for SmolLM2, 1 GB for Llama 3) for every chunk, which made
+the head memory-bound: on a 2-core Xeon the head's matmul ran at 0.9 TFLOP/s that way and 2.6 tiled (bf16 peak
+2.4), and the whole head went from 380 to 195 ms per 4,096 tokens (benchmarks/RESULTS.md).
+
+`--loss-kernel cce` (the default on CUDA when installed) hands the loss to Apple's Cut Cross-Entropy instead, which
+fuses the matmul and the log-sum-exp and never writes logits to memory. It is used only after its per-token output
+on the model's own hidden states proved no farther from a float64 computation than the tiled path's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ModelError, UsageError
+from .headstats import stream_stats
+from .tolerances import tolerance
+
+# On the CPU one tile's logits should stay in cache: 4,096 vocabulary entries by 512 tokens (16 MiB at 8 bytes an
+# entry) was fastest on a 2-core Xeon; twice either side fell out of cache and took twice as long.
+CPU_TILE_BYTES = 16 << 20
+VOCAB_TILE = {"cpu": 4096, "cuda": 16384}
+BYTES_PER_LOGIT = 8  # the tile's logits in the model's dtype plus their fp32 copy
+# the statistics beyond the NLL (headstats.py) also hold exp(z - m) and a comparison per logit, so their token chunk
+# is half the NLL's: on SmolLM2's head in bf16 (2-core EPYC) they cost 1.10-1.17x the NLL so, 1.15-1.21x at its chunk
+STATS_BYTES_PER_LOGIT = 16
+
+
+def _plain_linear(proj: torch.nn.Module) -> bool:
+    """A Linear whose weight rows can be sliced: no hooks (tensor parallel gathers), no distributed weight."""
+    from torch.distributed.tensor import DTensor
+
+    return (type(proj) is torch.nn.Linear and not isinstance(proj.weight, DTensor)
+            and not proj._forward_hooks and not proj._forward_pre_hooks)
+
+
+class OutputHead:
+    """The model's output projection plus its logit transforms (Gemma soft-capping, Cohere/Granite scaling)."""
+
+    def __init__(self, model: torch.nn.Module, chunk_mb: int = 256, kernel: str = "tiled"):
+        self.model = model
+        self.proj = model.get_output_embeddings()
+        cfg = model.config
+        self.softcap = getattr(cfg, "final_logit_softcapping", None)
+        self.scale = getattr(cfg, "logit_scale", None) if cfg.model_type.startswith("cohere") else None
+        self.divide = getattr(cfg, "logits_scaling", None) if cfg.model_type.startswith("granite") else None
+        self.vocab = self.proj.weight.shape[0]
+        device = self.proj.weight.device.type
+        budget = chunk_mb << 20
+        if device == "cpu":
+            budget = min(budget, CPU_TILE_BYTES)
+        # a projection that is not a plain Linear (quantized, wrapped, tensor parallel) is applied whole: one tile
+        self.plain = _plain_linear(self.proj)
+        self.vocab_tile = min(self.vocab, VOCAB_TILE.get(device, VOCAB_TILE["cuda"])) if self.plain else self.vocab
+        self.chunk_tokens = max(1, budget // (self.vocab_tile * BYTES_PER_LOGIT))
+        self.stats_tokens = max(1, budget // (self.vocab_tile * STATS_BYTES_PER_LOGIT))
+        # CCE's own kernel holds no logits; its torch.compile form (off CUDA) holds a chunk's [tokens, V] logits
+        self.cce_tokens = max(1, budget // (self.vocab * 12))
+        self._cce = None
+        if kernel == "cce" or (kernel == "auto" and device == "cuda"):
+            self._cce = self._cce_loss(required=kernel == "cce")
+        self.kernel = "cce" if self._cce is not None else "tiled"
+
+    def _cce_loss(self, required: bool):
+        """Cut Cross-Entropy's per-token loss for this head, or None (an error if asked for) where it cannot serve."""
+        reason = None
+        if not self.plain or self.proj.bias is not None:
+            reason = "the output projection is not a plain Linear without bias"
+        elif self.scale is not None or self.divide is not None:
+            reason = f"{self.model.config.model_type} scales its logits, which the kernel does not"
+        else:
+            try:
+                from cut_cross_entropy import linear_cross_entropy
+            except ImportError:
+                reason = "cut-cross-entropy is not installed (pip install cut-cross-entropy; it needs triton)"
+        if reason is not None:
+            if required:
+                raise UsageError(f"--loss-kernel cce: {reason}", "use --loss-kernel tiled")
+            return None
+        impl = "cce" if self.proj.weight.is_cuda else "torch_compile"
+        return lambda hidden, targets: linear_cross_entropy(hidden, self.proj.weight, targets, softcap=self.softcap,
+                                                            reduction="none", impl=impl)
+
+    def _transform(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.scale is not None:
+            logits = logits * self.scale
+        if self.divide is not None:
+            logits = logits / self.divide
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits as the model's own forward computes them (in its dtype, transforms included)."""
+        return self._transform(self.proj(hidden))
+
+    def _tile_logits(self, hidden: torch.Tensor, lo: int, hi: int, exact: bool = False) -> torch.Tensor:
+        """Logits of vocabulary entries lo..hi, in the model's dtype as its forward rounds them (exact: float64)."""
+        if not self.plain:
+            return self.logits(hidden).double() if exact else self.logits(hidden)
+        weight, bias = self.proj.weight[lo:hi], self.proj.bias
+        bias = None if bias is None else bias[lo:hi]
+        if exact:
+            hidden, weight = hidden.double(), weight.double()
+            bias = None if bias is None else bias.double()
+        return self._transform(F.linear(hidden, weight, bias))
+
+    def target_logits(self, hidden: torch.Tensor, targets: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """The logit of targets[i] given hidden[i] from the gathered weight rows, rounded to the model's dtype and
+        transformed as a tile's are (fp32, float64 if exact): what a target's rank is counted against, before any
+        tile is read. Plain Linear heads only."""
+        weight, bias = self.proj.weight, self.proj.bias
+        acc = torch.float64 if exact else torch.float32
+        out = torch.empty(targets.shape[0], dtype=acc, device=hidden.device)
+        for start in range(0, targets.shape[0], self.stats_tokens):
+            rows = slice(start, start + self.stats_tokens)
+            ids = targets[rows]
+            dot = torch.linalg.vecdot(hidden[rows].to(acc), weight[ids].to(acc))
+            if bias is not None:
+                dot = dot + bias[ids].to(acc)
+            out[rows] = self._transform(dot if exact else dot.to(weight.dtype)).to(acc)
+        return out
+
+    def token_stats(self, hidden: torch.Tensor, targets: torch.Tensor, metrics: tuple[str, ...] = ("nll",),
+                    exact: bool = False) -> dict:
+        """Per-token columns computed from the predictive distribution (columns.py, source "model"), [N] each: fp32
+        (float64 if exact), argmax and rank int64 (headstats.METRICS). The NLL alone, with p_target = exp(-NLL), takes
+        the NLL path (the fused kernel where in use); anything else takes one tiled pass that yields every metric,
+        the NLL included (so with --loss-kernel cce the NLL then comes from the tiled pass, not the kernel)."""
+        if set(metrics) <= {"nll", "p_target"}:
+            nll = self._tiled_nll(hidden, targets, exact=True) if exact else self.nll(hidden, targets)
+            return {name: nll if name == "nll" else torch.exp(-nll) for name in metrics}
+        return stream_stats(self, hidden, targets, metrics, exact)
+
+    def nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """NLL in nats of targets[i] given hidden[i], fp32, [N] -> [N]."""
+        if self._cce is not None and (hidden.dtype != torch.float32 or not hidden.is_cuda):  # fp32 on CUDA: no TF32
+            step = targets.shape[0] if hidden.is_cuda else self.cce_tokens
+            parts = [self._cce(hidden[i : i + step], targets[i : i + step]).float()
+                     for i in range(0, targets.shape[0], step)]
+            return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+        return self._tiled_nll(hidden, targets)
+
+    def _tiled_nll(self, hidden: torch.Tensor, targets: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """Log-sum-exp of the logits minus the target's, tile by tile (exact: in float64, for checks)."""
+        n = targets.shape[0]
+        acc = torch.float64 if exact else torch.float32
+        run_max = torch.full((n,), float("-inf"), dtype=acc, device=hidden.device)
+        sum_exp = torch.zeros(n, dtype=acc, device=hidden.device)
+        target_logit = torch.zeros(n, dtype=acc, device=hidden.device)
+        lowest = torch.finfo(acc).min  # keeps an all -inf tile from giving inf - inf
+        for lo in range(0, self.vocab, self.vocab_tile):
+            hi = min(lo + self.vocab_tile, self.vocab)
+            for start in range(0, n, self.chunk_tokens):
+                rows = slice(start, start + self.chunk_tokens)
+                logits = self._tile_logits(hidden[rows], lo, hi, exact).to(acc)
+                local = targets[rows] - lo
+                inside = (local >= 0) & (local < hi - lo)
+                picked = logits.gather(1, local.clamp(0, hi - lo - 1)[:, None])[:, 0]
+                target_logit[rows] = torch.where(inside, picked, target_logit[rows])
+                old_max = run_max[rows]
+                new_max = torch.maximum(old_max, logits.amax(1)).clamp_min(lowest)
+                tile_sum = logits.sub_(new_max[:, None]).exp_().sum(1)  # in place: the tile is ours
+                sum_exp[rows] = sum_exp[rows] * torch.exp(old_max - new_max) + tile_sum
+                run_max[rows] = new_max
+        return run_max + torch.log(sum_exp) - target_logit
+
+    @torch.inference_mode()
+    def check_kernel(self, vocab_size: int, tokens: int = 128) -> dict | None:
+        """Score the model's hidden states for random tokens with the fused kernel, the tiled path and float64. The
+        kernel is kept only if no farther from float64 than the tiled path (plus a dtype tolerance); otherwise the
+        head falls back to the tiled path and says why. None when no fused kernel is in use."""
+        if self._cce is None:
+            return None
+        device = self.proj.weight.device
+        gen = torch.Generator().manual_seed(1)
+        ids = torch.randint(0, vocab_size, (1, tokens), generator=gen).to(device)
+        targets = torch.randint(0, vocab_size, (tokens,), generator=gen).to(device)
+        hidden = self.model.base_model(input_ids=ids, use_cache=False).last_hidden_state[0]
+        exact = self._tiled_nll(hidden, targets, exact=True)
+        plain = (self._tiled_nll(hidden, targets).double() - exact).abs().max().item()
+        fused = (self.nll(hidden, targets).double() - exact).abs().max().item()
+        passed = fused <= 1.5 * plain + tolerance("nll", hidden.dtype)
+        result = {"kernel": "cce", "tokens": tokens, "max_abs_diff_vs_float64": fused,
+                  "tiled_max_abs_diff_vs_float64": plain, "passed": passed}
+        if not passed:
+            self._cce, self.kernel = None, "tiled"
+        return result
+
+    @torch.inference_mode()
+    def verify(self, vocab_size: int, tol: float | None = None) -> float:
+        """Compare head(base_model(x)) with the model's own logits on a short input; refuse a mismatch.
+
+        This catches output transforms this class does not know about, for any architecture.
+        """
+        device = self.proj.weight.device
+        gen = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, vocab_size, (1, 8), generator=gen).to(device)
+        full = self.model(input_ids=ids, use_cache=False).logits.float()
+        hidden = self.model.base_model(input_ids=ids, use_cache=False).last_hidden_state
+        mine = self.logits(hidden).float()
+        diff = (full - mine).abs().max().item()
+        if tol is None:
+            tol = tolerance("logits", self.proj.weight.dtype)
+        if not diff <= tol * max(1.0, full.abs().max().item()):
+            raise ModelError(
+                f"{self.model.config.model_type}: the output head does not reproduce the model's logits "
+                f"(max diff {diff:.3g}); this architecture has a logit transform lossgap does not know",
+                "report the model type to lossgap",
+            )
+        return diff

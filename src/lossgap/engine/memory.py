@@ -1,0 +1,57 @@
+"""Will two models fit together? The paired pass holds the baseline and another model at once; a comparison checks,
+before it loads any model, that both fit with room for a batch, and refuses with the remedies if not (never a silent
+fallback to one model at a time, which would change what is computed)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import ModelConfig
+from ..errors import ModelError
+from .batching import free_on
+from .model import load_config, resolve_device, resolve_dtype
+
+# room for one batch's activations and the paired head's tiles, besides the weights, as a share of them (at least
+# WORKING_MIN): generous, since a batch that does not fit is retried in halves but the weights must fit
+WORKING_SHARE = 0.15
+WORKING_MIN = 512 << 20
+GIB = 1 << 30
+
+
+def weight_bytes(cfg: ModelConfig) -> int:
+    """The model's weights in the dtype it will run in, from its config alone (no weights are read)."""
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(cfg)  # a broken config.json is refused here, naming the file
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    return sum(p.numel() for p in model.parameters()) * torch.finfo(dtype).bits // 8
+
+
+def available_bytes(cfg: ModelConfig) -> int:
+    """Memory the models may take: free memory on the GPU (all visible GPUs with --device-map), else the host's."""
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        gpus = range(torch.cuda.device_count()) if cfg.device_map else [torch.cuda.current_device()]
+        return sum(free_on(torch.device("cuda", i)) for i in gpus)
+    return free_on(device)
+
+
+def require_room_for_pair(models: dict[str, ModelConfig], baseline: str) -> dict:
+    """Refuse a paired pass whose baseline and largest other model do not fit in memory together (checked before any
+    model loads). Returns the figures, for the comparison's record."""
+    sizes = {name: weight_bytes(cfg) for name, cfg in models.items()}
+    largest = max((n for n in sizes if n != baseline), key=sizes.get)
+    weights = sizes[baseline] + sizes[largest]
+    need = weights + max(WORKING_MIN, int(WORKING_SHARE * weights))
+    free = available_bytes(models[baseline])
+    if need > free:
+        raise ModelError(
+            f"{baseline} ({sizes[baseline] / GIB:.1f} GiB) and {largest} ({sizes[largest] / GIB:.1f} GiB) do not fit "
+            f"in memory together for the paired pass: {need / GIB:.1f} GiB needed with a batch, {free / GIB:.1f} GiB "
+            "free",
+            "spread the models over several GPUs with --device-map auto, shard them with --tp under torchrun, use a "
+            "smaller --dtype, or skip the paired statistics with --no-explain",
+        )
+    return {"weight_bytes": sizes, "needed_bytes": need, "free_bytes": free}

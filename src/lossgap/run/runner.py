@@ -1,0 +1,84 @@
+"""Scoring the windows a process owns: the plan's batches through the forward layer, out-of-memory back-off, the
+float32 check of the first batch, and one per-token table per label offset in document order."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from ..data.layout import Batch, retarget
+from ..engine import forward
+from ..errors import LossgapError
+from ..formats.columns import MODEL_METRICS, TOKEN_COLUMNS, token_table
+from .store import DocumentTable
+
+
+def layout_columns(batch: Batch) -> dict[str, np.ndarray]:
+    """The per-token columns the layout decides (columns.py, sources "key" and "document"), but the domain."""
+    return {"doc_id": batch.doc_ids, "pos": batch.target_pos, "target": batch.targets.numpy(),
+            "truncated": batch.truncated}
+
+
+class WindowRunner:
+    """Scores windows with one plan and head; one forward pass per batch serves every label offset asked for (the
+    plan's rows are laid out for the smallest)."""
+
+    columns = TOKEN_COLUMNS  # what a window's table holds
+
+    def __init__(self, plan, head, model_name: str, fp32_check: bool):
+        self.plan, self.head, self.model_name = plan, head, model_name
+        self.want_fp32_check = fp32_check and plan.dtype != torch.float32
+        self.fp32_check: dict[int, dict] = {}  # label offset -> deviation of its first batch from float32
+        self.input_tokens = 0
+        self.oom_retries = 0
+
+    def score_window(self, rows, documents: DocumentTable, offsets: list[int]) -> list[pa.Table]:
+        """One table per offset, each in document order, whatever order the plan scored in."""
+        parts: dict[int, list[dict]] = {k: [] for k in offsets}
+        for group in self.plan.groups(rows):
+            for batches, stats in self._score_group(group, offsets):
+                for k, batch, columns in zip(offsets, batches, stats, strict=True):
+                    self.check(k, batch, columns)
+                    parts[k].append({**layout_columns(batch), **columns})
+                self.input_tokens += batches[0].n_input_tokens
+        return [document_order(parts[k], documents, self.columns) for k in offsets]
+
+    def forward(self, batches: list[Batch]) -> list[dict[str, np.ndarray]]:
+        """The per-token columns the model computes, one dict per batch (the same rows, one per offset)."""
+        return forward.forward_batches(self.plan, self.head, batches, MODEL_METRICS)
+
+    def check(self, k: int, batch: Batch, columns: dict) -> None:
+        """Refuse a non-finite loss; measure the first batch of each offset against float32 below it."""
+        forward.check_finite(columns["nll"], batch, self.model_name)
+        if self.want_fp32_check and k not in self.fp32_check and batch.n_targets:
+            self.fp32_check[k] = forward.fp32_deviation(self.plan, self.head, batch, columns["nll"])
+
+    def _score_group(self, group, offsets: list[int]) -> list[tuple[list[Batch], list[dict]]]:
+        batches = [self.plan.collate(retarget(group, self.plan.k, k), k) for k in offsets]
+        try:
+            return [(batches, self.forward(batches))]
+        except torch.OutOfMemoryError:
+            if len(group) == 1:
+                raise LossgapError(
+                    f"out of memory on a single row of {group[0].length} tokens",
+                    "lower --seq-len, --batch-tokens or --loss-chunk-mb",
+                ) from None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.oom_retries += 1
+        print(f"lossgap: out of memory on a batch of {len(group)} rows; retrying in halves", file=sys.stderr)
+        half = len(group) // 2
+        return self._score_group(group[:half], offsets) + self._score_group(group[half:], offsets)
+
+
+def document_order(parts: list[dict], documents: DocumentTable, columns=TOKEN_COLUMNS) -> pa.Table:
+    """The batches' columns joined and sorted by (document, position), with each document's domain."""
+    names = [c.name for c in columns if c.name != "domain"]
+    joined = {name: np.concatenate([p[name] for p in parts]) for name in names}
+    order = np.lexsort((joined["pos"], joined["doc_id"]))
+    values = {name: a[order] for name, a in joined.items()}
+    values["domain"] = [documents.docs[d].domain for d in values["doc_id"].tolist()]
+    return token_table(values, columns)

@@ -1,0 +1,298 @@
+"""Scoring one model on one corpus, from the file on disk to per-token losses, documents and a summary.
+
+The steps, each a function below: prepare the engine (engine.py: load, check, plan, probe), open the outputs (one
+folder, shard store and document table per label offset), run the windows (the runner scores the windows this
+process owns, written as shards), and finish (merge the shards in document order, write the files and the summary).
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..analysis.stats import summarize_documents
+from ..config import ScoreConfig
+from ..data.corpus import Corpus, require_documents
+from ..data.encode import encode_documents
+from ..data.layout import make_rows, windows
+from ..engine.batching import AUTO, cap_rows
+from ..engine.dist import Dist, init_distributed
+from ..engine.model import LoadedModel
+from ..engine.plans import restore_attention
+from ..engine.prepare import Engine, prepare_engine
+from ..errors import LossgapError
+from ..formats.files import write_json
+from ..formats.schema import SCHEMA_VERSION
+from ..version import library_versions
+from .interrupts import Interrupted, StopAtError, StopOnSignal
+from .prefetch import Prefetch
+from .progress import Progress
+from .runner import WindowRunner
+from .shards import ShardStore, corpus_fingerprint, model_fingerprint
+from .store import SUMMARY_FILE, DocumentTable, TokenWriter, prepare_out_dir, require_targets, write_documents
+
+
+@dataclass
+class ScoreResult:
+    out_dir: Path
+    summary: dict
+
+    @property
+    def tokens_path(self) -> Path:
+        return self.out_dir / "tokens.parquet"
+
+    @property
+    def documents_path(self) -> Path:
+        return self.out_dir / "documents.parquet"
+
+
+def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -> ScoreResult:
+    """Score every document of the corpus with one model; write tokens.parquet, documents.parquet, summary.json.
+
+    `loaded` reuses a model already in memory (a comparison scores several configurations per model);
+    `tokenizer` replaces the model's own (a comparison tokenizes every model's input with one tokenizer).
+    Under torchrun each rank scores its share of the windows and rank 0 merges; results are written per window,
+    so `--resume` continues an interrupted run.
+    """
+    return score_offsets([cfg], loaded, tokenizer)[0]
+
+
+def score_offsets(cfgs: list[ScoreConfig], loaded: LoadedModel | None = None, tokenizer=None) -> list[ScoreResult]:
+    """`score` for several label offsets of one configuration, each into its own folder, from one forward pass per
+    batch: the rows and hidden states do not depend on the offset, only the targets gathered from them do (the seed
+    matrix scores offsets 1 and 2 of every layout and mask, so a comparison runs half the forward passes). The
+    configurations may differ only in layout.label_offset and run.out. Results come in the order of cfgs."""
+    started = time.perf_counter()
+    for c in cfgs:
+        c.validate()
+    _check_offset_siblings(cfgs)
+    cfg = min(cfgs, key=lambda c: c.layout.label_offset)  # rows for the smallest offset serve the others
+    dist = init_distributed(cfg.model.device)
+    corpus = Corpus(cfg.corpus)
+    require_documents(corpus)  # an empty selection fails before the model loads
+    if dist.main:
+        for c in cfgs:
+            prepare_out_dir(c.out_dir, c.run.overwrite or c.run.resume)
+    dist.barrier()
+    engine = prepare_engine(cfg, dist, loaded, tokenizer, started)
+    for c in cfgs:
+        c.layout.seq_len = engine.seq_len
+        c.layout.validate()
+    outputs = open_outputs(cfgs, engine, corpus, dist)
+    done = run_windows(cfg, engine, corpus, outputs, dist)
+    if not dist.main:
+        if done.error is not None:
+            raise done.error
+        return [ScoreResult(o.cfg.out_dir, {}) for o in outputs]
+    facts = {**engine.facts(), **done.facts(cfg, corpus, outputs, engine.load_seconds)}
+    results = [finish(o, done, facts, started) for o in outputs]
+    if done.error is not None:
+        raise done.error
+    return results
+
+
+@dataclass
+class Output:
+    """One label offset's results: its folder, shards, documents and metadata."""
+
+    cfg: ScoreConfig
+    metadata: dict
+    shards: ShardStore
+    documents: DocumentTable
+    window_tokens: int  # the unit of resume: every rank and every resumed run cuts the same windows
+    resumed: int = 0
+
+    @property
+    def k(self) -> int:
+        return self.cfg.layout.label_offset
+
+
+def window_size(cfg: ScoreConfig, engine: Engine) -> int:
+    """Tokens per window, the unit of resume. It must not depend on a measured batch size: every rank and every
+    resumed run cuts the same windows."""
+    window_rows = cap_rows(engine.loaded.device, engine.seq_len) if cfg.run.batch_size == AUTO else cfg.run.batch_size
+    return cfg.run.window_tokens or max(1 << 16, 16 * window_rows * engine.seq_len)
+
+
+def open_outputs(cfgs: list[ScoreConfig], engine: Engine, corpus: Corpus, dist: Dist) -> list[Output]:
+    """A shard store (checked against an interrupted run's manifest with --resume) and a document table per offset;
+    the tables share one document registry."""
+    window_tokens = window_size(cfgs[0], engine)
+    corpus_print = corpus_fingerprint(corpus.files) if corpus.files else {"path": str(corpus.path)}
+    outputs: list[Output] = []
+    for c in cfgs:
+        metadata = {
+            "model": engine.loaded.describe(),
+            "config": c.to_dict(),
+            "special_tokens": {"bos_id": engine.special.bos_id, "eos_id": engine.special.eos_id},
+            "plan": engine.plan.name,
+            "schema_version": SCHEMA_VERSION,
+        }
+        manifest = {"config": resume_config(c, engine.special), "corpus": corpus_print,
+                    "model": model_fingerprint(engine.loaded.name, metadata["model"]), "window_tokens": window_tokens}
+        documents = DocumentTable(outputs[0].documents.docs if outputs else None)  # one registry, own sums
+        shards = ShardStore(c.out_dir, manifest, c.run.resume, main=dist.main)
+        outputs.append(Output(c, metadata, shards, documents, window_tokens))
+    dist.barrier()
+    return outputs
+
+
+@dataclass
+class Pass:
+    """What a pass over the windows did: how far it got, why it stopped, and its throughput figures."""
+
+    runner: WindowRunner
+    n_windows: int = 0
+    error: LossgapError | None = None
+    input_tokens: int = 0
+    seconds: float = 0.0
+    wait_seconds: float = 0.0
+    world: int = 1
+    fp32_check: dict = field(default_factory=dict)
+
+    def facts(self, cfg: ScoreConfig, corpus: Corpus, outputs: list[Output], load_seconds: float) -> dict:
+        return {
+            "corpus": {
+                "path": str(cfg.corpus.path),
+                "records_read": corpus.records_read,
+                "bad_records_skipped": len(corpus.bad_records),
+                "bad_records": [f"{b.source}: {b.reason}" for b in corpus.bad_records[:50]],
+            },
+            "input_tokens": self.input_tokens,
+            "tokens_per_second": self.input_tokens / self.seconds if self.seconds > 0 else None,
+            "data_wait_share": self.wait_seconds / self.seconds if self.seconds > 0 else None,
+            "oom_retries": self.runner.oom_retries,
+            "windows": self.n_windows,
+            "world_size": self.world,
+            "offsets_from_one_pass": [o.k for o in outputs] if len(outputs) > 1 else None,
+            "load_seconds": load_seconds,
+            "scoring_seconds": self.seconds,
+        }
+
+
+def run_windows(cfg: ScoreConfig, engine: Engine, corpus: Corpus, outputs: list[Output], dist: Dist,
+                runner: WindowRunner | None = None) -> Pass:
+    """Score every window this process owns and has not finished, writing each as a shard. Stops cleanly, keeping
+    finished windows, at a corpus error, a signal, a full disk or another rank's failure. `runner` scores a window
+    (default: the engine's model alone; the paired pass brings its own)."""
+    stream = StopAtError(corpus)
+    docs = encode_documents(stream, engine.tokenizer, engine.special, engine.loaded.vocab_size, cfg.corpus.max_tokens,
+                            prefix=engine.prefix)
+    work = Prefetch(windows(make_rows(docs, cfg.layout), outputs[0].window_tokens))
+    progress = Progress(cfg, corpus, enabled=not cfg.run.quiet and dist.main)
+    runner = runner or WindowRunner(engine.plan, engine.head, engine.loaded.name, cfg.run.fp32_check)
+    done = Pass(runner, world=dist.world)
+    signals = StopOnSignal()
+    started = time.perf_counter()
+    try:
+        for window, rows in enumerate(work):
+            done.n_windows = window + 1
+            _score_window(window, rows, done.runner, outputs, cfg.model.tp, dist)
+            progress.update(done.runner.input_tokens, len(outputs[0].documents.docs))
+            if signals.received:
+                done.error = Interrupted(f"stopped by {signals.received} after window {window}: finished windows are "
+                                         "kept", "continue with the same command and --resume")
+                break
+        done.error = done.error or stream.error
+    except LossgapError as e:
+        done.error = e
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        done.error = LossgapError(f"disk full while writing to {cfg.out_dir}", "free space, then rerun with --resume")
+    finally:
+        signals.restore()
+        work.close()
+        progress.close()
+        restore_attention(engine.loaded.model)
+    if dist.any(done.error is not None) and done.error is None:
+        done.error = LossgapError("another rank failed; see its message", "fix the cause, then rerun with --resume")
+    done.seconds = time.perf_counter() - started
+    done.wait_seconds = work.wait_seconds
+    done.input_tokens = done.runner.input_tokens if cfg.model.tp else dist.sum(done.runner.input_tokens)
+    done.fp32_check = done.runner.fp32_check
+    dist.barrier()
+    return done
+
+
+def _score_window(window: int, rows, runner: WindowRunner, outputs: list[Output], tp: bool, dist: Dist) -> None:
+    """One window: register its documents, score the offsets not finished yet (if this rank owns it), write shards."""
+    outputs[0].documents.register(seg.doc for row in rows for seg in row.segments)  # shared by all
+    pending = [o for o in outputs if not o.shards.done(window)]
+    for o in outputs:
+        o.resumed += o not in pending
+    if pending and (tp or dist.owns(window)):  # tensor parallel: every rank computes every window
+        tables = runner.score_window(rows, outputs[0].documents, [o.k for o in pending])
+        if dist.main or not tp:
+            for o, table in zip(pending, tables, strict=True):
+                o.shards.write(window, table)
+
+
+def finish(o: Output, done: Pass, facts: dict, started: float) -> ScoreResult:
+    """Merge one output's shards in document order into its files and write its summary (rank 0)."""
+    complete = done.error is None
+    out_dir = o.cfg.out_dir
+    writer = TokenWriter(out_dir, o.metadata)
+    for window in range(done.n_windows):  # document order, whichever rank or earlier run scored the window
+        if o.shards.done(window):
+            table = o.shards.read(window)
+            writer.write(table)
+            o.documents.add(table)
+    tokens_path = writer.close(complete)
+    if complete:
+        o.shards.remove()
+    table = o.documents.to_arrow()
+    require_targets(table, o.k, o.cfg.corpus.path, tokens_path if complete else None)
+    write_documents(out_dir, table, o.metadata)
+    overall, per_domain = summarize_documents(table)
+    cfg = o.cfg
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "complete": complete,
+        "error": None if complete else str(done.error),
+        "tokens_file": tokens_path.name,
+        "model": o.metadata["model"],
+        "special_tokens": o.metadata["special_tokens"],
+        "label_offset": o.k,
+        "layout": cfg.layout.layout,
+        "mask": cfg.layout.mask,
+        "positions": cfg.layout.position_mode,
+        "dtype": o.metadata["model"]["dtype"],
+        "fp32_check": done.fp32_check.get(o.k),
+        **facts,
+        **overall,
+        "per_domain": per_domain,
+        "windows_resumed": o.resumed,
+        "elapsed_seconds": time.perf_counter() - started,
+        "config": o.metadata["config"],
+        "versions": library_versions(),
+    }
+    write_json(out_dir / SUMMARY_FILE, summary)
+    return ScoreResult(out_dir, summary)
+
+
+def _check_offset_siblings(cfgs: list[ScoreConfig]) -> None:
+    """score_offsets shares rows and forward passes: everything but the offset and the folder must be equal."""
+
+    def rest(c: ScoreConfig) -> dict:
+        d = c.to_dict()
+        d["layout"].pop("label_offset")
+        d["run"].pop("out")
+        return d
+
+    if not cfgs or any(rest(c) != rest(cfgs[0]) for c in cfgs):
+        raise ValueError("score_offsets: the configurations must differ only in label_offset and out")
+    if len({c.layout.label_offset for c in cfgs}) != len(cfgs) or len({c.run.out for c in cfgs}) != len(cfgs):
+        raise ValueError("score_offsets: each configuration needs its own label offset and output folder")
+
+
+def resume_config(cfg: ScoreConfig, special) -> dict:
+    """The settings that decide the numbers, flattened (what --resume must find unchanged)."""
+    d = cfg.to_dict()
+    for key in ("out", "overwrite", "quiet", "resume", "probe"):
+        d["run"].pop(key, None)
+    flat = {f"{part}.{k}": v for part, values in d.items() for k, v in values.items()}
+    flat["special_tokens"] = [special.bos_id, special.eos_id]
+    return flat

@@ -1,0 +1,181 @@
+"""Per-window result shards and their manifest: what makes a run resumable after a crash or kill -9.
+
+Each window's per-token results go to shards/window-NNNNNNNN.parquet through a temporary file and an atomic
+rename, so a shard on disk is always complete. The manifest records the config, corpus and model fingerprints;
+`--resume` refuses to continue a run whose inputs changed and says what changed, and a shards folder whose manifest
+is missing, damaged or edited. A damaged shard (truncated, corrupt, foreign, of another run) is never merged: its
+window is scored again, and stderr says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import UsageError
+from ..formats.files import atomic_path, write_text
+
+SHARDS_DIR = "shards"
+MANIFEST_FILE = "manifest.json"
+RUN_FIELD = "run_sha256"  # the manifest's hash, in the manifest (edits show) and in every shard (foreign ones show)
+RUN_KEY = b"lossgap.run"
+_EDGE = 1 << 20  # bytes hashed at each end of a corpus file: cheap on a 2 GB Pile shard, catches edits at either end
+
+
+def corpus_fingerprint(files: list[Path]) -> dict:
+    """Name, size and a hash of both ends of every corpus file."""
+    out = []
+    for path in files:
+        size = path.stat().st_size
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            h.update(f.read(_EDGE))
+            if size > 2 * _EDGE:
+                f.seek(size - _EDGE)
+                h.update(f.read(_EDGE))
+            elif size > _EDGE:
+                h.update(f.read())
+        out.append({"file": path.name, "size": size, "sha256_ends": h.hexdigest()})
+    return {"files": out}
+
+
+def model_fingerprint(name: str, describe: dict) -> dict:
+    """The model's identity: its description, plus names, sizes and config hash of a local folder's files."""
+    fp = {k: describe[k] for k in ("model_type", "vocab_size", "n_params", "dtype")}
+    fp["name"] = name
+    path = Path(name).expanduser()
+    folder = path if path.is_dir() else path.parent if path.is_file() else None
+    if folder is not None:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".gguf", ".bin"))
+        fp["weights"] = [{"file": p.name, "size": p.stat().st_size} for p in files]
+        config = folder / "config.json"
+        if config.is_file():
+            fp["config_sha256"] = hashlib.sha256(config.read_bytes()).hexdigest()
+    return fp
+
+
+class ShardStore:
+    """The shards folder of one run. Every shard carries the run's fingerprint (the manifest's hash) in its Parquet
+    metadata and page checksums, so that on --resume a truncated, corrupt or foreign shard, or one of another run,
+    is found and its window scored again (said on stderr) instead of being merged."""
+
+    def __init__(self, out_dir: Path, manifest: dict, resume: bool, main: bool = True,
+                 schema: pa.Schema | None = None):
+        self.dir = out_dir / SHARDS_DIR
+        self.manifest_path = self.dir / MANIFEST_FILE
+        self.run = manifest_hash(manifest)
+        self.resume, self.main, self.schema = resume, main, schema
+        self._valid: set[int] = set()  # windows whose shard was checked or written by this process
+        self._reported: set[int] = set()
+        if main:
+            if resume and self.dir.exists():
+                _check_manifest(self.dir, manifest)
+            elif self.dir.exists():
+                shutil.rmtree(self.dir)  # a fresh run (prepare_out_dir already required --overwrite for this)
+            self.dir.mkdir(parents=True, exist_ok=True)
+            write_text(self.manifest_path, json.dumps({**manifest, RUN_FIELD: self.run}, indent=2, sort_keys=True,
+                                                      default=str) + "\n")
+
+    def path(self, window: int) -> Path:
+        return self.dir / f"window-{window:08d}.parquet"
+
+    def done(self, window: int) -> bool:
+        """Whether the window has a sound shard of this run. A damaged one is not done: its window is scored again
+        and the new shard replaces it (never deleted here: another rank may be writing its replacement)."""
+        if window in self._valid:
+            return True
+        if not self.path(window).is_file():
+            return False
+        if not self.resume:
+            return True
+        reason = self._damage(window)
+        if reason is None:
+            self._valid.add(window)
+            return True
+        if self.main and window not in self._reported:
+            self._reported.add(window)
+            print(f"lossgap: --resume: {self.path(window)} {reason}; window {window} is scored again",
+                  file=sys.stderr, flush=True)
+        return False
+
+    def _damage(self, window: int) -> str | None:
+        """Why the window's shard cannot be merged, or None when it is sound."""
+        try:
+            f = pq.ParquetFile(self.path(window), page_checksum_verification=True)
+            fingerprint = (f.schema_arrow.metadata or {}).get(RUN_KEY)
+            if fingerprint is None:
+                return "is not a shard of a lossgap run (no run fingerprint)"
+            if fingerprint.decode() != self.run:
+                return "is a shard of another run (its fingerprint differs from this run's manifest)"
+            if self.schema is not None and not f.schema_arrow.remove_metadata().equals(self.schema.remove_metadata()):
+                return "has other columns than this run writes"
+            f.read()  # every page, checksums verified
+        except FileNotFoundError:
+            return "is gone"
+        except (OSError, ValueError, pa.ArrowException) as e:
+            text = str(e.args[0] if e.args else e).strip() or type(e).__name__
+            return f"is truncated or corrupt ({text.splitlines()[0][:160]})"
+        return None
+
+    def write(self, window: int, table: pa.Table) -> None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), RUN_KEY: self.run.encode()})
+        with atomic_path(self.path(window), ".tmp") as tmp:
+            pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
+        self._valid.add(window)
+
+    def read(self, window: int) -> pa.Table:
+        return pq.read_table(self.path(window))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def manifest_hash(manifest: dict) -> str:
+    """The run's fingerprint: a hash of the manifest's content as JSON stores it (key order does not matter)."""
+    stored = json.loads(json.dumps(manifest, default=str))
+    return hashlib.sha256(json.dumps(stored, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _check_manifest(shards: Path, manifest: dict) -> None:
+    """Refuse to resume from a shards folder whose manifest is missing, damaged or edited, or whose inputs changed."""
+    path = shards / MANIFEST_FILE
+    fix = "start again with --overwrite (or a new --out): the finished windows cannot be trusted without it"
+    if not path.is_file():
+        if any(shards.glob("window-*.parquet")):
+            raise UsageError(f"--resume: {path} is missing, so the finished windows in {shards} cannot be checked", fix)
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--resume: {path} is damaged (not readable JSON: {e})", fix) from None
+    stored = old.pop(RUN_FIELD, None) if isinstance(old, dict) else None
+    if stored is None:
+        raise UsageError(f"--resume: {path} has no content hash (edited, or written by another lossgap version)", fix)
+    if stored != manifest_hash(old):
+        raise UsageError(f"--resume: {path} was edited: its content no longer matches its hash", fix)
+    _check_same(old, manifest)
+
+
+def _check_same(old: dict, new: dict) -> None:
+    changed = [part for part in ("config", "corpus", "model", "window_tokens") if old.get(part) != new.get(part)]
+    if not changed:
+        return
+    details = []
+    for part in changed:
+        a, b = old.get(part), new.get(part)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            details.append(f"{part}: {', '.join(keys)}")
+        else:
+            details.append(part)
+    raise UsageError(
+        f"--resume: the {' and '.join(changed)} changed since the interrupted run ({'; '.join(details)})",
+        "resume with the same inputs, or start again with --overwrite or a new --out",
+    )
+

@@ -1,0 +1,139 @@
+"""Per-token and per-document results on disk (Parquet), written as scoring goes so finished work survives errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import CorpusError, UsageError
+from ..formats.columns import AGGREGATED, TOKEN_SCHEMA, document_sums
+from ..formats.files import PARTIAL_SUFFIX, atomic_path, writable_dir
+
+TOKENS_FILE = "tokens.parquet"
+DOCUMENTS_FILE = "documents.parquet"
+SUMMARY_FILE = "summary.json"
+RUN_FILES = (TOKENS_FILE, DOCUMENTS_FILE, SUMMARY_FILE, TOKENS_FILE + PARTIAL_SUFFIX, "shards")
+
+
+class TokenWriter:
+    """Streams scored tokens into tokens.parquet.partial; close(complete=True) renames it to tokens.parquet."""
+
+    def __init__(self, out_dir: Path, metadata: dict):
+        self.final_path = out_dir / TOKENS_FILE
+        self.path = out_dir / (TOKENS_FILE + PARTIAL_SUFFIX)
+        schema = TOKEN_SCHEMA.with_metadata({b"lossgap": json.dumps(metadata).encode()})
+        self.writer = pq.ParquetWriter(self.path, schema, compression="zstd")
+
+    def write(self, table: pa.Table) -> None:
+        self.writer.write_table(table)
+
+    def close(self, complete: bool) -> Path:
+        """Close the file (it stays a valid Parquet file either way) and name it by whether the run finished."""
+        self.writer.close()
+        if complete:
+            os.replace(self.path, self.final_path)
+            return self.final_path
+        return self.path
+
+
+@dataclass(frozen=True)
+class DocumentInfo:
+    """What the documents table needs of a document: not its token ids, so memory stays small on a big corpus."""
+
+    domain: str
+    source: str
+    n_input_tokens: int
+    n_bytes: int
+
+
+class DocumentTable:
+    """Per-document sums of the aggregated token columns (columns.py), accumulated batch by batch (a packed document
+    can span several batches). Tables of the same documents (one per label offset of a run) may share one `docs`
+    registry and keep their own sums."""
+
+    def __init__(self, docs: dict[int, DocumentInfo] | None = None):
+        self.docs: dict[int, DocumentInfo] = {} if docs is None else docs
+        self.n_tokens: dict[int, int] = {}
+        self.sums: dict[str, dict[int, float]] = {c.per_document: {} for c in AGGREGATED}
+
+    def register(self, docs) -> None:
+        """Remember documents (a dict by id, or any iterable of TokenizedDocument) on first sight."""
+        for doc in docs.values() if isinstance(docs, dict) else docs:
+            if doc.doc_id not in self.docs:
+                self.docs[doc.doc_id] = DocumentInfo(sys.intern(doc.domain), doc.source, len(doc.ids), doc.n_bytes)
+
+    def add(self, tokens: pa.Table) -> None:
+        """Add the scored tokens of a table with the tokens.parquet schema."""
+        doc_ids = tokens.column("doc_id").to_numpy()
+        if doc_ids.size == 0:
+            return
+        uniq, inv = np.unique(doc_ids, return_inverse=True)
+        counts = np.bincount(inv)
+        sums = document_sums(inv, uniq.size, tokens)
+        for i, doc_id in enumerate(uniq.tolist()):
+            self.n_tokens[doc_id] = self.n_tokens.get(doc_id, 0) + int(counts[i])
+            for c in AGGREGATED:
+                acc, cast = self.sums[c.per_document], int if c.sum_arrow == pa.int64() else float
+                acc[doc_id] = acc.get(doc_id, 0) + cast(sums[c.per_document][i])
+
+    def to_arrow(self) -> pa.Table:
+        ids = sorted(self.docs)
+        columns = {
+            "doc_id": pa.array(ids, pa.int64()),
+            "domain": pa.array([self.docs[i].domain for i in ids], pa.string()),
+            "source": pa.array([self.docs[i].source for i in ids], pa.string()),
+            "n_input_tokens": pa.array([self.docs[i].n_input_tokens for i in ids], pa.int64()),
+            "n_tokens": pa.array([self.n_tokens.get(i, 0) for i in ids], pa.int64()),
+            "n_bytes": pa.array([self.docs[i].n_bytes for i in ids], pa.int64()),
+        }
+        for c in AGGREGATED:
+            acc, zero = self.sums[c.per_document], 0 if c.sum_arrow == pa.int64() else 0.0
+            columns[c.per_document] = pa.array([acc.get(i, zero) for i in ids], c.sum_arrow)
+        return pa.table(columns)
+
+
+def write_documents(out_dir: Path, table: pa.Table, metadata: dict) -> Path:
+    path = out_dir / DOCUMENTS_FILE
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata({b"lossgap": json.dumps(metadata).encode()}), tmp)
+    return path
+
+
+def require_targets(documents: pa.Table, k: int, corpus: str, tokens_path: Path | None) -> None:
+    """Refuse a finished run in which no document had a target under label offset k (all too short): its summary
+    would be a NaN loss over 0 tokens. The empty tokens file goes; the documents too short are counted in the summary
+    either way (n_documents - n_scored_documents). tokens_path None: the run did not finish, nothing to refuse."""
+    n_tokens = documents.column("n_tokens").to_numpy()
+    if tokens_path is None or n_tokens.sum() > 0:
+        return
+    tokens_path.unlink(missing_ok=True)
+    raise CorpusError(
+        f"{corpus}: nothing to score: none of its {n_tokens.size} documents is long enough to have a target under "
+        f"label offset {k} (each has at most {k} token(s), BOS and EOS included)",
+        f"score longer documents: label offset {k} needs {k + 1} tokens a document (keep --bos/--eos on: they count)",
+    )
+
+
+def existing_run_files(out_dir: Path) -> list[str]:
+    return [name for name in RUN_FILES if (out_dir / name).exists()]
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix runs (an output folder holding a previous run needs --overwrite) and refuse, before any model
+    loads, a folder that cannot be created or written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file, not a folder", "choose another --out: a folder")
+    found = existing_run_files(out_dir) if out_dir.is_dir() else []
+    if found and not overwrite:
+        raise UsageError(
+            f"--out {out_dir} already holds a run ({', '.join(found)})",
+            "choose another --out, or pass --overwrite to replace those files",
+        )
+    writable_dir(out_dir)
