@@ -1,36 +1,24 @@
-"""Shared fixtures: a BPE tokenizer trained on standard-library text and tiny seeded models saved to disk."""
+"""Shared fixtures: a BPE tokenizer trained on standard-library text, tiny seeded models saved to disk, Pile-format
+records; the hypothesis profiles (dev: few examples; ci: the full run). Helpers the tests import: helpers.py."""
 
 from __future__ import annotations
 
-import inspect
-import json
-import json as _json
 import os
 from pathlib import Path
 
 import pytest
-import torch
+from hypothesis import HealthCheck, settings
+
+from tests.helpers import ARCHS, build_tiny_model, stdlib_texts, write_jsonl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ARCHS = ("llama", "qwen2", "gemma2")
-
-
-def stdlib_texts(n: int = 40) -> list[str]:
-    """Real text present on any machine with Python: standard-library module sources."""
-    import argparse
-    import collections
-    import dataclasses
-    import json as json_mod
-    import pathlib
-    import textwrap
-
-    texts = []
-    for mod in (argparse, collections, dataclasses, json_mod, pathlib, textwrap):
-        src = inspect.getsource(mod)
-        texts.extend(chunk for chunk in src.split("\n\n\n") if chunk.strip())
-    return texts[:n]
+# Property tests: few examples while developing, the full run in CI (.ci/run sets HYPOTHESIS_PROFILE=ci).
+settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile("dev", settings.get_profile("ci"), max_examples=10)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 @pytest.fixture(scope="session")
@@ -49,30 +37,6 @@ def tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
 
 
-def tiny_config(arch: str, vocab_size: int, max_positions: int = 256):
-    from transformers import AutoConfig
-
-    common = dict(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
-        initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
-    )
-    if arch == "gemma2":
-        common.update(head_dim=16, sliding_window=8, final_logit_softcapping=5.0, attn_logit_softcapping=50.0,
-                      query_pre_attn_scalar=16)
-    return AutoConfig.for_model(arch, **common)
-
-
-def build_tiny_model(arch: str, tokenizer, folder: Path, max_positions: int = 256) -> Path:
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer), max_positions))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, tokenizer) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
@@ -82,13 +46,6 @@ def tiny_models(tmp_path_factory, tokenizer) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def llama_dir(tiny_models) -> Path:
     return tiny_models["llama"]
-
-
-def write_jsonl(path: Path, records: list) -> Path:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write((r if isinstance(r, str) else _json.dumps(r)) + "\n")
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -105,31 +62,3 @@ def pile_records() -> list[dict]:
 @pytest.fixture
 def pile_jsonl(tmp_path, pile_records) -> Path:
     return write_jsonl(tmp_path / "pile.jsonl", pile_records)
-
-
-def read_summary(out: Path) -> dict:
-    return json.loads((out / "summary.json").read_text())
-
-
-def score_run(model, corpus, out, *, layout="packed", mask="block", seq_len=64, batch_size=2, label_offset=1,
-              stride=None, positions=None, add_bos=None, add_eos=True, **run_kwargs):
-    """Run lossgap.score with quiet defaults; returns the ScoreResult."""
-    from lossgap import CorpusConfig, LayoutConfig, ModelConfig, RunConfig, ScoreConfig, TokenizeConfig, score
-
-    corpus_kwargs = {k: run_kwargs.pop(k) for k in list(run_kwargs) if k in CorpusConfig.__dataclass_fields__}
-    model_kwargs = {k: run_kwargs.pop(k) for k in list(run_kwargs) if k in ModelConfig.__dataclass_fields__}
-    tokenize_kwargs = {k: run_kwargs.pop(k) for k in list(run_kwargs) if k in TokenizeConfig.__dataclass_fields__}
-    cfg = ScoreConfig(
-        model=ModelConfig(str(model), **{"dtype": "float32", "device": "cpu", **model_kwargs}),
-        corpus=CorpusConfig(str(corpus), **corpus_kwargs),
-        tokenize=TokenizeConfig(add_bos=add_bos, add_eos=add_eos, **tokenize_kwargs),
-        layout=LayoutConfig(layout, seq_len, stride, mask, positions, label_offset),
-        run=RunConfig(str(out), batch_size=batch_size, quiet=True, **run_kwargs),
-    )
-    return score(cfg)
-
-
-def read_tokens(out: Path, name: str = "tokens.parquet"):
-    import pyarrow.parquet as pq
-
-    return pq.read_table(out / name).to_pandas()

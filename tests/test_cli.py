@@ -8,19 +8,8 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import read_summary, write_jsonl
 
-from lossgap.cli import main
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        code = main(["score", "--quiet", "--dtype", "float32", "--device", "cpu", *map(str, args)])
-    except SystemExit as e:  # argparse usage errors
-        code = e.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
+from tests.helpers import read_summary, run_cli, write_jsonl
 
 
 def test_score_prints_results_and_writes_files(capsys, tmp_path, llama_dir, pile_jsonl):
@@ -33,6 +22,7 @@ def test_score_prints_results_and_writes_files(capsys, tmp_path, llama_dir, pile
     assert {p.name for p in (tmp_path / "r").iterdir()} == {"tokens.parquet", "documents.parquet", "summary.json"}
 
 
+@pytest.mark.slow
 def test_progress_bar_goes_to_stderr(tmp_path, llama_dir, pile_jsonl):
     proc = subprocess.run(
         [sys.executable, "-m", "lossgap", "score", "--model", str(llama_dir), "--corpus", str(pile_jsonl),

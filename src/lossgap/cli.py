@@ -116,13 +116,15 @@ def cmd_score(a: argparse.Namespace) -> int:
 
 
 def _print_report(out: Path, results: dict) -> None:
+    from .formats.paths import ComparisonFolder
     from .report.build import format_seed_table
 
     print(format_seed_table(results))
     print()
     for finding in results["findings"]:
         print(f"- {finding}")
-    print(f"\nreport: {out / 'report.md'} and {out / 'report.html'}; every number in {out / 'results.json'}")
+    folder = ComparisonFolder(out)
+    print(f"\nreport: {folder.report_markdown} and {folder.report_html}; every number in {folder.results}")
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
@@ -146,12 +148,12 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import COMPARE_DIR, run_demo
 
     cfg = build(DemoConfig, a)
     writable_dir(Path(cfg.out))  # before anything is built or loaded
     results = run_demo(cfg)
-    _print_report(Path(cfg.out) / "compare", results)
+    _print_report(Path(cfg.out) / COMPARE_DIR, results)
     print(f"demo finished in {results['demo_wall_seconds']:.0f} s")
     return 0
 
@@ -204,11 +206,6 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, OptionParser]]:
     return parser, {"score": p, "compare": c}
 
 
-def apply_config_file(sub: OptionParser, path: Path) -> None:
-    """Options from a TOML file become the subcommand's defaults, so the command line still wins."""
-    sub.apply_config_file(path)
-
-
 def _config_file(argv: list[str]) -> str | None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
@@ -225,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         parser, subparsers = build_parser()
         config_file = _config_file(argv)
         if config_file and argv and argv[0] in subparsers:
-            apply_config_file(subparsers[argv[0]], Path(config_file))
+            subparsers[argv[0]].apply_config_file(Path(config_file))  # the command line still wins
         args = parser.parse_args(argv)
         return args.func(args)
     except LossgapError as e:
@@ -277,6 +274,7 @@ def _save_traceback(e: Exception, argv: list[str], out: Path | None) -> Path | N
     import tempfile
 
     from .formats.files import write_text
+    from .formats.paths import RunFiles
     from .version import __version__
 
     versions = ", ".join(f"{name} {getattr(sys.modules[name], '__version__', '?')}" for name in
@@ -285,7 +283,7 @@ def _save_traceback(e: Exception, argv: list[str], out: Path | None) -> Path | N
             f"{versions}\n\n{''.join(traceback.format_exception(e))}")
     if out is not None and out.is_dir():
         try:
-            return write_text(out / "lossgap-error.log", text)
+            return write_text(RunFiles(out).error_log, text)
         except OSError:
             pass
     try:

@@ -20,6 +20,7 @@ from .formats.files import atomic_path
 from .run.comparison import compare
 
 DEMO_MODELS = Path(__file__).parent / "demo_models"
+COMPARE_DIR = "compare"  # the comparison's folder inside the demo's
 
 
 def demo_models() -> list[tuple[str, str]]:
@@ -66,7 +67,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         # the shipped instruct model has a chat template: the report shows how much of the gap the format explains
         tokenize=TokenizeConfig(chat_context=not cfg.smollm),
         layout=LayoutConfig(seq_len=cfg.seq_len),
-        run=RunConfig(out=str(out / "compare"), batch_size=4, overwrite=cfg.overwrite, quiet=cfg.quiet),
+        run=RunConfig(out=str(out / COMPARE_DIR), batch_size=4, overwrite=cfg.overwrite, quiet=cfg.quiet),
         matrix="seed",
         bootstrap=cfg.bootstrap,
     )

@@ -14,41 +14,18 @@ from collections.abc import Mapping
 import numpy as np
 import pyarrow as pa
 
-from .documents import bucket_labels, position_bucket
+from .bootstrap import ratio_intervals
+from .positions import bucket_labels, position_bucket
 from .textclass import BYTE_CLASSES, TEXT_CLASSES, class_codes
 
 CONFIDENCE_EDGES = (0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99)
 CONFIDENCE_LABELS = ("<0.01", "0.01-0.1", "0.1-0.3", "0.3-0.5", "0.5-0.7", "0.7-0.9", "0.9-0.99", ">=0.99")
 AGREEMENT_LABELS = ("agree", "differ")
-BOOTSTRAP_BUDGET = 20_000_000  # resampled document indices held at once, as analysis.paired_bootstrap
 
 
-def bootstrap_ratios(sums: np.ndarray, weights: np.ndarray, n_boot: int, seed: int, level: float = 0.95):
-    """Percentile intervals of sums[:, k].sum() / weights.sum() with documents (rows) resampled with replacement.
-
-    One draw per document is shared by every column, so the columns' intervals describe the same resamples; the
-    draws are those of analysis.paired_bootstrap (same seed, same documents: same resamples). Returns (low, high)
-    arrays with one entry per column."""
-    sums = np.asarray(sums, dtype=np.float64)
-    weights = np.asarray(weights, dtype=np.float64)
-    n_docs, k = sums.shape
-    if n_docs == 0 or n_boot <= 0:
-        return np.full(k, math.nan), np.full(k, math.nan)
-    rng = np.random.default_rng(seed)
-    per_chunk = max(1, BOOTSTRAP_BUDGET // n_docs)
-    stats = np.empty((n_boot, k))
-    for start in range(0, n_boot, per_chunk):
-        m = min(per_chunk, n_boot - start)
-        idx = rng.integers(0, n_docs, size=(m, n_docs))
-        idx += np.arange(m)[:, None] * n_docs
-        counts = np.bincount(idx.ravel(), minlength=m * n_docs).reshape(m, n_docs).astype(np.float64)
-        del idx
-        with np.errstate(invalid="ignore", divide="ignore"):
-            stats[start:start + m] = (counts @ sums) / (counts @ weights)[:, None]
-    alpha = (1 - level) / 2
-    return np.quantile(stats, alpha, axis=0), np.quantile(stats, 1 - alpha, axis=0)
-
-
+def confidence_labels_from(p: float) -> tuple[str, ...]:
+    """The confidence buckets whose probabilities are all at least `p` (an edge of CONFIDENCE_EDGES)."""
+    return CONFIDENCE_LABELS[CONFIDENCE_EDGES.index(p) + 1:]
 def _ratio(a: float, b: float) -> float:
     return float(a / b) if b else math.nan
 
@@ -70,7 +47,7 @@ def contributions(nll_b, nll_o, doc_id, bucket, labels, n_boot: int = 1000, seed
     b_n = np.bincount(bucket, minlength=k)
     sums = np.bincount(doc_idx * k + bucket, weights=delta, minlength=docs.size * k).reshape(docs.size, k)
     sums = np.column_stack([sums, sums.sum(axis=1)])  # the last column: D itself, from the same resamples
-    lo, hi = bootstrap_ratios(sums, np.bincount(doc_idx, minlength=docs.size), n_boot, seed, level)
+    lo, hi = ratio_intervals(sums, np.bincount(doc_idx, minlength=docs.size), n_boot, seed, level)
     rows = []
     for i, label in enumerate(labels):
         if b_n[i] == 0:
@@ -99,7 +76,7 @@ def domain_buckets(doc_id, doc_domain: Mapping[int, str]) -> tuple[np.ndarray, l
 
 
 def position_buckets(pos) -> tuple[np.ndarray, list[str]]:
-    """The target's position within its document in analysis.position_bucket's buckets (1, 2, 3, 4, 5-8, ...)."""
+    """The target's position within its document in positions.position_bucket's buckets (1, 2, 3, 4, 5-8, ...)."""
     return position_bucket(np.asarray(pos)), bucket_labels()
 
 
@@ -156,8 +133,8 @@ def attribute(tokens: Mapping[str, np.ndarray], vocab: pa.Table | None = None,
     dims["frequency"] = frequency_buckets(t["target"])
     if "p_target_b" in t:
         dims["confidence"] = confidence_buckets(t["p_target_b"])
-    if "agree" in t:
-        dims["agreement"] = agreement_buckets(t["agree"])
+    if "top1_agree" in t:
+        dims["agreement"] = agreement_buckets(t["top1_agree"])
     out = {"dimensions": {name: contributions(t["nll_b"], t["nll_o"], t["doc_id"], b, labels, n_boot, seed)
                           for name, (b, labels) in dims.items()}}
     out["top_documents"] = top_documents(t["doc_id"], t["nll_b"], t["nll_o"], top_k, doc_domain)
@@ -213,7 +190,7 @@ def byte_class_contributions(base: Mapping[str, np.ndarray], other: Mapping[str,
         scored.append(n_cls)
     denom = math.log(2) * n_bytes.sum()
     sums = losses[1] - losses[0]
-    lo, hi = bootstrap_ratios(np.column_stack([sums, sums.sum(axis=1)]), math.log(2) * n_bytes, n_boot, seed, level)
+    lo, hi = ratio_intervals(np.column_stack([sums, sums.sum(axis=1)]), math.log(2) * n_bytes, n_boot, seed, level)
     diff = _ratio(sums.sum(), denom)
     rows = []
     for j, name in enumerate((*BYTE_CLASSES, "special")):

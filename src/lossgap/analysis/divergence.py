@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .attribution import bootstrap_ratios
+from .bootstrap import ratio_intervals
 
 KL_PERCENTILES = (("max", 100.0), ("p99.9", 99.9), ("p99", 99.0), ("p95", 95.0), ("p90", 90.0), ("median", 50.0),
                   ("p10", 10.0), ("p5", 5.0), ("p1", 1.0), ("p0.1", 0.1), ("min", 0.0))
@@ -86,16 +86,16 @@ def divergence_stats(tokens: Mapping[str, np.ndarray], n_boot: int = 1000, seed:
         "kl_bo": describe(t["kl_bo"]),
         "kl_ob": describe(t["kl_ob"]),
         "delta_p": delta_p_stats(t["p_target_b"], t["p_target_o"]),
-        "same_top": same_top(t["agree"]),
+        "same_top": same_top(t["top1_agree"]),
         "delta_nll": {"mean": float(delta.mean()) if delta.size else math.nan, "se": standard_error(delta)},
         "logprob_correlation": logprob_correlation(t["nll_b"], t["nll_o"]),
     }
     docs, idx = np.unique(np.asarray(t["doc_id"]), return_inverse=True)
     out["n_documents"] = int(docs.size)
     columns = [np.asarray(t["kl_bo"], dtype=np.float64), np.asarray(t["kl_ob"], dtype=np.float64),
-               np.asarray(t["agree"], dtype=np.float64), dp]
+               np.asarray(t["top1_agree"], dtype=np.float64), dp]
     sums = np.column_stack([np.bincount(idx, weights=c, minlength=docs.size) for c in columns])
-    lo, hi = bootstrap_ratios(sums, np.bincount(idx, minlength=docs.size), n_boot, seed, level)
+    lo, hi = ratio_intervals(sums, np.bincount(idx, minlength=docs.size), n_boot, seed, level)
     for j, key in enumerate(("kl_bo", "kl_ob", "same_top", "delta_p")):  # intervals of the mean (share)
         out[key]["ci_low"], out[key]["ci_high"] = float(lo[j]), float(hi[j])
     return out
@@ -103,7 +103,7 @@ def divergence_stats(tokens: Mapping[str, np.ndarray], n_boot: int = 1000, seed:
 
 def divergence_report(tokens: Mapping[str, np.ndarray], doc_domain: Mapping[int, str] | None = None,
                       n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """divergence_stats overall and per domain (domain i gets seed + 1 + i, as analysis.compare_docs)."""
+    """divergence_stats overall and per domain (domain i gets seed + 1 + i, as documents.compare_docs)."""
     out = {"overall": divergence_stats(tokens, n_boot, seed, level), "per_domain": {}}
     if doc_domain is None:
         return out

@@ -9,31 +9,34 @@ with different tokenizers get the byte-class attribution in bits per byte instea
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .attribution import attribute, bootstrap_ratios, byte_class_contributions, top_documents, top_spans
+from ..formats.columns import stored_names
+from ..formats.paths import ComparisonFolder
+from ..formats.schema import Manifest
+from .attribution import attribute, byte_class_contributions, top_documents, top_spans
+from .bootstrap import ratio_interval
 from .calibration import calibration_report
 from .divergence import divergence_report
-from .documents import DocTable, histogram
+from .documents import RunDocuments
+from .stats import histogram
 
 VIEW_SPANS = 6  # spans per direction in the token view
 VIEW_CONTEXT = 8  # scored tokens shown before and after a span
 VIEW_DOCUMENTS = 2  # documents per direction in the token view
 VIEW_DOCUMENT_TOKENS = 300  # a document's first tokens shown
-PAIR_KEYS = ("nll", "entropy", "p_target", "argmax", "p_argmax", "rank")
+RUN_COLUMNS = ["doc_id", "pos", "target", "nll"]  # what the explanation reads of a run's tokens.parquet
 
 
-def build_explanation(out: Path, m: dict, docs: dict[tuple[str, str], DocTable]) -> dict | None:
+def build_explanation(folder: ComparisonFolder, m: Manifest,
+                      docs: dict[tuple[str, str], RunDocuments]) -> dict | None:
     """results.json's `explanation`, or None when the comparison recorded none (older comparisons, --no-explain)."""
     e = m.get("explanation")
     if not e:
         return None
     base, main = m["baseline"], e["configuration"]
-    vocab = {name: pq.read_table(Path(out) / path) for name, path in e["vocab"].items()}
+    vocab = {name: folder.read_stored(path) for name, path in e["vocab"].items()}
     table = docs[(main, base)]
     doc_domain = dict(zip(table.doc_id.tolist(), table.domain.tolist(), strict=True))
     models = {}
@@ -41,15 +44,15 @@ def build_explanation(out: Path, m: dict, docs: dict[tuple[str, str], DocTable])
         seed = m["seed"] + 7000 + 100 * i
         entry: dict = {"skipped": e["skipped"].get(other)}
         if other in e["pairs"]:
-            entry |= _paired(_pair_tokens(Path(out) / e["pairs"][other], base, other), vocab[base], doc_domain,
+            entry |= _paired(_pair_tokens(folder, e["pairs"][other], base, other), vocab[base], doc_domain,
                              m["bootstrap"], seed)
         elif m["mode"] == "tokens":
-            entry["attribution"] = attribute(_run_tokens(out, m, main, base, other), vocab[base], doc_domain,
+            entry["attribution"] = attribute(_run_tokens(folder, m, main, base, other), vocab[base], doc_domain,
                                              m["bootstrap"], seed)
         else:
-            entry["bits_per_byte"] = _byte_classes(out, m, main, base, other, vocab, docs, seed)
+            entry["bits_per_byte"] = _byte_classes(folder, m, main, base, other, vocab, docs, seed)
         if other in e["chat_runs"] and m["mode"] == "tokens":
-            entry["chat"] = _chat(out, m, main, base, other, e["chat_runs"][other], vocab[base], doc_domain, seed)
+            entry["chat"] = _chat(folder, m, main, base, other, e["chat_runs"][other], vocab[base], doc_domain, seed)
         models[other] = entry
     return {"configuration": main, "chat_user_turn": e.get("chat_user_turn"), "models": models}
 
@@ -66,26 +69,23 @@ def _paired(tokens: dict, vocab: pa.Table, doc_domain: dict, n_boot: int, seed: 
     }
 
 
-def _pair_tokens(path: Path, base: str, other: str) -> dict[str, np.ndarray]:
-    """A pairs file's columns under role names: nll_b, nll_o, ..., kl_bo, kl_ob, agree (attribution.py's names)."""
-    t = pq.read_table(path)
-    col = lambda name: t.column(name).to_numpy()  # noqa: E731
-    tokens = {"doc_id": col("doc_id"), "pos": col("pos"), "target": col("target")}
-    for key in PAIR_KEYS:
-        tokens[f"{key}_b"], tokens[f"{key}_o"] = col(f"{key}_{base}"), col(f"{key}_{other}")
-    tokens["kl_bo"], tokens["kl_ob"] = col(f"kl_{base}_{other}"), col(f"kl_{other}_{base}")
-    tokens["agree"] = col("top1_agree")
-    return tokens
+def _pair_tokens(folder: ComparisonFolder, relative: str, base: str, other: str) -> dict[str, np.ndarray]:
+    """A pairs file's columns under their roles (formats/columns.py: nll_b, nll_o, ..., kl_bo, kl_ob, top1_agree);
+    a column declared since the file was written is absent."""
+    table = folder.read_stored(relative)
+    return {role: table.column(name).to_numpy() for role, name in stored_names(base, other).items()
+            if name in table.column_names and role != "domain" and role != "truncated"}
 
 
-def _tokens(out: Path, rel: str) -> pa.Table:
-    return pq.read_table(Path(out) / rel / "tokens.parquet", columns=["doc_id", "pos", "target", "nll"])
+def _tokens(folder: ComparisonFolder, relative: str) -> pa.Table:
+    return folder.stored_run(relative).read_tokens(RUN_COLUMNS)
 
 
-def _run_tokens(out: Path, m: dict, main: str, base: str, other: str, other_rel: str | None = None) -> dict:
+def _run_tokens(folder: ComparisonFolder, m: Manifest, main: str, base: str, other: str,
+                other_relative: str | None = None) -> dict:
     """Two runs of the same tokens (token-level comparisons) joined: the baseline's and the other model's NLL."""
-    a = _tokens(out, m["runs"][main][base])
-    b = _tokens(out, other_rel or m["runs"][main][other])
+    a = _tokens(folder, m["runs"][main][base])
+    b = _tokens(folder, other_relative or m["runs"][main][other])
     same = all(a.column(c).equals(b.column(c)) for c in ("doc_id", "pos", "target"))
     if not same:
         raise ValueError(f"{base} and {other} runs scored different tokens")
@@ -94,31 +94,31 @@ def _run_tokens(out: Path, m: dict, main: str, base: str, other: str, other_rel:
             "nll_o": b.column("nll").to_numpy()}
 
 
-def _chat(out: Path, m: dict, main: str, base: str, other: str, rel: str, vocab: pa.Table, doc_domain: dict,
-          seed: int) -> dict:
+def _chat(folder: ComparisonFolder, m: Manifest, main: str, base: str, other: str, rel: str, vocab: pa.Table,
+          doc_domain: dict, seed: int) -> dict:
     """The other model's chat-formatted run paired against the same baseline tokens as its raw run: D by the same
     dimensions, and how much of the raw difference the format takes away (with a document-bootstrap interval)."""
-    raw = _run_tokens(out, m, main, base, other)
-    chat = _run_tokens(out, m, main, base, other, rel)
+    raw = _run_tokens(folder, m, main, base, other)
+    chat = _run_tokens(folder, m, main, base, other, rel)
     attribution = attribute(chat, vocab, doc_domain, m["bootstrap"], seed, top_k=10)
     docs, idx = np.unique(raw["doc_id"], return_inverse=True)
     gain = np.asarray(raw["nll_o"], np.float64) - np.asarray(chat["nll_o"], np.float64)
-    sums = np.bincount(idx, weights=gain, minlength=docs.size)[:, None]
-    lo, hi = bootstrap_ratios(sums, np.bincount(idx, minlength=docs.size), m["bootstrap"], seed + 3)
+    sums = np.bincount(idx, weights=gain, minlength=docs.size)
+    lo, hi = ratio_interval(sums, np.bincount(idx, minlength=docs.size), m["bootstrap"], seed + 3)
     raw_diff = float((np.asarray(raw["nll_o"], np.float64) - np.asarray(raw["nll_b"], np.float64)).mean())
     reduction = float(gain.mean())
     return {"run": rel, "raw_diff": raw_diff, "chat_diff": attribution["dimensions"]["position"]["diff"],
-            "reduction": reduction, "reduction_ci": [float(lo[0]), float(hi[0])],
+            "reduction": reduction, "reduction_ci": [lo, hi],
             "share_of_raw_explained": reduction / raw_diff if raw_diff else float("nan"),
             "attribution": attribution}
 
 
-def _byte_classes(out: Path, m: dict, main: str, base: str, other: str, vocab: dict, docs: dict,
+def _byte_classes(folder: ComparisonFolder, m: Manifest, main: str, base: str, other: str, vocab: dict, docs: dict,
                   seed: int) -> dict:
     """Models with different tokenizers: each model's own tokens, their loss spread over their bytes by class."""
     per = {}
     for name in (base, other):
-        t = _tokens(out, m["runs"][main][name])
+        t = _tokens(folder, m["runs"][main][name])
         per[name] = {"doc_id": t.column("doc_id").to_numpy(), "target": t.column("target").to_numpy(),
                      "nll": t.column("nll").to_numpy()}
     table = docs[(main, base)]

@@ -9,77 +9,53 @@ import json
 import math
 from pathlib import Path
 
-from ..errors import LossgapError
+import numpy as np
+
 from ..formats.files import write_text
+from ..formats.paths import ComparisonFolder
 from ..formats.schema import (
     SCHEMA_VERSION,
     ConfigurationRow,
     Diagnostic,
     Histogram,
     LeakagePair,
+    Manifest,
     PositionBucket,
     Results,
     clean,
 )
 from ..matrix import Configuration, leakage_pairs, main_configuration
-from .documents import (
-    DocTable,
-    compare_docs,
-    histogram,
-    leakage_by_position,
-    near_uniform,
-    position_profile,
-    read_tokens,
-)
+from .documents import RunDocuments, compare_docs, near_uniform
 from .explanation import build_explanation
 from .findings import key_findings
+from .positions import leakage_by_position, position_profile
+from .stats import histogram
+
+TOKEN_KEYS = ("doc_id", "pos", "nll")  # what leakage and the position profile read of tokens.parquet
+DocumentsByRun = dict[tuple[str, str], RunDocuments]  # (configuration key, model) -> the run's documents
 
 
-def _load_manifest(out: Path) -> dict:
-    path = out / "compare.json"
-    if not path.is_file():
-        raise LossgapError(f"{out}: no compare.json here", "point `lossgap report` at a folder `lossgap compare` wrote")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise LossgapError(f"{path}: corrupt ({e.msg})", "run `lossgap compare` again") from None
+def _documents(folder: ComparisonFolder, relative: str) -> RunDocuments:
+    return RunDocuments.from_table(folder.stored_run(relative).read_documents())
 
 
-def _run_file(out: Path, rel: str, name: str) -> Path:
-    path = out / rel / name
-    if not path.is_file():
-        raise LossgapError(f"{path}: missing", "the per-token files of this comparison are incomplete; rerun compare")
-    return path
-
-
-def _read_docs(out: Path, rel: str) -> DocTable:
-    path = _run_file(out, rel, "documents.parquet")
-    try:
-        return DocTable.read(path)
-    except Exception as e:  # pyarrow raises several types for damaged files
-        raise LossgapError(f"{path}: not a readable Parquet file ({e})", "rerun compare") from None
-
-
-def _read_tokens(out: Path, rel: str) -> dict:
-    path = _run_file(out, rel, "tokens.parquet")
-    try:
-        return read_tokens(path)
-    except Exception as e:
-        raise LossgapError(f"{path}: not a readable Parquet file ({e})", "rerun compare") from None
+def _tokens(folder: ComparisonFolder, relative: str) -> dict[str, np.ndarray]:
+    table = folder.stored_run(relative).read_tokens(list(TOKEN_KEYS))
+    return {c: table.column(c).to_numpy() for c in TOKEN_KEYS}
 
 
 def build_results(out: Path) -> Results:
     """Every number of the comparison in `out`, from its stored files; written to out/results.json and returned
     as JSON reads it back (NaN and inf as None)."""
-    out = Path(out)
-    m = _load_manifest(out)
+    folder = ComparisonFolder(Path(out))
+    m: Manifest = folder.read_manifest()
     configs = [Configuration(**{k: v for k, v in c.items() if k != "computes"}) for c in m["configurations"]]
     main = main_configuration(configs)
-    docs: dict[tuple[str, str], DocTable] = {}
+    docs: DocumentsByRun = {}
     diagnostics = _tokenizer_diagnostics(m)
     rows = []
     for conf in configs:
-        row, notes = _configuration_row(out, m, conf, docs)
+        row, notes = _configuration_row(folder, m, conf, docs)
         rows.append(row)
         diagnostics += notes
     results = {
@@ -89,37 +65,37 @@ def build_results(out: Path) -> Results:
         "mode": m["mode"],
         "main_configuration": main.key,
         "configurations": rows,
-        "leakage": _leakage(out, m, configs),
-        "position_profile": {"configuration": main.key, "models": _position_profiles(out, m, main)},
+        "leakage": _leakage(folder, m, configs),
+        "position_profile": {"configuration": main.key, "models": _position_profiles(folder, m, main)},
         "doc_difference_histogram": {"configuration": main.key, "models": _doc_histograms(m, main, docs)},
         "tokenizers": m["tokenizers"],
         "diagnostics": diagnostics,
         "settings": {"bootstrap": m["bootstrap"], "seed": m["seed"], "corpus": m["corpus"],
                      "seq_len": m["config"]["layout"]["seq_len"], "versions": m["versions"]},
     }
-    explanation = build_explanation(out, m, docs)
+    explanation = build_explanation(folder, m, docs)
     if explanation is not None:  # comparisons stored without one rebuild the results they had
         results["explanation"] = explanation
     results["findings"] = key_findings(results)
     results = clean(results)
-    write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text(folder.results, json.dumps(results, indent=2) + "\n")
     return results
 
 
-def _configuration_row(out: Path, m: dict, conf: Configuration,
-                       docs: dict[tuple[str, str], DocTable]) -> tuple[ConfigurationRow, list[Diagnostic]]:
-    """One configuration's summaries and comparisons, with its diagnostics; keeps each run's DocTable in `docs`."""
+def _configuration_row(folder: ComparisonFolder, m: Manifest, conf: Configuration,
+                       docs: DocumentsByRun) -> tuple[ConfigurationRow, list[Diagnostic]]:
+    """One configuration's summaries and comparisons, with its diagnostics; keeps each run's RunDocuments in `docs`."""
     base, names = m["baseline"], list(m["models"])
     row = {**conf.to_dict(), "models": {}, "comparisons": {}}
     diagnostics = []
     for name in names:
-        docs[(conf.key, name)] = _read_docs(out, m["runs"][conf.key][name])
+        docs[(conf.key, name)] = _documents(folder, m["runs"][conf.key][name])
         summary = docs[(conf.key, name)].summary()
         vocab = m["models"][name]["vocab_size"]
         summary["ln_vocab"] = math.log(vocab)
         summary["near_uniform"] = near_uniform(summary["mean_nll"], vocab)
         row["models"][name] = summary
-        run_summary = json.loads(_run_file(out, m["runs"][conf.key][name], "summary.json").read_text())
+        run_summary = folder.stored_run(m["runs"][conf.key][name]).read_summary()
         diagnostics += _run_diagnostics(conf, name, summary, run_summary)
     for i, name in enumerate(names):
         if name != base:
@@ -128,22 +104,22 @@ def _configuration_row(out: Path, m: dict, conf: Configuration,
     return row, diagnostics
 
 
-def _leakage(out: Path, m: dict, configs: list[Configuration]) -> list[LeakagePair]:
+def _leakage(folder: ComparisonFolder, m: Manifest, configs: list[Configuration]) -> list[LeakagePair]:
     """Causal - block NLL by position, per model: within one model, so valid whatever the tokenizers."""
     pairs = []
     for block, causal in leakage_pairs(configs):
-        per_model = {name: leakage_by_position(_read_tokens(out, m["runs"][block.key][name]),
-                                               _read_tokens(out, m["runs"][causal.key][name])) for name in m["models"]}
+        per_model = {name: leakage_by_position(_tokens(folder, m["runs"][block.key][name]),
+                                               _tokens(folder, m["runs"][causal.key][name])) for name in m["models"]}
         pairs.append({"label_offset": block.label_offset, "block": block.key, "causal": causal.key,
                       "models": per_model})
     return pairs
 
 
-def _position_profiles(out: Path, m: dict, main: Configuration) -> dict[str, list[PositionBucket]]:
-    return {name: position_profile(_read_tokens(out, m["runs"][main.key][name])) for name in m["models"]}
+def _position_profiles(folder: ComparisonFolder, m: Manifest, main: Configuration) -> dict[str, list[PositionBucket]]:
+    return {name: position_profile(_tokens(folder, m["runs"][main.key][name])) for name in m["models"]}
 
 
-def _doc_histograms(m: dict, main: Configuration, docs: dict[tuple[str, str], DocTable]) -> dict[str, Histogram]:
+def _doc_histograms(m: Manifest, main: Configuration, docs: DocumentsByRun) -> dict[str, Histogram]:
     """Per-document mean loss differences (other - baseline) on the main configuration."""
     base = m["baseline"]
     out = {}
@@ -155,7 +131,7 @@ def _doc_histograms(m: dict, main: Configuration, docs: dict[tuple[str, str], Do
     return out
 
 
-def _tokenizer_diagnostics(m: dict) -> list[Diagnostic]:
+def _tokenizer_diagnostics(m: Manifest) -> list[Diagnostic]:
     out = []
     for name, check in m["tokenizers"].items():
         level = "info" if check["compatible"] else "warning"

@@ -69,3 +69,14 @@ def summarize_documents(documents: pa.Table) -> tuple[dict, dict[str, dict]]:
         sel = domains == domain
         per_domain[domain] = aggregate(n_tokens[sel], n_bytes[sel], {k: v[sel] for k, v in sums.items()})
     return overall, per_domain
+
+
+def histogram(values: np.ndarray, bins: int = 40) -> dict:
+    """Counts of `values` in `bins` equal-width bins over their range (one unit wide around a single value)."""
+    if values.size == 0:
+        return {"edges": [], "counts": []}
+    lo, hi = float(values.min()), float(values.max())
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    return {"edges": edges.tolist(), "counts": counts.tolist()}

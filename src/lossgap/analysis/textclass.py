@@ -32,13 +32,13 @@ is tokenized with split_special_tokens=True.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..formats.files import atomic_path
+from ..formats.paths import ComparisonFolder
 
 TEXT_CLASSES = ("special", "newline", "whitespace", "non_ascii", "digits", "punctuation", "word_start",
                 "word_continuation", "mixed")
@@ -80,12 +80,6 @@ def text_class(data: bytes, special: bool = False) -> str:
         if pattern.fullmatch(data):
             return name
     return "mixed"
-
-
-def byte_class_counts(data: bytes) -> dict[str, int]:
-    """How many of `data`'s bytes fall in each byte class."""
-    counts = np.bincount(BYTE_CLASS_OF[np.frombuffer(data, dtype=np.uint8)], minlength=len(BYTE_CLASSES))
-    return {name: int(c) for name, c in zip(BYTE_CLASSES, counts, strict=True)}
 
 
 def byte_level_decoder() -> dict[str, int]:
@@ -191,19 +185,16 @@ def class_codes(vocab: pa.Table, column: str = "text_class", classes: tuple[str,
     return np.array([index[c] for c in vocab.column(column).to_pylist()], dtype=np.int64)
 
 
-VOCAB_DIR = "vocab"
-
-
-def write_vocab_tables(out: Path, tokenizers: dict, model_info: dict[str, dict]) -> dict[str, str]:
+def write_vocab_tables(folder: ComparisonFolder, tokenizers: dict, model_info: dict[str, dict]) -> dict[str, str]:
     """vocab/<model>.parquet for every model of a comparison (its tokens' bytes and classes, for the explanation, which
-    is built from the stored files alone); returns the paths relative to `out`."""
+    is built from the stored files alone); returns the paths relative to the comparison folder."""
     paths = {}
     for name, tokenizer in tokenizers.items():
         if name not in model_info:
             continue
-        path = Path(out) / VOCAB_DIR / f"{name}.parquet"
+        path = folder.vocab(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             pq.write_table(vocab_table(tokenizer, model_info[name]["vocab_size"]), tmp, compression="zstd")
-        paths[name] = str(path.relative_to(out))
+        paths[name] = folder.relative(path)
     return paths

@@ -34,8 +34,9 @@ class SpecialTokens:
     eos_id: int | None
 
 
-def resolve_special_tokens(tokenizer, cfg: TokenizeConfig, vocab_size: int) -> SpecialTokens:
-    """Apply the policy: BOS when the tokenizer defines one (unless told), EOS appended by default."""
+def resolve_special_tokens(tokenizer, cfg: TokenizeConfig, vocab_size: int | None = None) -> SpecialTokens:
+    """Apply the policy: BOS when the tokenizer defines one (unless told), EOS appended by default; with a
+    `vocab_size`, refuse ids outside the model's vocabulary."""
     bos = cfg.bos_id if cfg.bos_id is not None else tokenizer.bos_token_id
     eos = cfg.eos_id if cfg.eos_id is not None else tokenizer.eos_token_id
     if cfg.add_bos is True and bos is None:
@@ -46,7 +47,7 @@ def resolve_special_tokens(tokenizer, cfg: TokenizeConfig, vocab_size: int) -> S
     add_eos = cfg.add_eos and eos is not None  # a tokenizer without EOS gets none appended
     special = SpecialTokens(bos if add_bos else None, eos if add_eos else None)
     for name, value, given in (("bos", special.bos_id, cfg.bos_id), ("eos", special.eos_id, cfg.eos_id)):
-        if value is not None and not 0 <= value < vocab_size:
+        if value is not None and vocab_size is not None and not 0 <= value < vocab_size:
             origin = f"--{name}-id {value}" if given is not None else f"the tokenizer's {name} id {value}"
             raise UsageError(
                 f"{origin} is outside the model's vocabulary (size {vocab_size})",
@@ -85,7 +86,7 @@ def encode_documents(
     taken = 0
     head = [] if prefix is None else list(prefix)
     context = 0 if prefix is None else len(head) - (special.bos_id is not None)
-    for chunk in _chunks(docs, batch_docs):
+    for chunk in in_chunks(docs, batch_docs):
         # verbose=False: whole documents are meant to exceed model_max_length; layouts cut them, not the tokenizer
         encoded = tokenizer([d.text for d in chunk], add_special_tokens=False, verbose=False)["input_ids"]
         for doc, ids in zip(chunk, encoded, strict=True):
@@ -108,7 +109,8 @@ def encode_documents(
                 return  # do not pull (and tokenize) another batch of documents past the limit
 
 
-def _chunks(items: Iterable, size: int) -> Iterator[list]:
+def in_chunks(items: Iterable, size: int) -> Iterator[list]:
+    """Items in lists of `size` (the last shorter): a fast tokenizer parallelises a list of texts."""
     chunk = []
     for item in items:
         chunk.append(item)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from .encode import _chunks
+from .encode import in_chunks
 
 
 def _backend(tokenizer) -> dict:
@@ -43,7 +43,7 @@ def compare_tokenizers(ref, other, texts: Iterable[str], ref_name: str = "base",
     checked = differing = 0
     extra_seen: set[str] = set()
     only_other_ids = {v_other[t] for t in only_other}
-    for chunk in _chunks(texts, 64):
+    for chunk in in_chunks(texts, 64):
         ids_ref = ref(chunk, add_special_tokens=False, verbose=False)["input_ids"]
         ids_other = other(chunk, add_special_tokens=False, verbose=False)["input_ids"]
         for a, b in zip(ids_ref, ids_other, strict=True):

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..data.layout import synthetic_row
+from .devices import available_ram, free_on
 from .forward import score_batch
 from .head import OutputHead
 
@@ -107,28 +108,10 @@ class PeakMemory:
         self.bytes = self.peak - self.base
 
 
-def free_on(device: torch.device) -> int:
-    """Memory free on one GPU, counting what the caching allocator holds but does not use; the host's for a CPU."""
-    if device.type != "cuda":
-        return available_ram()
-    return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-
-
 def _free_bytes(devices: list[torch.device]) -> int:
     """Memory a batch may still take: the least free on any of the model's GPUs, else the host's available RAM."""
     cuda = [d for d in devices if d.type == "cuda"]
     return min(free_on(d) for d in cuda) if cuda else available_ram()
-
-
-def available_ram() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def trim_heap() -> None:

@@ -12,6 +12,8 @@ that is farther from the reference than eager is.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 
@@ -25,6 +27,7 @@ CHECK_LENGTHS = (40, 25, 63)  # synthetic documents packed into one row: several
 # (one row or several) and dtype it runs, for every model of that class. Dynamo's default limit (8) is reached by a
 # comparison over several plans, and past it the layers run eager with only a log line to say so.
 RECOMPILE_LIMIT = 64
+_COMPILED: weakref.WeakSet = weakref.WeakSet()  # models whose layers are compiled: each is compiled once
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -46,10 +49,10 @@ def compile_layers(model: torch.nn.Module) -> str:
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # renamed in torch 2.7
     setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
-    if not getattr(model, "lossgap_compiled", False):
+    if model not in _COMPILED:
         for layer in layers:
             layer.compile(dynamic=True)
-        model.lossgap_compiled = True
+        _COMPILED.add(model)
     return type(layers[0]).__name__
 
 

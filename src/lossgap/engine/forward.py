@@ -44,7 +44,8 @@ def forward_batches(plan, head, batches: list, metrics: tuple[str, ...] = ("nll"
 @torch.inference_mode()
 def forward_pair(plan_b, head_b, plan_o, head_o, batch) -> dict[str, np.ndarray]:
     """A baseline b and another model o on the same batch: each model's distribution statistics and the pair's (KL
-    both ways, top-1 agreement), from one pass over both heads' vocabulary tiles (headstats.py)."""
+    both ways, top-1 agreement), from one pass over both heads' vocabulary tiles (headstats.py), by the roles of
+    formats/columns.py's paired columns."""
     index = batch.flat_index
     hidden_b = plan_b.hidden_states(batch)
     hidden_o = plan_o.hidden_states(batch)
@@ -52,10 +53,7 @@ def forward_pair(plan_b, head_b, plan_o, head_o, batch) -> dict[str, np.ndarray]
     hidden_o = hidden_o.reshape(-1, hidden_o.shape[-1])[index.to(hidden_o.device)]
     stats = paired_token_stats(head_b, hidden_b, head_o, hidden_o.to(hidden_b.device),
                                batch.targets.to(hidden_b.device))
-    out = {f"{name}_b": values for name, values in stats["b"].items()}
-    out |= {f"{name}_o": values for name, values in stats["o"].items()}
-    out |= {name: stats[name] for name in ("kl_bo", "kl_ob", "top1_agree")}
-    return {name: values.cpu().numpy() for name, values in out.items()}
+    return {role: values.cpu().numpy() for role, values in stats.items()}
 
 
 def score_batches(plan, head, batches: list) -> list[np.ndarray]:
@@ -91,7 +89,7 @@ def fp32_deviation(plan, head, batch, nll: np.ndarray) -> dict:
             "mean_nll_diff": float(diff.mean()) if diff.size else 0.0}
 
 
-def check_finite(nll: np.ndarray, batch, model_name: str) -> None:
+def require_finite_loss(nll: np.ndarray, batch, model_name: str) -> None:
     """Refuse a NaN or inf loss, naming the document it came from."""
     bad = ~np.isfinite(nll)
     if bad.any():

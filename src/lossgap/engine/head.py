@@ -14,6 +14,8 @@ on the model's own hidden states proved no farther from a float64 computation th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -99,7 +101,17 @@ class OutputHead:
         """Logits as the model's own forward computes them (in its dtype, transforms included)."""
         return self._transform(self.proj(hidden))
 
-    def _tile_logits(self, hidden: torch.Tensor, lo: int, hi: int, exact: bool = False) -> torch.Tensor:
+    def tiles(self, n_tokens: int, chunk: int, width: int | None = None) -> Iterator[tuple[slice, int, int]]:
+        """(token rows, first entry, end entry) of every tile of n_tokens tokens: vocabulary tiles of `width` entries
+        (the head's own by default) outermost, `chunk` tokens each inside, so that one slice of the output matrix is
+        read once per pass and stays in cache while every chunk of tokens passes through it."""
+        width = width or self.vocab_tile
+        for lo in range(0, self.vocab, width):
+            hi = min(lo + width, self.vocab)
+            for start in range(0, n_tokens, chunk):
+                yield slice(start, start + chunk), lo, hi
+
+    def tile_logits(self, hidden: torch.Tensor, lo: int, hi: int, exact: bool = False) -> torch.Tensor:
         """Logits of vocabulary entries lo..hi, in the model's dtype as its forward rounds them (exact: float64)."""
         if not self.plain:
             return self.logits(hidden).double() if exact else self.logits(hidden)
@@ -147,28 +159,9 @@ class OutputHead:
         return self._tiled_nll(hidden, targets)
 
     def _tiled_nll(self, hidden: torch.Tensor, targets: torch.Tensor, exact: bool = False) -> torch.Tensor:
-        """Log-sum-exp of the logits minus the target's, tile by tile (exact: in float64, for checks)."""
-        n = targets.shape[0]
-        acc = torch.float64 if exact else torch.float32
-        run_max = torch.full((n,), float("-inf"), dtype=acc, device=hidden.device)
-        sum_exp = torch.zeros(n, dtype=acc, device=hidden.device)
-        target_logit = torch.zeros(n, dtype=acc, device=hidden.device)
-        lowest = torch.finfo(acc).min  # keeps an all -inf tile from giving inf - inf
-        for lo in range(0, self.vocab, self.vocab_tile):
-            hi = min(lo + self.vocab_tile, self.vocab)
-            for start in range(0, n, self.chunk_tokens):
-                rows = slice(start, start + self.chunk_tokens)
-                logits = self._tile_logits(hidden[rows], lo, hi, exact).to(acc)
-                local = targets[rows] - lo
-                inside = (local >= 0) & (local < hi - lo)
-                picked = logits.gather(1, local.clamp(0, hi - lo - 1)[:, None])[:, 0]
-                target_logit[rows] = torch.where(inside, picked, target_logit[rows])
-                old_max = run_max[rows]
-                new_max = torch.maximum(old_max, logits.amax(1)).clamp_min(lowest)
-                tile_sum = logits.sub_(new_max[:, None]).exp_().sum(1)  # in place: the tile is ours
-                sum_exp[rows] = sum_exp[rows] * torch.exp(old_max - new_max) + tile_sum
-                run_max[rows] = new_max
-        return run_max + torch.log(sum_exp) - target_logit
+        """Log-sum-exp of the logits minus the target's, tile by tile (exact: in float64, for checks): the statistics
+        stream with the NLL alone, in the NLL's larger token chunks."""
+        return stream_stats(self, hidden, targets, ("nll",), exact, chunk=self.chunk_tokens)["nll"]
 
     @torch.inference_mode()
     def check_kernel(self, vocab_size: int, tokens: int = 128) -> dict | None:

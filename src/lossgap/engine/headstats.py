@@ -9,17 +9,21 @@ tiles gives everything and no [T, V] tensor exists. With e = exp(z - m), S = sum
     KL(b||o) = (sum e_b (z_b - z_o)) / S_b - L_b + L_o = (sum e_b ((z_b - m_b) - (z_o - m_o))) / S_b - log S_b + log S_o
 
 the last form is the one kept, so no term of the size of a logit cancels in fp32. Each tile's exp(z - m) is computed
-once and reused for every sum of its model. The NLL alone keeps its own faster path in head.py; the NLL computed here
-takes the same operations in the same order, so it is the same figure bit for bit wherever the tile's matmul rounds the
-same (the tests pin it at equal chunks; the benchmark finds no difference at the head's default chunks).
+once and reused for every sum of its model. The tiles come from the head's one tile iterator (OutputHead.tiles); the
+NLL alone takes the same stream with the NLL's larger token chunk (head.py), so every NLL lossgap computes is the same
+figure bit for bit wherever the tile's matmul rounds the same (the tests pin it at equal chunks).
+
+What each model's statistics and the pair's are is declared in formats/columns.py (MODEL_STATS, PAIR_STATS); the
+paired statistics come back under their roles there (nll_b, nll_o, kl_bo, ...).
 """
 
 from __future__ import annotations
 
 import torch
 
-METRICS = ("nll", "entropy", "p_target", "argmax", "p_argmax", "rank")
-PAIRED = ("kl_bo", "kl_ob", "top1_agree")  # what paired_token_stats adds to the two models' statistics
+from ..formats.columns import MODEL_STATS
+
+METRICS = tuple(c.name for c in MODEL_STATS)  # what a stream computes for one model (_Stream.finish)
 ARGMAX_BLOCKS = (128, 64, 32)  # entries per block of the argmax search: the largest that divides the tile
 
 
@@ -52,7 +56,7 @@ def _max_and_argmax(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return top, which * block + z.view(-1, block).index_select(0, first).argmax(1)
 
 
-class _Stream:
+class LogitStream:
     """One model's running sums for N tokens, all relative to its running maximum."""
 
     def __init__(self, head, hidden, targets, metrics, exact: bool, buffers: _Buffers, name: str = "stream"):
@@ -76,7 +80,7 @@ class _Stream:
     def step(self, rows: slice, lo: int, hi: int, keep: bool) -> tuple | None:
         """Fold tiles lo..hi of tokens `rows` into the sums. keep: return (e, z - m, old m, new m, rescale, S before)
         for the paired sums, with e in a buffer of its own."""
-        z = self.head._tile_logits(self.hidden[rows], lo, hi, self.exact)
+        z = self.head.tile_logits(self.hidden[rows], lo, hi, self.exact)
         if z.dtype != self.acc:  # into a reused buffer: a fresh tile-sized tensor costs page faults (bf16: ~10 %)
             z = self.buffers.get(f"z{self.name}", z, self.acc).copy_(z)
         local = self.targets[rows] - lo
@@ -133,16 +137,14 @@ def _check(metrics) -> None:
         raise ValueError(f"the output head computes no {sorted(unknown)}; it computes {', '.join(METRICS)}")
 
 
-def stream_stats(head, hidden: torch.Tensor, targets: torch.Tensor, metrics=METRICS, exact: bool = False) -> dict:
-    """One model's `metrics` for targets[i] given hidden[i], one pass over the head's tiles: [N] each, fp32
-    (float64 if exact), argmax and rank int64."""
+def stream_stats(head, hidden: torch.Tensor, targets: torch.Tensor, metrics=METRICS, exact: bool = False,
+                 chunk: int | None = None) -> dict:
+    """One model's `metrics` for targets[i] given hidden[i], one pass over the head's tiles of `chunk` tokens (the
+    head's statistics chunk by default): [N] each, fp32 (float64 if exact), argmax and rank int64."""
     _check(metrics)
-    stream = _Stream(head, hidden, targets, metrics, exact, _Buffers())
-    n = targets.shape[0]
-    for lo in range(0, head.vocab, head.vocab_tile):
-        hi = min(lo + head.vocab_tile, head.vocab)
-        for start in range(0, n, head.stats_tokens):
-            stream.step(slice(start, start + head.stats_tokens), lo, hi, keep=False)
+    stream = LogitStream(head, hidden, targets, metrics, exact, _Buffers())
+    for rows, lo, hi in head.tiles(targets.shape[0], chunk or head.stats_tokens):
+        stream.step(rows, lo, hi, keep=False)
     return stream.finish(metrics)
 
 
@@ -163,30 +165,29 @@ def paired_token_stats(head_b, hidden_b: torch.Tensor, head_o, hidden_o: torch.T
                        metrics=METRICS, exact: bool = False) -> dict:
     """Model b (the baseline) and model o on the same targets, one pass over both heads' tiles together.
 
-    Returns {"b": stats, "o": stats, "kl_bo", "kl_ob", "top1_agree"}: each model's `metrics` as stream_stats gives
-    them, KL(b||o) and KL(o||b) in nats (fp32, float64 if exact) and whether the two argmaxes agree (bool), [N] each.
-    Raises ValueError when the vocabulary sizes differ (the paired statistics are then undefined)."""
+    Returns the roles of formats/columns.py: each model's `metrics` as stream_stats gives them (<metric>_b,
+    <metric>_o), KL(b||o) and KL(o||b) in nats (kl_bo, kl_ob; fp32, float64 if exact) and whether the two argmaxes
+    agree (top1_agree, bool), [N] each. Raises ValueError when the vocabulary sizes differ (the paired statistics are
+    then undefined)."""
     _check(metrics)
     tile, chunk = pair_tiles(head_b, head_o)
     buffers = _Buffers()
     need = tuple(dict.fromkeys((*metrics, "argmax")))
-    sb = _Stream(head_b, hidden_b, targets, need, exact, buffers, "b")
-    so = _Stream(head_o, hidden_o, targets, need, exact, buffers, "o")
+    sb = LogitStream(head_b, hidden_b, targets, need, exact, buffers, "b")
+    so = LogitStream(head_o, hidden_o, targets, need, exact, buffers, "o")
     # sum e_b (z_b - z_o) less (m_b - m_o) S_b, and the same for o: the maxima cancel in KL, leaving no large terms
     cross_b, cross_o = torch.zeros_like(sb.sum), torch.zeros_like(so.sum)
-    n = targets.shape[0]
-    for lo in range(0, head_b.vocab, tile):
-        hi = min(lo + tile, head_b.vocab)
-        for start in range(0, n, chunk):
-            rows = slice(start, start + chunk)
-            eb, xb, old_b, new_b, rescale_b, before_b = sb.step(rows, lo, hi, keep=True)
-            eo, xo, old_o, new_o, rescale_o, before_o = so.step(rows, lo, hi, keep=True)
-            diff = xb.sub_(xo)  # z_b - z_o - (m_b - m_o)
-            moved = (old_b - old_o) - (new_b - new_o)  # how far m_b - m_o moved
-            prod = torch.mul(eb, diff, out=buffers.get("prod", diff))
-            cross_b[rows] = (cross_b[rows] + moved * before_b) * rescale_b + prod.sum(1)
-            cross_o[rows] = (cross_o[rows] - moved * before_o) * rescale_o - diff.mul_(eo).sum(1)  # diff: spent
-    stats_b, stats_o = sb.finish(metrics), so.finish(metrics)
+    for rows, lo, hi in head_b.tiles(targets.shape[0], chunk, tile):
+        eb, xb, old_b, new_b, rescale_b, before_b = sb.step(rows, lo, hi, keep=True)
+        eo, xo, old_o, new_o, rescale_o, before_o = so.step(rows, lo, hi, keep=True)
+        diff = xb.sub_(xo)  # z_b - z_o - (m_b - m_o)
+        moved = (old_b - old_o) - (new_b - new_o)  # how far m_b - m_o moved
+        prod = torch.mul(eb, diff, out=buffers.get("prod", diff))
+        cross_b[rows] = (cross_b[rows] + moved * before_b) * rescale_b + prod.sum(1)
+        cross_o[rows] = (cross_o[rows] - moved * before_o) * rescale_o - diff.mul_(eo).sum(1)  # diff: spent
+    out = {f"{name}_b": values for name, values in sb.finish(metrics).items()}
+    out |= {f"{name}_o": values for name, values in so.finish(metrics).items()}
     log_b, log_o = torch.log(sb.sum), torch.log(so.sum)
-    return {"b": stats_b, "o": stats_o, "kl_bo": cross_b / sb.sum - log_b + log_o,
-            "kl_ob": cross_o / so.sum - log_o + log_b, "top1_agree": sb.arg == so.arg}
+    out |= {"kl_bo": cross_b / sb.sum - log_b + log_o, "kl_ob": cross_o / so.sum - log_o + log_b,
+            "top1_agree": sb.arg == so.arg}
+    return out

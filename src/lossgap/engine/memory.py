@@ -4,12 +4,14 @@ fallback to one model at a time, which would change what is computed)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..config import ModelConfig
 from ..errors import ModelError
-from .batching import free_on
-from .model import load_config, resolve_device, resolve_dtype
+from .devices import free_on, resolve_device, resolve_dtype
+from .model import load_config
 
 # room for one batch's activations and the paired head's tiles, besides the weights, as a share of them (at least
 # WORKING_MIN): generous, since a batch that does not fit is retried in halves but the weights must fit
@@ -18,15 +20,29 @@ WORKING_MIN = 512 << 20
 GIB = 1 << 30
 
 
-def weight_bytes(cfg: ModelConfig) -> int:
-    """The model's weights in the dtype it will run in, from its config alone (no weights are read)."""
+@dataclass(frozen=True)
+class ModelShape:
+    """What a model will take, known from its config alone before any weight is read."""
+
+    weight_bytes: int  # its weights in the dtype it will run in
+    vocab: int  # rows of its output projection: the entries of its predictive distribution
+
+
+def model_shape(cfg: ModelConfig) -> ModelShape:
+    """The model built on the meta device from its config: no weights are read, no memory is taken."""
     from transformers import AutoModelForCausalLM
 
     config = load_config(cfg)  # a broken config.json is refused here, naming the file
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
     dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
-    return sum(p.numel() for p in model.parameters()) * torch.finfo(dtype).bits // 8
+    return ModelShape(sum(p.numel() for p in model.parameters()) * torch.finfo(dtype).bits // 8,
+                      model.get_output_embeddings().weight.shape[0])
+
+
+def weight_bytes(cfg: ModelConfig) -> int:
+    """The model's weights in the dtype it will run in, from its config alone (no weights are read)."""
+    return model_shape(cfg).weight_bytes
 
 
 def available_bytes(cfg: ModelConfig) -> int:
@@ -38,10 +54,12 @@ def available_bytes(cfg: ModelConfig) -> int:
     return free_on(device)
 
 
-def require_room_for_pair(models: dict[str, ModelConfig], baseline: str) -> dict:
+def require_room_for_pair(models: dict[str, ModelConfig], baseline: str,
+                          shapes: dict[str, ModelShape] | None = None) -> dict:
     """Refuse a paired pass whose baseline and largest other model do not fit in memory together (checked before any
-    model loads). Returns the figures, for the comparison's record."""
-    sizes = {name: weight_bytes(cfg) for name, cfg in models.items()}
+    model loads; `shapes`: model_shape of each, if known). Returns the figures, for the comparison's record."""
+    shapes = shapes or {name: model_shape(cfg) for name, cfg in models.items()}
+    sizes = {name: shapes[name].weight_bytes for name in models}
     largest = max((n for n in sizes if n != baseline), key=sizes.get)
     weights = sizes[baseline] + sizes[largest]
     need = weights + max(WORKING_MIN, int(WORKING_SHARE * weights))

@@ -9,12 +9,11 @@ import torch
 
 from ..config import DEFAULT_SEQ_LEN, ModelConfig
 from ..errors import ModelError, UsageError
-from .modelfiles import Source, check_finite, check_loading_info, held_logs, loading
-from .plans import require_cuda_for_flex
+from .devices import require_cuda_for_flex, resolve_device, resolve_dtype
+from .modelfiles import Source, check_loading_info, held_logs, loading, require_finite_weights
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf", "model.safetensors.index.json")
 HF_ATTN = {"sdpa": "sdpa", "eager": "eager", "flex": "flex_attention"}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -40,29 +39,6 @@ class LoadedModel:
             "attn_implementation": self.attn,
             "max_positions": self.max_positions,
         }
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available", "use --device cpu")
-    return torch.device(name)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """avx512_bf16 or AMX: bf16 matmuls run ~4x faster than fp32 on such CPUs (DESIGN.md reference figures)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" or cpu_has_fast_bf16() else torch.float32
-    return DTYPES[name]
 
 
 BUILTIN_MODELS = {
@@ -181,7 +157,7 @@ def load_model(cfg: ModelConfig, quiet: bool = False, local_rank: int = 0) -> Lo
             if not placement:
                 model.to(device)
         check_loading_info(info, source)
-        check_finite(model, source)
+        require_finite_weights(model, source)
     model.eval()
     device = next(model.parameters()).device
     config = model.config

@@ -73,7 +73,7 @@ def loading(source: Source, stage: str) -> Iterator[None]:
     except LossgapError:
         raise
     except Exception as e:
-        raise explain(e, source, stage) from e
+        raise as_model_error(e, source, stage) from e
 
 
 @contextmanager
@@ -105,7 +105,7 @@ def held_logs() -> Iterator[None]:
                 h.handle(record)
 
 
-def explain(e: BaseException, source: Source, stage: str) -> ModelError:
+def as_model_error(e: BaseException, source: Source, stage: str) -> ModelError:
     """The ModelError for an exception raised while transformers loaded `stage` ("config", "tokenizer", "weights")
     of `source`."""
     import torch
@@ -327,7 +327,7 @@ def _weights_named(source: Source) -> str:
     return str(folder / files[0]) if len(files) == 1 else f"{folder} ({len(files)} weight files)"
 
 
-def check_finite(model, source: Source) -> None:
+def require_finite_weights(model, source: Source) -> None:
     """Refuse weights holding NaN or inf before anything is scored: every loss would be NaN. One pass over the
     parameters, in chunks so that the check needs little extra memory."""
     import torch

@@ -14,11 +14,13 @@ docs/design.md: the same scored tokens, and the same per-token NLL as `dense` wi
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
 from ..data.layout import Batch, Row, collate, isolate_segments, length_buckets
 from ..errors import UsageError
+from .devices import require_cuda_for_flex
 from .masks import additive_mask
 from .varlen import cumulative_lengths, register
 
@@ -46,14 +48,22 @@ class Plan:
         # models with sliding-window layers take one mask per layer type; a single mask would skip the window
         self.sliding_window = (getattr(model.config, "sliding_window", None) if "sliding_attention" in layer_types
                                else None)
-        # plans that swap the model's attention must not leave it swapped for the next plan on the same model
-        if not hasattr(model, "lossgap_loaded_attn"):
-            model.lossgap_loaded_attn = model.config._attn_implementation
-        self.attn = self.attn_implementation or model.lossgap_loaded_attn
 
-    def use_attention(self) -> None:
-        """Switch the model to this plan's attention implementation if another plan left it on its own."""
-        _switch_attention(self.model, self.attn)
+    @contextmanager
+    def attention(self) -> Iterator[None]:
+        """The model on this plan's attention implementation inside the block, and back on the one it had after it:
+        the model's own forward (the head check, another plan on the same model) never runs a plan's attention, and
+        nothing is left on the model. A loop over many batches enters once; each batch enters again at no cost."""
+        before = self.model.config._attn_implementation
+        wanted = self.attn_implementation
+        if wanted is None or wanted == before:
+            yield
+            return
+        self.model.set_attn_implementation(wanted)
+        try:
+            yield
+        finally:
+            self.model.set_attn_implementation(before)
 
     pad_multiple = 1
 
@@ -80,25 +90,14 @@ class Plan:
     @torch.inference_mode()
     def hidden_states(self, batch: Batch) -> torch.Tensor:
         """Final-norm hidden states [B, L, D] for every position of the batch."""
-        self.use_attention()
-        out = self.model.base_model(
-            input_ids=batch.input_ids.to(self.device),
-            position_ids=batch.position_ids.to(self.device),
-            use_cache=False,
-            **self.attention_inputs(batch),
-        )
+        with self.attention():
+            out = self.model.base_model(
+                input_ids=batch.input_ids.to(self.device),
+                position_ids=batch.position_ids.to(self.device),
+                use_cache=False,
+                **self.attention_inputs(batch),
+            )
         return out.last_hidden_state
-
-
-def _switch_attention(model: torch.nn.Module, name: str | None) -> None:
-    if name is not None and model.config._attn_implementation != name:
-        model.set_attn_implementation(name)
-
-
-def restore_attention(model: torch.nn.Module) -> None:
-    """Put the model back on the attention implementation it was loaded with, if a plan swapped it (flex, varlen):
-    the model's own forward (head check, another run on the same model) must not run a plan's attention."""
-    _switch_attention(model, getattr(model, "lossgap_loaded_attn", None))
 
 
 class DensePlan(Plan):
@@ -161,14 +160,6 @@ def document_block_mask(segment_ids: torch.Tensor, mode: str, window: int | None
     rows, length = segment_ids.shape
     return create_block_mask(flex_mask_mod(segment_ids, mode, window), rows, None, length, length,
                              device=segment_ids.device, _compile=True)
-
-
-def require_cuda_for_flex(device: torch.device, option: str, fix: str) -> None:
-    """FlexAttention runs on CUDA only: on the CPU torch 2.13's inductor fails to compile its template for some batch
-    shapes, and transformers' flex attention crashed there ("double free", docs/design.md contract 4)."""
-    if device.type != "cuda":
-        raise UsageError(f"{option} runs on CUDA only (torch 2.13 cannot compile FlexAttention on the CPU for every "
-                         "batch shape)", fix)
 
 
 class FlexPlan(Plan):

@@ -18,7 +18,7 @@ from .compiled import check_compiled, compile_layers
 from .dist import Dist
 from .head import OutputHead
 from .model import LoadedModel, load_model, resolve_seq_len
-from .plans import AUTO_FALLBACK, Plan, choose_plan, make_plan, restore_attention
+from .plans import AUTO_FALLBACK, Plan, choose_plan, make_plan
 from .probe import ProbeResult, probe_mask, require_probe
 
 
@@ -67,7 +67,6 @@ def prepare_engine(cfg: ScoreConfig, dist: Dist, loaded: LoadedModel | None = No
     # the template is the model's own, the documents' tokens the given tokenizer's (a comparison's shared one)
     prefix = chat_prefix(loaded.tokenizer, cfg.tokenize.chat_user_turn, loaded.name) if cfg.tokenize.chat_context \
         else None
-    restore_attention(loaded.model)  # a run that failed on this model may have left a plan's attention on it
     head, head_diff, kernel_check = _checked_head(cfg, loaded)
     plan, sizing = _sized_plan(cfg, loaded, head, seq_len, dist)
     compile_check = None

@@ -89,9 +89,11 @@ def document_sums(doc_index: np.ndarray, n_docs: int, table: pa.Table) -> dict[s
     return out
 
 
-# A paired pass (pairs/<other>.parquet): the baseline and another model on the same tokens. Each model's columns are
-# named f"{column}_{model}"; the pair's own compare the two distributions.
-PAIR_MODEL_COLUMNS: tuple[Column, ...] = (
+# The paired pass (pairs/<other>.parquet): the baseline b and another model o on the same tokens. Each column has a
+# role, its name in memory whatever the models are called (what the paired head returns and the analysis reads), and
+# a stored name in the file, where {b} and {o} stand for the two models' names. Adding a paired statistic means
+# declaring it here and computing it in engine/headstats.py; the pass, the file and the readers follow.
+MODEL_STATS: tuple[Column, ...] = (  # each model's, as <name>_b and <name>_o
     Column("nll", pa.float32(), "nats", "negative log-probability of the target", "model"),
     Column("entropy", pa.float32(), "nats", "entropy of the predictive distribution", "model"),
     Column("p_target", pa.float32(), "probability", "probability of the target", "model"),
@@ -100,18 +102,45 @@ PAIR_MODEL_COLUMNS: tuple[Column, ...] = (
     Column("rank", pa.int32(), "entries", "vocabulary entries with a higher logit than the target (0: top-1)",
            "model"),
 )
-PAIR_STATS = ("kl_bo", "kl_ob", "top1_agree")  # what the paired head computes besides each model's statistics
+
+
+@dataclass(frozen=True)
+class PairColumn:
+    role: str  # the name in memory
+    stored: str  # the name in pairs/<other>.parquet; {b}, {o}: the models' names
+    arrow: pa.DataType
+    unit: str
+    meaning: str  # {b}, {o}: the models' names
+
+    def column(self, base: str, other: str) -> Column:
+        return Column(self.stored.format(b=base, o=other), self.arrow, self.unit,
+                      self.meaning.format(b=base, o=other), "model")
+
+
+PAIR_STATS: tuple[PairColumn, ...] = (  # the pair's own, comparing the two distributions
+    PairColumn("kl_bo", "kl_{b}_{o}", pa.float32(), "nats", "KL({b} || {o}) of the predictive distributions"),
+    PairColumn("kl_ob", "kl_{o}_{b}", pa.float32(), "nats", "KL({o} || {b})"),
+    PairColumn("top1_agree", "top1_agree", pa.bool_(), "", "the two models' top-1 predictions are the same token"),
+)
+PAIR_KEYS = ("doc_id", "domain", "pos", "target", "truncated")  # as in tokens.parquet
+
+
+def _pair_columns() -> tuple[PairColumn, ...]:
+    keys = tuple(PairColumn(name, name, BY_NAME[name].arrow, BY_NAME[name].unit, BY_NAME[name].meaning)
+                 for name in PAIR_KEYS)
+    per_model = tuple(PairColumn(f"{c.name}_{role}", f"{c.name}_{{{role}}}", c.arrow, c.unit,
+                                 f"{{{role}}}: {c.meaning}") for role in ("b", "o") for c in MODEL_STATS)
+    return keys + per_model + PAIR_STATS
+
+
+PAIR_COLUMNS = _pair_columns()  # file order
 
 
 def pair_columns(base: str, other: str) -> tuple[Column, ...]:
-    """The columns of pairs/<other>.parquet for a baseline and another model, in file order."""
-    keys = tuple(BY_NAME[name] for name in ("doc_id", "domain", "pos", "target", "truncated"))
-    per_model = tuple(Column(f"{c.name}_{model}", c.arrow, c.unit, f"{model}: {c.meaning}", c.source)
-                      for model in (base, other) for c in PAIR_MODEL_COLUMNS)
-    pair = (
-        Column(f"kl_{base}_{other}", pa.float32(), "nats", f"KL({base} || {other}) of the predictive distributions",
-               "model"),
-        Column(f"kl_{other}_{base}", pa.float32(), "nats", f"KL({other} || {base})", "model"),
-        Column("top1_agree", pa.bool_(), "", "the two models' top-1 predictions are the same token", "model"),
-    )
-    return keys + per_model + pair
+    """The columns of pairs/<other>.parquet for a baseline and another model, under their stored names."""
+    return tuple(c.column(base, other) for c in PAIR_COLUMNS)
+
+
+def stored_names(base: str, other: str) -> dict[str, str]:
+    """Role -> stored name of every column of pairs/<other>.parquet."""
+    return {c.role: c.stored.format(b=base, o=other) for c in PAIR_COLUMNS}

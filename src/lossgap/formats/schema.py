@@ -1,8 +1,9 @@
 """The schema of lossgap's JSON files: results.json, compare.json and summary.json share one version number.
 
-results.json stays a plain JSON dict; the TypedDicts below say what each level holds, and the accessors are the
-one place the report, the plots and the findings read the shared facts (the compared models, the unit, the main
-row). Cheap to import: `lossgap report` loads this without numpy, torch or transformers.
+results.json and compare.json stay plain JSON dicts; the TypedDicts below say what each level holds, and the
+accessors are the one place the report, the plots and the findings read the shared facts (the compared models, the
+unit, the main row, the order of position buckets). Cheap to import: `lossgap report` loads this without numpy,
+torch or transformers.
 """
 
 from __future__ import annotations
@@ -185,6 +186,40 @@ class Results(TypedDict):
     findings: list[str]
 
 
+class ExplanationManifest(TypedDict):
+    """compare.json["explanation"]: what the comparison planned for the explanation before scoring (run/explain_plan.py)
+    and what it then stored, by paths relative to the comparison folder."""
+
+    enabled: bool
+    configuration: str  # the key of the configuration the paired pass and the chat-formatted runs use
+    pairs: dict[str, str]  # other model -> its pairs/<other>.parquet
+    skipped: dict[str, str | None]  # other model -> why it has no paired pass
+    chat_runs: dict[str, str]  # other model -> its chat-formatted run folder
+    chat_user_turn: str | None  # the user turn before each document (None: no chat-formatted runs)
+    memory: dict[str, Any] | None  # engine/memory.py's figures: will both models fit
+    vocab: dict[str, str]  # model -> its vocab/<model>.parquet
+
+
+class Manifest(TypedDict):
+    """compare.json: what a comparison scored and where it stored it; results.json is built from it and the files it
+    names alone (analysis/results.py)."""
+
+    schema_version: int
+    baseline: str
+    models: dict[str, ModelInfo]  # baseline first
+    mode: str  # TOKENS or BITS_PER_BYTE
+    tokenizers: dict[str, TokenizerCheck]  # every model but the baseline
+    configurations: list[dict[str, Any]]  # matrix.Configuration.to_dict
+    runs: dict[str, dict[str, str]]  # configuration key -> model -> its run folder
+    bootstrap: int  # resamples
+    seed: int
+    corpus: dict[str, Any]  # config.CorpusConfig as a dict
+    config: dict[str, Any]  # config.CompareConfig as a dict
+    versions: dict[str, str]
+    elapsed_seconds: float
+    explanation: NotRequired[ExplanationManifest]  # absent with --no-explain, one model, or an older comparison
+
+
 # ---------------------------------------------------------------- accessors
 
 
@@ -234,3 +269,13 @@ def clean(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def bucket_order(row_lists) -> list[str]:
+    """Bucket labels in the order they first appear in lists of rows (results list them from position 1 upwards)."""
+    labels: list[str] = []
+    for rows in row_lists:
+        for b in rows:
+            if b["bucket"] not in labels:
+                labels.append(b["bucket"])
+    return labels

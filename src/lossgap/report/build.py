@@ -1,8 +1,8 @@
 """report.md, report.html, one CSV per table and the plots: a pure function of results.json.
 
-The sections are built once (report_tables.py makes their tables) and rendered to Markdown, HTML and CSV by
-render.py, so the renderings cannot disagree. Nothing here reads the per-token files: `lossgap report DIR` and
-`lossgap compare` write byte-identical reports from the same results.
+The sections are built once (tables.py makes their tables, figures.py lists their figures) and rendered to Markdown,
+HTML and CSV by render.py, so the renderings cannot disagree. Nothing here reads the per-token files: `lossgap
+report DIR` and `lossgap compare` write byte-identical reports from the same results.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..formats.files import write_text
+from ..formats.paths import ComparisonFolder
 from ..formats.schema import Results, clean, others, tokens_mode, unit
-from . import explanation_plots, plots
 from .explanation import explanation_section
+from .figures import DOMAINS, LEAKAGE, POSITIONS, STATISTICS, drawn, write_figures
 from .render import NA, Section, count, md_table, render_html, render_markdown, write_csvs
 from .tables import (
     diagnostics_table,
@@ -28,15 +29,6 @@ from .tables import (
     tokenizer_table,
 )
 
-FIGURES = {
-    "per_domain_difference.png": "Difference in loss per domain (other model minus baseline) with 95% bootstrap "
-                                 "intervals and a zero line",
-    "nll_by_position.png": "Mean NLL by position of the target within its document, one line per model",
-    "leakage_by_position.png": "Mean NLL under the causal mask minus the block mask by position, with the share "
-                               "of tokens per position as bars",
-    "doc_difference_histogram.png": "Histogram of per-document differences in mean loss",
-}
-
 
 def format_seed_table(results: Results) -> str:
     """The seed table as Markdown, for the terminal."""
@@ -47,21 +39,17 @@ def sections(results: Results, figures: dict[str, Path | None]) -> list[Section]
     """The report's content, shared by the Markdown and HTML renderings; `figures` maps each PNG name to its
     file, or None where the plot was skipped."""
     results = clean(results)
-
-    def drawn(name: str) -> list[tuple[str, str]]:
-        return [(name, FIGURES[name])] if figures.get(name) else []
-
     secs = [
         Section("Findings", bullets=list(results.get("findings") or [])),
         _seed_section(results),
-        _statistics_section(results, drawn("doc_difference_histogram.png")),
+        _statistics_section(results, drawn(STATISTICS, figures)),
         Section("By domain", [f"Configuration {results['main_configuration']}; differences in {unit(results)}."],
-                tables=[per_domain_table(results)], figures=drawn("per_domain_difference.png")),
-        _leakage_section(results, drawn("leakage_by_position.png")),
+                tables=[per_domain_table(results)], figures=drawn(DOMAINS, figures)),
+        _leakage_section(results, drawn(LEAKAGE, figures)),
         Section("NLL by position", [
             "Mean NLL (nats/token) by target position within its document, configuration "
             f"{(results.get('position_profile') or {}).get('configuration', NA)}."],
-            tables=[position_table(results)], figures=drawn("nll_by_position.png")),
+            tables=[position_table(results)], figures=drawn(POSITIONS, figures)),
     ]
     if mean_columns(results):
         secs.append(_token_statistics_section(results))
@@ -144,13 +132,13 @@ def _subtitle(results: Results) -> str:
 
 def write_report(out: Path, results: Results) -> list[Path]:
     """Write report.md, report.html, the CSVs and the plots into `out`; return the files written."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    folder = ComparisonFolder(Path(out))
+    folder.root.mkdir(parents=True, exist_ok=True)
     results = clean(results)
-    figures = plots.write_plots(out, results, {**plots.PLOTS, **explanation_plots.PLOTS})
+    figures = write_figures(folder.root, results)
     secs = sections(results, figures)
     title, subtitle = _title(results), _subtitle(results)
-    md, page = out / "report.md", out / "report.html"
+    md, page = folder.report_markdown, folder.report_html
     write_text(md, render_markdown(title, subtitle, secs))
-    write_text(page, render_html(title, subtitle, secs, out))
-    return [md, page, *write_csvs(out, secs), *(p for p in figures.values() if p is not None)]
+    write_text(page, render_html(title, subtitle, secs, folder.root))
+    return [md, page, *write_csvs(folder.root, secs), *(p for p in figures.values() if p is not None)]

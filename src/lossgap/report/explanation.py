@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 
 from ..formats.schema import Results
-from .explanation_plots import FIGURES
 from .explanation_tables import (
     DIMENSIONS,
     byte_class_table,
@@ -18,6 +17,7 @@ from .explanation_tables import (
     top_spans_table,
     top_tokens_table,
 )
+from .figures import EXPLANATION, drawn
 from .render import Section
 
 TOKEN_VIEW_CSS = """
@@ -39,7 +39,7 @@ def explanation_section(results: Results, figures: dict) -> Section | None:
     sec = Section("Where the difference comes from", [_intro(explanation, base)])
     for name, entry in explanation["models"].items():
         _add_model(sec, name, entry, base, explanation)
-    sec.figures = [(f, FIGURES[f]) for f in FIGURES if figures.get(f)]
+    sec.figures = drawn(EXPLANATION, figures)
     return sec
 
 

@@ -1,5 +1,5 @@
 """The figures of "Where the difference comes from", drawn from results.json's `explanation` alone (same rules as
-plots.py: the Agg canvas, no timestamps, a figure without data is skipped)."""
+plots.py: the Agg canvas, no timestamps, a figure without data is skipped; figures.py lists them)."""
 
 from __future__ import annotations
 
@@ -97,20 +97,3 @@ def reliability(results: Results) -> Figure | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return fig
-
-
-PLOTS = {
-    "kl_distribution.png": kl_distribution,
-    "contributions_text_class.png": text_class_contributions,
-    "contributions_frequency.png": frequency_contributions,
-    "delta_by_confidence.png": delta_by_confidence,
-    "reliability.png": reliability,
-}
-FIGURES = {
-    "kl_distribution.png": "Histogram of per-token KL divergence between the baseline and each other model",
-    "contributions_text_class.png": "Contribution of each text class of the target to the difference D, with 95% "
-                                    "bootstrap intervals",
-    "contributions_frequency.png": "Contribution to D by how frequent the target is in the scored corpus",
-    "delta_by_confidence.png": "Contribution to D by the baseline's probability of the target",
-    "reliability.png": "Reliability diagrams: top-1 probability against top-1 accuracy, per model",
-}

@@ -1,4 +1,5 @@
-"""The report's four figures, drawn from results.json alone.
+"""The report's main figures, drawn from results.json alone, and the rules every figure follows (figures.py lists
+them all).
 
 Figures are built on the Agg canvas directly (no pyplot), so drawing never touches global GUI state, and are
 saved without a timestamp or version stamp, so the same results give byte-identical PNGs. A figure whose data
@@ -13,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..formats.files import atomic_path
-from ..formats.schema import ALL_POSITIONS, Results, finite, main_row, others, unit
+from ..formats.schema import ALL_POSITIONS, Results, bucket_order, finite, main_row, others, unit
 
 DPI = 110
 PNG_METADATA = {"Software": None}  # no matplotlib version in the file: same results, same bytes
@@ -140,36 +141,8 @@ def doc_difference_histogram(results: Results) -> Figure | None:
     return fig
 
 
-def bucket_order(row_lists) -> list[str]:
-    """Bucket labels in the order they first appear (results list them from position 1 upwards)."""
-    labels: list[str] = []
-    for rows in row_lists:
-        for b in rows:
-            if b["bucket"] not in labels:
-                labels.append(b["bucket"])
-    return labels
-
-
-PLOTS = {
-    "per_domain_difference.png": per_domain_difference,
-    "nll_by_position.png": nll_by_position,
-    "leakage_by_position.png": leakage_by_position,
-    "doc_difference_histogram.png": doc_difference_histogram,
-}
-
-
-def write_plots(out: Path, results: dict, draws: dict | None = None) -> dict[str, Path | None]:
-    """Draw every figure (`draws`: file name -> drawing function, default PLOTS) into `out`; a skipped figure maps
-    to None and any stale file of that name is removed."""
-    written: dict[str, Path | None] = {}
-    for name, draw in (PLOTS if draws is None else draws).items():
-        path = Path(out) / name
-        fig = draw(results)
-        if fig is None:
-            path.unlink(missing_ok=True)
-            written[name] = None
-            continue
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=DPI, metadata=PNG_METADATA)
-        written[name] = path
-    return written
+def save_png(fig: Figure, path: Path) -> Path:
+    """The figure as a PNG under its final name only when complete; the same figure gives the same bytes."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, metadata=PNG_METADATA)
+    return path

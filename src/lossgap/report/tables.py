@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from ..formats import columns
-from ..formats.schema import ALL_POSITIONS, ComparisonStats, Results, finite, main_row, others, tokens_mode
-from . import plots
+from ..formats.schema import (
+    ALL_POSITIONS,
+    ComparisonStats,
+    Results,
+    bucket_order,
+    finite,
+    main_row,
+    others,
+    tokens_mode,
+)
 from .render import (
     NA,
     Cell,
@@ -162,7 +170,7 @@ def position_table(results: Results) -> Table:
     profile = results.get("position_profile") or {}
     models = profile.get("models") or {}
     by_model = {n: {b["bucket"]: b for b in rows} for n, rows in models.items()}
-    buckets = plots.bucket_order(models.values())
+    buckets = bucket_order(models.values())
     base, compared = results["baseline"], [n for n in models if n != results["baseline"]]
     same_tokens = len({tuple((b["bucket"], b["n_tokens"]) for b in rows) for rows in models.values()}) <= 1
     diffs = tokens_mode(results) and base in by_model and same_tokens

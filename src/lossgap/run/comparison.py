@@ -10,28 +10,23 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..analysis.textclass import write_vocab_tables
-from ..config import CompareConfig, ModelConfig, ScoreConfig
+from ..config import CompareConfig, ModelConfig, ScoreConfig, TokenizeConfig
 from ..data.corpus import Corpus, require_documents
-from ..data.encode import chat_prefix, resolve_special_tokens
+from ..data.encode import resolve_special_tokens
+from ..engine.devices import resolve_device
 from ..engine.dist import init_distributed
-from ..engine.memory import require_room_for_pair
-from ..engine.model import load_model, load_tokenizer, resolve_device, resolve_seq_len
+from ..engine.model import load_model, load_tokenizer, resolve_seq_len
 from ..engine.plans import choose_plan
 from ..errors import UsageError
 from ..formats.files import write_json
-from ..formats.schema import SCHEMA_VERSION
+from ..formats.paths import ComparisonFolder
+from ..formats.schema import SCHEMA_VERSION, TOKENS, Manifest
 from ..matrix import SEED_MATRIX, Configuration, main_configuration, single_configuration
 from ..version import library_versions
-from .paired import paired_pass, pairs_dir
+from .explanation_plan import ExplanationPlan, ExplanationRecord, plan_explanation
+from .paired import paired_pass
 from .scoring import score_offsets
 from .store import prepare_out_dir
-
-MANIFEST = "compare.json"
-COMPARE_FILES = (MANIFEST, "results.json", "report.md", "report.html")
-
-
-def run_dir(out: Path, config_key: str, model_name: str) -> Path:
-    return out / "runs" / config_key / model_name
 
 
 def configurations(cfg: CompareConfig) -> tuple[Configuration, ...]:
@@ -50,22 +45,24 @@ def compare(cfg: CompareConfig, min_models: int = 2) -> dict:
 
     started = time.perf_counter()
     cfg.validate(min_models)
-    out = Path(cfg.run.out)
-    _prepare(out, cfg.run.overwrite)
+    folder = ComparisonFolder(Path(cfg.run.out))
+    _prepare(folder, cfg.run.overwrite)
     require_documents(Corpus(cfg.corpus))  # fail early on a missing, unreadable or empty corpus, before any model
     model_cfgs = {name: replace(cfg.model, name=spec) for name, spec in cfg.models}
     tokenizers = {name: load_tokenizer(m) for name, m in model_cfgs.items()}
     checks, mode = _check_tokenizers(cfg, tokenizers)
     configs = configurations(cfg)
-    explanation = _plan_explanation(cfg, model_cfgs, tokenizers, mode, main_configuration(list(configs)))
+    # decided before anything is scored: how every model's input is tokenized, and what the explanation computes
+    tokenize = shared_tokenization(cfg, tokenizers[cfg.models[0][0]], mode)
+    plan = plan_explanation(cfg, model_cfgs, tokenizers, mode, main_configuration(list(configs)))
     _say(cfg, f"comparing {', '.join(model_cfgs)} on {cfg.corpus.path}: {len(configs)} configurations, "
-              f"{'token-level' if mode == 'tokens' else 'bits per byte only (tokenizers differ)'}")
-    runs = _Runs(cfg, configs, _plans_per_group(cfg, configs), out, len(model_cfgs), tokenizers, mode)
-    runs.score_all(model_cfgs, explanation)
+              f"{'token-level' if mode == TOKENS else 'bits per byte only (tokenizers differ)'}")
+    runs = _Runs(cfg, configs, _plans_per_group(cfg, configs), folder, tokenizers, mode, tokenize)
+    record = runs.score_all(model_cfgs, plan)
     if not init_distributed(cfg.model.device).main:
         return {}  # under torchrun, rank 0 analyses and reports
-    explanation["vocab"] = write_vocab_tables(out, tokenizers, runs.model_info)
-    manifest = {
+    record.vocab = write_vocab_tables(folder, tokenizers, runs.model_info)
+    manifest: Manifest = {
         "schema_version": SCHEMA_VERSION,
         "baseline": cfg.models[0][0],
         "models": runs.model_info,
@@ -80,38 +77,24 @@ def compare(cfg: CompareConfig, min_models: int = 2) -> dict:
         "versions": library_versions(),
         "elapsed_seconds": time.perf_counter() - started,
     }
-    if explanation["enabled"]:
-        manifest["explanation"] = explanation
-    write_json(out / MANIFEST, manifest)
-    results = build_results(out)
-    write_report(out, results)
+    if plan.enabled:
+        manifest["explanation"] = plan.manifest(record)
+    write_json(folder.manifest, manifest)
+    results = build_results(folder.root)
+    write_report(folder.root, results)
     return results
 
 
-def _plan_explanation(cfg: CompareConfig, model_cfgs: dict, tokenizers: dict, mode: str, main: Configuration) -> dict:
-    """What the explanation will compute, decided (and refused where it cannot be done) before any model loads: the
-    paired pass needs identical tokenization, equal vocabulary sizes and room for two models; --chat-context needs
-    each other model's chat template."""
-    names = list(model_cfgs)
-    plan = {"enabled": cfg.explain and len(names) > 1, "configuration": main.key, "pairs": {}, "skipped": {},
-            "chat_runs": {}, "chat_user_turn": cfg.tokenize.chat_user_turn if cfg.tokenize.chat_context else None,
-            "memory": None}
-    if cfg.tokenize.chat_context:
-        for name in names[1:]:
-            chat_prefix(tokenizers[name], cfg.tokenize.chat_user_turn, name)  # refuses a model without a template
-    if not plan["enabled"]:
-        return plan
-    reason = None
-    if mode != "tokens":
-        reason = ("the tokenizers differ on this corpus, so the two models' distributions are over different tokens: "
-                  "KL, top-1 agreement and calibration against the baseline are undefined; the difference is "
-                  "attributed by byte class in bits per byte")
-    elif main.label_offset != 1:
-        reason = "no next-token configuration was scored"
-    else:
-        plan["memory"] = require_room_for_pair(model_cfgs, names[0])
-    plan["skipped"] = dict.fromkeys(names[1:], reason) if reason else {}
-    return plan
+def shared_tokenization(cfg: CompareConfig, base_tokenizer, mode: str) -> TokenizeConfig:
+    """How the configurations tokenize every model's input: the raw text (the chat-formatted runs add their template
+    themselves) and, for a token-level comparison, the baseline's BOS/EOS ids for every model (an instruct EOS such
+    as <|eot_id|> would be another target). Each model's run checks the ids against its own vocabulary."""
+    tokenize = replace(cfg.tokenize, chat_context=False)
+    if mode != TOKENS:
+        return tokenize
+    special = resolve_special_tokens(base_tokenizer, cfg.tokenize)
+    return replace(tokenize, add_bos=special.bos_id is not None, add_eos=special.eos_id is not None,
+                   bos_id=special.bos_id, eos_id=special.eos_id)
 
 
 def _check_tokenizers(cfg: CompareConfig, tokenizers: dict) -> tuple[dict, str]:
@@ -131,51 +114,43 @@ class _Runs:
     """The scoring runs of a comparison, model by model: every configuration of one model while it is loaded; with
     the explanation, the baseline stays loaded for the paired pass with each other model."""
 
-    def __init__(self, cfg: CompareConfig, configs, plans: dict, out: Path, n_models: int, tokenizers: dict,
-                 mode: str):
-        self.cfg, self.configs, self.plans, self.out, self.mode = cfg, configs, plans, out, mode
-        self.total = len(configs) * n_models
+    def __init__(self, cfg: CompareConfig, configs, plans: dict, folder: ComparisonFolder, tokenizers: dict,
+                 mode: str, tokenize: TokenizeConfig):
+        self.cfg, self.configs, self.plans, self.folder, self.mode = cfg, configs, plans, folder, mode
+        self.tokenize = tokenize
+        self.total = len(configs) * len(tokenizers)
         self.step = 0
         self.seq_len = cfg.layout.seq_len
-        self.tokenize = replace(cfg.tokenize, chat_context=False)  # the configurations score the raw text
         self.base_tokenizer = tokenizers[cfg.models[0][0]]
         self.folders: dict[str, dict[str, str]] = {c.key: {} for c in configs}
         self.model_info: dict[str, dict] = {}
 
-    def score_all(self, model_cfgs: dict[str, ModelConfig], explanation: dict) -> None:
-        """Every model under every configuration; the paired pass and the chat-formatted run where asked for."""
+    def score_all(self, model_cfgs: dict[str, ModelConfig], plan: ExplanationPlan) -> ExplanationRecord:
+        """Every model under every configuration; the paired pass and the chat-formatted run where the plan says."""
         (base_name, base_cfg), *others = model_cfgs.items()
-        pairs = explanation["enabled"] and not explanation["skipped"]
-        main = next(c for c in self.configs if c.key == explanation["configuration"])
-        base = self.score_model(base_name, base_cfg, keep=pairs)
+        record = ExplanationRecord()
+        main = next(c for c in self.configs if c.key == plan.configuration)
+        base = self.score_model(base_name, base_cfg, keep=bool(plan.paired))
         for name, mcfg in others:
             loaded = self.score_model(name, mcfg, keep=True)
-            if pairs and base.vocab_size != loaded.vocab_size:
-                explanation["skipped"][name] = (f"the output vocabularies differ in size ({base.vocab_size} vs "
-                                                f"{loaded.vocab_size}): the distributions cannot be compared entry by "
-                                                "entry")
-            elif pairs:
+            if name in plan.paired:
                 _say(self.cfg, f"paired pass: {base_name} and {name} on {main.key}")
-                run = self._config(main, name, mcfg, pairs_dir(self.out, name))
-                done = paired_pass(run, (base_name, name), base, loaded, self.base_tokenizer, self.out)
-                explanation["pairs"][name] = str(done.path.relative_to(self.out))
-            if self.cfg.tokenize.chat_context:
-                explanation["chat_runs"][name] = self._chat_run(main, name, mcfg, loaded)
+                run = self._config(main, name, mcfg, self.folder.pairs_work(name))
+                done = paired_pass(run, (base_name, name), base, loaded, self.base_tokenizer, self.folder)
+                record.pairs[name] = self.folder.relative(done.path)
+            if plan.chat:
+                record.chat_runs[name] = self._chat_run(main, name, mcfg, loaded, plan.chat_user_turn)
             del loaded
             gc.collect()
         del base
         gc.collect()
+        return record
 
     def score_model(self, name: str, mcfg: ModelConfig, keep: bool = False):
         """Score every configuration with one model; return the loaded model if `keep`, else release it."""
         cfg = self.cfg
         loaded = load_model(mcfg, quiet=cfg.run.quiet)
         self.seq_len = resolve_seq_len(loaded, self.seq_len)
-        if self.mode == "tokens" and name == cfg.models[0][0]:
-            special = resolve_special_tokens(self.base_tokenizer, cfg.tokenize, loaded.vocab_size)
-            # every model gets the baseline's BOS/EOS ids: an instruct EOS such as <|eot_id|> is another target
-            self.tokenize = replace(self.tokenize, add_bos=special.bos_id is not None,
-                                    add_eos=special.eos_id is not None, bos_id=special.bos_id, eos_id=special.eos_id)
         self.model_info[name] = {"spec": mcfg.name, **loaded.describe()}
         # the offsets of one layout and mask share their forward passes: one pass per batch serves all of them
         for group in _offset_groups(self.configs):
@@ -184,9 +159,9 @@ class _Runs:
             _say(cfg, f"[{self.step}/{self.total}] {name}: {keys}")
             run_cfgs = []
             for conf in group:
-                folder = run_dir(self.out, conf.key, name)
-                self.folders[conf.key][name] = str(folder.relative_to(self.out))
-                run_cfgs.append(self._config(conf, name, mcfg, folder))
+                files = self.folder.run(conf.key, name)
+                self.folders[conf.key][name] = self.folder.relative(files)
+                run_cfgs.append(self._config(conf, name, mcfg, files.folder))
             score_offsets(run_cfgs, loaded, self._tokenizer())
         if keep:
             return loaded
@@ -194,18 +169,18 @@ class _Runs:
         gc.collect()
         return None
 
-    def _chat_run(self, main: Configuration, name: str, mcfg: ModelConfig, loaded) -> str:
+    def _chat_run(self, main: Configuration, name: str, mcfg: ModelConfig, loaded, user_turn: str) -> str:
         """The main configuration once more, each document as the model's reply in its own chat template."""
-        folder = run_dir(self.out, f"{main.key}-chat", name)
+        files = self.folder.run(main.key, name, chat=True)
         _say(self.cfg, f"{name}: {main.key}, chat-formatted (documents as the assistant's reply)")
-        run = self._config(main, name, mcfg, folder)
-        run.tokenize = replace(run.tokenize, chat_context=True, chat_user_turn=self.cfg.tokenize.chat_user_turn)
+        run = self._config(main, name, mcfg, files.folder)
+        run.tokenize = replace(run.tokenize, chat_context=True, chat_user_turn=user_turn)
         score_offsets([run], loaded, self._tokenizer())
-        return str(folder.relative_to(self.out))
+        return self.folder.relative(files)
 
     def _tokenizer(self):
         """Token-level comparisons tokenize every model's input with the baseline's tokenizer."""
-        return self.base_tokenizer if self.mode == "tokens" else None
+        return self.base_tokenizer if self.mode == TOKENS else None
 
     def _config(self, conf: Configuration, name: str, mcfg: ModelConfig, folder: Path) -> ScoreConfig:
         cfg = self.cfg
@@ -248,12 +223,12 @@ def _plans_per_group(cfg: CompareConfig, configs) -> dict[tuple[str, str], str]:
     return plans
 
 
-def _prepare(out: Path, overwrite: bool) -> None:
-    found = [f for f in COMPARE_FILES if (out / f).exists()] + (["runs/"] if (out / "runs").exists() else [])
+def _prepare(folder: ComparisonFolder, overwrite: bool) -> None:
+    found = folder.existing()
     if found and not overwrite:
-        raise UsageError(f"--out {out} already holds a comparison ({', '.join(found)})",
+        raise UsageError(f"--out {folder.root} already holds a comparison ({', '.join(found)})",
                          "choose another --out, or pass --overwrite to replace it")
-    prepare_out_dir(out, overwrite=True)
+    prepare_out_dir(folder.root, overwrite=True)
 
 
 def _jsonable(cfg: CompareConfig) -> dict:

@@ -1,14 +1,17 @@
 """The paired pass: the baseline and another model scored on the same batches in one pass over the data, both models
 resident, so every target token gets both predictive distributions compared (KL both ways, top-1 agreement) and each
 model's statistics (NLL, entropy, the target's probability and rank, the argmax and its probability), computed in
-one pass over the vocabulary tiles (docs/design.md, contract 8). Written per window as resumable shards, then
-merged in document order into pairs/<other>.parquet in the comparison folder.
+one pass over the vocabulary tiles (docs/design.md, contract 8); the columns are declared in formats/columns.py.
+Written per window as resumable shards, then merged in document order into pairs/<other>.parquet in the comparison
+folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,27 +24,16 @@ from ..data.layout import Batch
 from ..engine import forward
 from ..engine.dist import init_distributed
 from ..engine.model import LoadedModel
-from ..engine.plans import restore_attention
 from ..engine.prepare import Engine, prepare_engine
 from ..errors import UsageError
-from ..formats.columns import PAIR_MODEL_COLUMNS, pair_columns, token_schema
+from ..formats.columns import pair_columns, stored_names, token_schema
 from ..formats.files import atomic_path
+from ..formats.paths import ComparisonFolder, RunFiles
 from ..formats.schema import SCHEMA_VERSION
 from .runner import WindowRunner
 from .scoring import Output, Pass, resume_config, run_windows, window_size
 from .shards import ShardStore, corpus_fingerprint, model_fingerprint
-from .store import DocumentTable
-
-PAIRS_DIR = "pairs"
-
-
-def pair_path(out: Path, other: str) -> Path:
-    return Path(out) / PAIRS_DIR / f"{other}.parquet"
-
-
-def pairs_dir(out: Path, other: str) -> Path:
-    """Where the pass keeps its shards until they are merged (the unit of resume)."""
-    return Path(out) / PAIRS_DIR / f".{other}"
+from .store import DocumentSums
 
 
 class PairRunner(WindowRunner):
@@ -52,20 +44,22 @@ class PairRunner(WindowRunner):
         self.other = other
         self.names = names
         self.columns = pair_columns(*names)
+        self.stored = stored_names(*names)
 
     def forward(self, batches: list[Batch]) -> list[dict[str, np.ndarray]]:
         (batch,) = batches  # one label offset: the main configuration's
         stats = forward.forward_pair(self.plan, self.head, self.other.plan, self.other.head, batch)
-        base, other = self.names
-        out = {f"{c.name}_{base}": stats[f"{c.name}_b"] for c in PAIR_MODEL_COLUMNS}
-        out |= {f"{c.name}_{other}": stats[f"{c.name}_o"] for c in PAIR_MODEL_COLUMNS}
-        out |= {f"kl_{base}_{other}": stats["kl_bo"], f"kl_{other}_{base}": stats["kl_ob"],
-                "top1_agree": stats["top1_agree"]}
-        return [out]
+        return [{self.stored[role]: values for role, values in stats.items()}]
+
+    @contextlib.contextmanager
+    def attention(self) -> Iterator[None]:
+        """Both plans' attention on their models while the windows are scored."""
+        with self.plan.attention(), self.other.plan.attention():
+            yield
 
     def check(self, k: int, batch: Batch, columns: dict) -> None:
-        for name in self.names:
-            forward.check_finite(columns[f"nll_{name}"], batch, name)
+        for role, name in zip(("nll_b", "nll_o"), self.names, strict=True):
+            forward.require_finite_loss(columns[self.stored[role]], batch, name)
 
 
 @dataclass
@@ -75,9 +69,9 @@ class PairedResult:
 
 
 def paired_pass(cfg: ScoreConfig, names: tuple[str, str], base: LoadedModel, other: LoadedModel, tokenizer,
-                out: Path) -> PairedResult:
-    """Score cfg's configuration (one label offset) with both models on the same batches; write
-    pairs/<other>.parquet under `out` (rank 0) and return its path and the run's facts."""
+                folder: ComparisonFolder) -> PairedResult:
+    """Score cfg's configuration (one label offset) with both models on the same batches; write the comparison
+    folder's pairs/<other>.parquet (rank 0) and return its path and the run's facts."""
     cfg.validate()
     if cfg.run.compile:
         raise UsageError("the paired pass does not compile its models", "drop --compile, or use --no-explain")
@@ -88,15 +82,12 @@ def paired_pass(cfg: ScoreConfig, names: tuple[str, str], base: LoadedModel, oth
     size = min(e.plan.batch_size for e in engines)  # the same batches for both: the smaller measured size
     for e in engines:
         e.plan.batch_size = size
-    work = pairs_dir(out, names[1])
+    work = folder.pairs_work(names[1])
     output = _open(cfg, engines, names, corpus, work, dist)
     runner = PairRunner(*engines, names)
-    try:
-        done = run_windows(cfg, engines[0], corpus, [output], dist, runner)
-    finally:
-        restore_attention(other.model)
+    done = run_windows(cfg, engines[0], corpus, [output], dist, runner)
     facts = {**engines[0].facts(), "models": list(names), **done.facts(cfg, corpus, [output], 0.0)}
-    path = pair_path(out, names[1])
+    path = folder.pairs(names[1])
     if dist.main and done.error is None:
         _merge(output, done, path, facts, runner.columns)
         shutil.rmtree(work, ignore_errors=True)
@@ -120,9 +111,9 @@ def _open(cfg: ScoreConfig, engines: list[Engine], names: tuple[str, str], corpu
     if dist.main:
         work.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    shards = ShardStore(work, manifest, cfg.run.resume, main=dist.main)
+    shards = ShardStore(RunFiles(work), manifest, cfg.run.resume, main=dist.main)
     dist.barrier()
-    return Output(cfg, metadata, shards, DocumentTable(), window_tokens)
+    return Output(cfg, metadata, shards, DocumentSums(), window_tokens)
 
 
 def _merge(output: Output, done: Pass, path: Path, facts: dict, columns) -> None:

@@ -13,7 +13,7 @@ from ..data.layout import Batch, retarget
 from ..engine import forward
 from ..errors import LossgapError
 from ..formats.columns import MODEL_METRICS, TOKEN_COLUMNS, token_table
-from .store import DocumentTable
+from .store import DocumentSums
 
 
 def layout_columns(batch: Batch) -> dict[str, np.ndarray]:
@@ -35,7 +35,7 @@ class WindowRunner:
         self.input_tokens = 0
         self.oom_retries = 0
 
-    def score_window(self, rows, documents: DocumentTable, offsets: list[int]) -> list[pa.Table]:
+    def score_window(self, rows, documents: DocumentSums, offsets: list[int]) -> list[pa.Table]:
         """One table per offset, each in document order, whatever order the plan scored in."""
         parts: dict[int, list[dict]] = {k: [] for k in offsets}
         for group in self.plan.groups(rows):
@@ -46,13 +46,17 @@ class WindowRunner:
                 self.input_tokens += batches[0].n_input_tokens
         return [document_order(parts[k], documents, self.columns) for k in offsets]
 
+    def attention(self):
+        """The plan's attention on the model while the windows are scored (plans.Plan.attention)."""
+        return self.plan.attention()
+
     def forward(self, batches: list[Batch]) -> list[dict[str, np.ndarray]]:
         """The per-token columns the model computes, one dict per batch (the same rows, one per offset)."""
         return forward.forward_batches(self.plan, self.head, batches, MODEL_METRICS)
 
     def check(self, k: int, batch: Batch, columns: dict) -> None:
         """Refuse a non-finite loss; measure the first batch of each offset against float32 below it."""
-        forward.check_finite(columns["nll"], batch, self.model_name)
+        forward.require_finite_loss(columns["nll"], batch, self.model_name)
         if self.want_fp32_check and k not in self.fp32_check and batch.n_targets:
             self.fp32_check[k] = forward.fp32_deviation(self.plan, self.head, batch, columns["nll"])
 
@@ -74,7 +78,7 @@ class WindowRunner:
         return self._score_group(group[:half], offsets) + self._score_group(group[half:], offsets)
 
 
-def document_order(parts: list[dict], documents: DocumentTable, columns=TOKEN_COLUMNS) -> pa.Table:
+def document_order(parts: list[dict], documents: DocumentSums, columns=TOKEN_COLUMNS) -> pa.Table:
     """The batches' columns joined and sorted by (document, position), with each document's domain."""
     names = [c.name for c in columns if c.name != "domain"]
     joined = {name: np.concatenate([p[name] for p in parts]) for name in names}

@@ -20,10 +20,10 @@ from ..data.layout import make_rows, windows
 from ..engine.batching import AUTO, cap_rows
 from ..engine.dist import Dist, init_distributed
 from ..engine.model import LoadedModel
-from ..engine.plans import restore_attention
 from ..engine.prepare import Engine, prepare_engine
 from ..errors import LossgapError
 from ..formats.files import write_json
+from ..formats.paths import RunFiles
 from ..formats.schema import SCHEMA_VERSION
 from ..version import library_versions
 from .interrupts import Interrupted, StopAtError, StopOnSignal
@@ -31,21 +31,18 @@ from .prefetch import Prefetch
 from .progress import Progress
 from .runner import WindowRunner
 from .shards import ShardStore, corpus_fingerprint, model_fingerprint
-from .store import SUMMARY_FILE, DocumentTable, TokenWriter, prepare_out_dir, require_targets, write_documents
+from .store import DocumentSums, TokenWriter, prepare_out_dir, require_targets, write_documents
 
 
 @dataclass
 class ScoreResult:
     out_dir: Path
-    summary: dict
+    summary: dict  # summary.json ({} on a torchrun rank other than 0)
 
     @property
-    def tokens_path(self) -> Path:
-        return self.out_dir / "tokens.parquet"
-
-    @property
-    def documents_path(self) -> Path:
-        return self.out_dir / "documents.parquet"
+    def files(self) -> RunFiles:
+        """The run's files (tokens.parquet, documents.parquet, summary.json)."""
+        return RunFiles(self.out_dir)
 
 
 def score(cfg: ScoreConfig, loaded: LoadedModel | None = None, tokenizer=None) -> ScoreResult:
@@ -100,7 +97,7 @@ class Output:
     cfg: ScoreConfig
     metadata: dict
     shards: ShardStore
-    documents: DocumentTable
+    documents: DocumentSums
     window_tokens: int  # the unit of resume: every rank and every resumed run cuts the same windows
     resumed: int = 0
 
@@ -132,8 +129,8 @@ def open_outputs(cfgs: list[ScoreConfig], engine: Engine, corpus: Corpus, dist: 
         }
         manifest = {"config": resume_config(c, engine.special), "corpus": corpus_print,
                     "model": model_fingerprint(engine.loaded.name, metadata["model"]), "window_tokens": window_tokens}
-        documents = DocumentTable(outputs[0].documents.docs if outputs else None)  # one registry, own sums
-        shards = ShardStore(c.out_dir, manifest, c.run.resume, main=dist.main)
+        documents = DocumentSums(outputs[0].documents.docs if outputs else None)  # one registry, own sums
+        shards = ShardStore(RunFiles(c.out_dir), manifest, c.run.resume, main=dist.main)
         outputs.append(Output(c, metadata, shards, documents, window_tokens))
     dist.barrier()
     return outputs
@@ -187,14 +184,15 @@ def run_windows(cfg: ScoreConfig, engine: Engine, corpus: Corpus, outputs: list[
     signals = StopOnSignal()
     started = time.perf_counter()
     try:
-        for window, rows in enumerate(work):
-            done.n_windows = window + 1
-            _score_window(window, rows, done.runner, outputs, cfg.model.tp, dist)
-            progress.update(done.runner.input_tokens, len(outputs[0].documents.docs))
-            if signals.received:
-                done.error = Interrupted(f"stopped by {signals.received} after window {window}: finished windows are "
-                                         "kept", "continue with the same command and --resume")
-                break
+        with runner.attention():
+            for window, rows in enumerate(work):
+                done.n_windows = window + 1
+                _score_window(window, rows, runner, outputs, cfg.model.tp, dist)
+                progress.update(runner.input_tokens, len(outputs[0].documents.docs))
+                if signals.received:
+                    done.error = Interrupted(f"stopped by {signals.received} after window {window}: finished windows "
+                                             "are kept", "continue with the same command and --resume")
+                    break
         done.error = done.error or stream.error
     except LossgapError as e:
         done.error = e
@@ -206,7 +204,6 @@ def run_windows(cfg: ScoreConfig, engine: Engine, corpus: Corpus, outputs: list[
         signals.restore()
         work.close()
         progress.close()
-        restore_attention(engine.loaded.model)
     if dist.any(done.error is not None) and done.error is None:
         done.error = LossgapError("another rank failed; see its message", "fix the cause, then rerun with --resume")
     done.seconds = time.perf_counter() - started
@@ -233,8 +230,8 @@ def _score_window(window: int, rows, runner: WindowRunner, outputs: list[Output]
 def finish(o: Output, done: Pass, facts: dict, started: float) -> ScoreResult:
     """Merge one output's shards in document order into its files and write its summary (rank 0)."""
     complete = done.error is None
-    out_dir = o.cfg.out_dir
-    writer = TokenWriter(out_dir, o.metadata)
+    files = RunFiles(o.cfg.out_dir)
+    writer = TokenWriter(files, o.metadata)
     for window in range(done.n_windows):  # document order, whichever rank or earlier run scored the window
         if o.shards.done(window):
             table = o.shards.read(window)
@@ -245,7 +242,7 @@ def finish(o: Output, done: Pass, facts: dict, started: float) -> ScoreResult:
         o.shards.remove()
     table = o.documents.to_arrow()
     require_targets(table, o.k, o.cfg.corpus.path, tokens_path if complete else None)
-    write_documents(out_dir, table, o.metadata)
+    write_documents(files, table, o.metadata)
     overall, per_domain = summarize_documents(table)
     cfg = o.cfg
     summary = {
@@ -269,8 +266,8 @@ def finish(o: Output, done: Pass, facts: dict, started: float) -> ScoreResult:
         "config": o.metadata["config"],
         "versions": library_versions(),
     }
-    write_json(out_dir / SUMMARY_FILE, summary)
-    return ScoreResult(out_dir, summary)
+    write_json(files.summary, summary)
+    return ScoreResult(files.folder, summary)
 
 
 def _check_offset_siblings(cfgs: list[ScoreConfig]) -> None:

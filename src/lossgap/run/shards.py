@@ -20,9 +20,8 @@ import pyarrow.parquet as pq
 
 from ..errors import UsageError
 from ..formats.files import atomic_path, write_text
+from ..formats.paths import RunFiles
 
-SHARDS_DIR = "shards"
-MANIFEST_FILE = "manifest.json"
 RUN_FIELD = "run_sha256"  # the manifest's hash, in the manifest (edits show) and in every shard (foreign ones show)
 RUN_KEY = b"lossgap.run"
 _EDGE = 1 << 20  # bytes hashed at each end of a corpus file: cheap on a 2 GB Pile shard, catches edits at either end
@@ -65,17 +64,18 @@ class ShardStore:
     metadata and page checksums, so that on --resume a truncated, corrupt or foreign shard, or one of another run,
     is found and its window scored again (said on stderr) instead of being merged."""
 
-    def __init__(self, out_dir: Path, manifest: dict, resume: bool, main: bool = True,
+    def __init__(self, files: RunFiles, manifest: dict, resume: bool, main: bool = True,
                  schema: pa.Schema | None = None):
-        self.dir = out_dir / SHARDS_DIR
-        self.manifest_path = self.dir / MANIFEST_FILE
+        self.files = files
+        self.dir = files.shards
+        self.manifest_path = files.shard_manifest
         self.run = manifest_hash(manifest)
         self.resume, self.main, self.schema = resume, main, schema
         self._valid: set[int] = set()  # windows whose shard was checked or written by this process
         self._reported: set[int] = set()
         if main:
             if resume and self.dir.exists():
-                _check_manifest(self.dir, manifest)
+                _check_manifest(files, manifest)
             elif self.dir.exists():
                 shutil.rmtree(self.dir)  # a fresh run (prepare_out_dir already required --overwrite for this)
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,7 @@ class ShardStore:
                                                       default=str) + "\n")
 
     def path(self, window: int) -> Path:
-        return self.dir / f"window-{window:08d}.parquet"
+        return self.files.shard(window)
 
     def done(self, window: int) -> bool:
         """Whether the window has a sound shard of this run. A damaged one is not done: its window is scored again
@@ -142,12 +142,12 @@ def manifest_hash(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(stored, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _check_manifest(shards: Path, manifest: dict) -> None:
+def _check_manifest(files: RunFiles, manifest: dict) -> None:
     """Refuse to resume from a shards folder whose manifest is missing, damaged or edited, or whose inputs changed."""
-    path = shards / MANIFEST_FILE
+    shards, path = files.shards, files.shard_manifest
     fix = "start again with --overwrite (or a new --out): the finished windows cannot be trusted without it"
     if not path.is_file():
-        if any(shards.glob("window-*.parquet")):
+        if files.shard_files():
             raise UsageError(f"--resume: {path} is missing, so the finished windows in {shards} cannot be checked", fix)
         return
     try:

@@ -14,20 +14,16 @@ import pyarrow.parquet as pq
 
 from ..errors import CorpusError, UsageError
 from ..formats.columns import AGGREGATED, TOKEN_SCHEMA, document_sums
-from ..formats.files import PARTIAL_SUFFIX, atomic_path, writable_dir
-
-TOKENS_FILE = "tokens.parquet"
-DOCUMENTS_FILE = "documents.parquet"
-SUMMARY_FILE = "summary.json"
-RUN_FILES = (TOKENS_FILE, DOCUMENTS_FILE, SUMMARY_FILE, TOKENS_FILE + PARTIAL_SUFFIX, "shards")
+from ..formats.files import atomic_path, writable_dir
+from ..formats.paths import RunFiles
 
 
 class TokenWriter:
     """Streams scored tokens into tokens.parquet.partial; close(complete=True) renames it to tokens.parquet."""
 
-    def __init__(self, out_dir: Path, metadata: dict):
-        self.final_path = out_dir / TOKENS_FILE
-        self.path = out_dir / (TOKENS_FILE + PARTIAL_SUFFIX)
+    def __init__(self, files: RunFiles, metadata: dict):
+        self.final_path = files.tokens
+        self.path = files.partial_tokens
         schema = TOKEN_SCHEMA.with_metadata({b"lossgap": json.dumps(metadata).encode()})
         self.writer = pq.ParquetWriter(self.path, schema, compression="zstd")
 
@@ -53,10 +49,11 @@ class DocumentInfo:
     n_bytes: int
 
 
-class DocumentTable:
+class DocumentSums:
     """Per-document sums of the aggregated token columns (columns.py), accumulated batch by batch (a packed document
-    can span several batches). Tables of the same documents (one per label offset of a run) may share one `docs`
-    registry and keep their own sums."""
+    can span several batches), written as documents.parquet (read back by analysis/documents.py's RunDocuments).
+    Sums of the same documents (one per label offset of a run) may share one `docs` registry and keep their own
+    sums."""
 
     def __init__(self, docs: dict[int, DocumentInfo] | None = None):
         self.docs: dict[int, DocumentInfo] = {} if docs is None else docs
@@ -99,8 +96,8 @@ class DocumentTable:
         return pa.table(columns)
 
 
-def write_documents(out_dir: Path, table: pa.Table, metadata: dict) -> Path:
-    path = out_dir / DOCUMENTS_FILE
+def write_documents(files: RunFiles, table: pa.Table, metadata: dict) -> Path:
+    path = files.documents
     with atomic_path(path) as tmp:
         pq.write_table(table.replace_schema_metadata({b"lossgap": json.dumps(metadata).encode()}), tmp)
     return path
@@ -121,16 +118,12 @@ def require_targets(documents: pa.Table, k: int, corpus: str, tokens_path: Path 
     )
 
 
-def existing_run_files(out_dir: Path) -> list[str]:
-    return [name for name in RUN_FILES if (out_dir / name).exists()]
-
-
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     """Refuse to mix runs (an output folder holding a previous run needs --overwrite) and refuse, before any model
     loads, a folder that cannot be created or written."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} is a file, not a folder", "choose another --out: a folder")
-    found = existing_run_files(out_dir) if out_dir.is_dir() else []
+    found = RunFiles(out_dir).existing()
     if found and not overwrite:
         raise UsageError(
             f"--out {out_dir} already holds a run ({', '.join(found)})",

@@ -1,0 +1,81 @@
+"""What a comparison will compute for the explanation, decided (and refused where it cannot be done) before any model
+loads and fixed from then on; and, apart from it, the record of what was then stored. compare.json's `explanation`
+is the two together (formats/schema.py, ExplanationManifest).
+
+The paired pass needs identical tokenization, a next-token configuration, output vocabularies of the same size and
+room for two models at once; `--chat-context` needs each other model's chat template.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from ..config import CompareConfig, ModelConfig
+from ..data.encode import chat_prefix
+from ..engine.memory import model_shape, require_room_for_pair
+from ..formats.schema import TOKENS, ExplanationManifest
+from ..matrix import Configuration
+
+UNDEFINED_FOR_BYTES = ("the tokenizers differ on this corpus, so the two models' distributions are over different "
+                       "tokens: KL, top-1 agreement and calibration against the baseline are undefined; the difference "
+                       "is attributed by byte class in bits per byte")
+NO_NEXT_TOKEN = "no next-token configuration was scored"
+
+
+@dataclass(frozen=True)
+class ExplanationPlan:
+    enabled: bool  # an explanation at all (--no-explain and a single model: none)
+    configuration: str  # the key of the configuration the paired pass and the chat-formatted runs use
+    paired: tuple[str, ...]  # the other models the paired pass runs with, in order
+    skipped: MappingProxyType  # other model -> why it has no paired pass (None: it has one)
+    chat_user_turn: str | None  # --chat-context: the user turn before each document (None: no chat runs)
+    memory: MappingProxyType | None  # engine/memory.py's figures for the largest pair
+
+    @property
+    def chat(self) -> bool:
+        return self.chat_user_turn is not None
+
+    def manifest(self, record: ExplanationRecord) -> ExplanationManifest:
+        """compare.json's `explanation`: this plan and what the comparison stored."""
+        return {"enabled": self.enabled, "configuration": self.configuration, "pairs": dict(record.pairs),
+                "skipped": dict(self.skipped), "chat_runs": dict(record.chat_runs),
+                "chat_user_turn": self.chat_user_turn, "memory": None if self.memory is None else dict(self.memory),
+                "vocab": dict(record.vocab)}
+
+
+@dataclass
+class ExplanationRecord:
+    """What the comparison stored for the explanation, by paths relative to its folder."""
+
+    pairs: dict[str, str] = field(default_factory=dict)  # other model -> pairs/<other>.parquet
+    chat_runs: dict[str, str] = field(default_factory=dict)  # other model -> its chat-formatted run
+    vocab: dict[str, str] = field(default_factory=dict)  # model -> vocab/<model>.parquet
+
+
+def plan_explanation(cfg: CompareConfig, models: dict[str, ModelConfig], tokenizers: dict, mode: str,
+                     main: Configuration) -> ExplanationPlan:
+    """The explanation of a comparison of `models` (baseline first), checked before any model loads."""
+    names = list(models)
+    turn = cfg.tokenize.chat_user_turn if cfg.tokenize.chat_context else None
+    if turn is not None:
+        for name in names[1:]:
+            chat_prefix(tokenizers[name], turn, name)  # refuses a model without a template
+    enabled = cfg.explain and len(names) > 1
+    reason = UNDEFINED_FOR_BYTES if mode != TOKENS else NO_NEXT_TOKEN if main.label_offset != 1 else None
+    skipped: dict[str, str | None] = {}
+    memory = None
+    if enabled and reason is not None:
+        skipped = dict.fromkeys(names[1:], reason)
+    elif enabled:
+        shapes = {name: model_shape(m) for name, m in models.items()}
+        base = shapes[names[0]]
+        for name in names[1:]:
+            if shapes[name].vocab != base.vocab:
+                skipped[name] = (f"the output vocabularies differ in size ({base.vocab} vs {shapes[name].vocab}): the "
+                                 "distributions cannot be compared entry by entry")
+        paired = {name: m for name, m in models.items() if name not in skipped}
+        if len(paired) > 1:
+            memory = MappingProxyType(require_room_for_pair(paired, names[0], shapes))
+    paired_names = tuple(n for n in names[1:] if enabled and n not in skipped)
+    return ExplanationPlan(enabled, main.key, paired_names, MappingProxyType(skipped), turn, memory)

@@ -1,0 +1,182 @@
+"""The explanation of a comparison end to end: the paired pass inside `lossgap compare`, attributions that add up, the
+chat-formatted run, the bits-per-byte fallback, the memory check, and the report with its token view."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from lossgap.cli import main
+from lossgap.errors import ModelError
+from tests.helpers import missing_input, tiny_config, write_jsonl
+
+CHAT_TEMPLATE = ("{%- for m in messages -%}{{- '<bos>' + m['role'] + '\\n' + m['content'] + '<eos>' -}}{%- endfor -%}"
+                 "{%- if add_generation_prompt -%}{{- '<bos>assistant\\n' -}}{%- endif -%}")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, tokenizer) -> dict:
+    """A tiny Llama baseline and a second Llama (another seed) with a chat template: one tokenizer, two models."""
+    root = tmp_path_factory.mktemp("pair")
+    folders = {}
+    for name, seed in (("base", 0), ("sft", 1)):
+        torch.manual_seed(seed)
+        AutoModelForCausalLM.from_config(tiny_config("llama", len(tokenizer))).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        if name == "sft":
+            config = json.loads((root / name / "tokenizer_config.json").read_text())
+            config["chat_template"] = CHAT_TEMPLATE
+            (root / name / "tokenizer_config.json").write_text(json.dumps(config))
+        folders[name] = root / name
+    return folders
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, pair, pile_records) -> dict:
+    root = tmp_path_factory.mktemp("explained")
+    corpus = write_jsonl(root / "pile.jsonl", pile_records)
+    out = root / "cmp"
+    code = main(["compare", "--base", str(pair["base"]), "--model", f"sft={pair['sft']}", "--corpus", str(corpus),
+                 "--out", str(out), "--matrix", "single", "--seq-len", "96", "--batch-size", "2", "--device", "cpu",
+                 "--dtype", "float32", "--chat-context", "--bootstrap", "200", "--quiet"])
+    assert code == 0
+    return {"out": out, "corpus": corpus, "results": json.loads((out / "results.json").read_text())}
+
+
+def test_contributions_add_up_to_the_headline_difference(compared):
+    results = compared["results"]
+    entry = results["explanation"]["models"]["sft"]
+    headline = results["configurations"][0]["comparisons"]["sft"]["overall"]["diff"]
+    dims = entry["attribution"]["dimensions"]
+    assert set(dims) == {"domain", "position", "text_class", "frequency", "confidence", "agreement"}
+    for name, dim in dims.items():
+        assert abs(sum(b["contribution"] for b in dim["buckets"]) - dim["diff"]) < 1e-9, name
+        assert abs(sum(b["n_tokens"] for b in dim["buckets"]) - dim["n_tokens"]) == 0
+    # D from the paired pass equals the headline from the two models' own runs (fp32: the same numbers to 1e-5)
+    assert abs(dims["domain"]["diff"] - headline) < 1e-5
+
+
+def test_pairs_file_and_the_statistics_it_gives(compared):
+    out, results = compared["out"], compared["results"]
+    pairs = pq.read_table(out / "pairs" / "sft.parquet").to_pandas()
+    runs = {n: pq.read_table(out / "runs" / "k1-packed-block" / n / "tokens.parquet").to_pandas()
+            for n in ("base", "sft")}
+    for n, run in runs.items():
+        assert np.abs(run["nll"].to_numpy() - pairs[f"nll_{n}"].to_numpy()).max() <= 1e-5
+    dist = results["explanation"]["models"]["sft"]["distribution"]["overall"]
+    kl = pairs["kl_base_sft"].to_numpy(np.float64)
+    assert dist["kl_bo"]["mean"] == pytest.approx(kl.mean(), abs=1e-9)
+    assert dist["kl_bo"]["median"] == pytest.approx(np.percentile(kl, 50), abs=1e-9)
+    assert dist["kl_bo"]["se"] == pytest.approx(kl.std(ddof=1) / np.sqrt(kl.size), rel=1e-9)
+    assert dist["same_top"]["share"] == pytest.approx(pairs["top1_agree"].mean(), abs=1e-12)
+    assert not (out / "pairs" / ".sft").exists()  # the shards are merged and removed
+
+
+def test_chat_formatted_run_pairs_with_the_same_targets(compared):
+    out, results = compared["out"], compared["results"]
+    chat = results["explanation"]["models"]["sft"]["chat"]
+    raw = pq.read_table(out / "runs" / "k1-packed-block" / "sft" / "tokens.parquet").to_pandas()
+    formatted = pq.read_table(out / chat["run"] / "tokens.parquet").to_pandas()
+    for column in ("doc_id", "pos", "target"):
+        assert (raw[column].to_numpy() == formatted[column].to_numpy()).all()
+    assert chat["raw_diff"] - chat["chat_diff"] == pytest.approx(chat["reduction"], abs=1e-9)
+    base = pq.read_table(out / "runs" / "k1-packed-block" / "base" / "tokens.parquet").to_pandas()
+    expected = (formatted["nll"].to_numpy(np.float64) - base["nll"].to_numpy(np.float64)).mean()
+    assert chat["chat_diff"] == pytest.approx(expected, abs=1e-9)
+    assert any("Chat format" in f for f in results["findings"])
+
+
+def test_report_rebuilds_the_explanation_byte_for_byte(compared, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(compared["out"], copy)
+    before = {f: (copy / f).read_bytes() for f in ("results.json", "report.html", "report.md", "contributions.csv")}
+    assert main(["report", str(copy)]) == 0
+    capsys.readouterr()
+    for name, data in before.items():
+        assert (copy / name).read_bytes() == data, name
+    md = (copy / "report.md").read_text()
+    assert "## Where the difference comes from" in md and "Text class of the target token" in md
+
+
+def test_a_model_against_itself_attributes_nothing(tmp_path, pair, pile_records):
+    corpus = write_jsonl(tmp_path / "pile.jsonl", pile_records[:8])
+    out = tmp_path / "same"
+    assert main(["compare", "--base", str(pair["base"]), "--model", f"twin={pair['base']}", "--corpus", str(corpus),
+                 "--out", str(out), "--matrix", "single", "--seq-len", "96", "--device", "cpu", "--dtype", "float32",
+                 "--bootstrap", "100", "--quiet"]) == 0
+    entry = json.loads((out / "results.json").read_text())["explanation"]["models"]["twin"]
+    assert entry["distribution"]["overall"]["kl_bo"]["max"] < 1e-6
+    assert entry["distribution"]["overall"]["same_top"]["share"] == 1.0
+    for dim in entry["attribution"]["dimensions"].values():
+        assert all(b["contribution"] == 0 for b in dim["buckets"])
+
+
+def test_two_models_that_do_not_fit_are_refused_before_any_model_loads(tmp_path, pair, pile_records, monkeypatch,
+                                                                       capsys):
+    from lossgap.engine import memory
+
+    corpus = write_jsonl(tmp_path / "pile.jsonl", pile_records[:4])
+    sizes = memory.weight_bytes(memory.ModelConfig(str(pair["base"]), dtype="float32", device="cpu"))
+    monkeypatch.setattr(memory, "available_bytes", lambda cfg: int(1.5 * sizes))  # one model fits, not two
+    loads = []
+    monkeypatch.setattr("lossgap.run.comparison.load_model", lambda *a, **k: loads.append(a) or pytest.fail("loaded"))
+    code = main(["compare", "--base", str(pair["base"]), "--model", f"sft={pair['sft']}", "--corpus", str(corpus),
+                 "--out", str(tmp_path / "c"), "--matrix", "single", "--device", "cpu", "--dtype", "float32"])
+    err = capsys.readouterr().err
+    assert code == 1 and not loads
+    assert "do not fit in memory together" in err and "--device-map auto" in err and "--no-explain" in err
+    with pytest.raises(ModelError):
+        memory.require_room_for_pair({"base": memory.ModelConfig(str(pair["base"]), device="cpu", dtype="float32"),
+                                      "sft": memory.ModelConfig(str(pair["sft"]), device="cpu", dtype="float32")},
+                                     "base")
+
+
+def test_different_tokenizers_are_attributed_in_bits_per_byte(tmp_path, tiny_models, pile_records):
+    """Qwen2's tokenizer class splits text differently from the baseline's: no distribution statistics, and the
+    difference in bits per byte split by byte class, adding up."""
+    corpus = write_jsonl(tmp_path / "pile.jsonl", pile_records[:10])
+    out = tmp_path / "bpb"
+    assert main(["compare", "--base", str(tiny_models["llama"]), "--model", f"q={tiny_models['qwen2']}", "--corpus",
+                 str(corpus), "--out", str(out), "--matrix", "single", "--seq-len", "96", "--device", "cpu",
+                 "--dtype", "float32", "--bootstrap", "100", "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["mode"] == "bits_per_byte"
+    entry = results["explanation"]["models"]["q"]
+    assert "tokenizers differ" in entry["skipped"] and "distribution" not in entry
+    bpb = entry["bits_per_byte"]
+    assert abs(sum(c["contribution"] for c in bpb["classes"]) - bpb["diff"]) < 1e-9
+    headline = results["configurations"][0]["comparisons"]["q"]["overall"]["diff"]
+    assert bpb["diff"] == pytest.approx(headline, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_token_view_renders_in_headless_chromium(compared, tmp_path):
+    if shutil.which("chromium") is None:
+        missing_input("needs Debian's chromium (apt-get install chromium)")
+    from matplotlib.image import imread
+
+    page = compared["out"] / "report.html"
+    base = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,2400"]
+    dom = subprocess.run([*base, f"--user-data-dir={tmp_path / 'a'}", "--dump-dom", page.as_uri()],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    view = compared["results"]["explanation"]["models"]["sft"]["token_view"]
+    blocks = [*view["other_worse"], *view["other_better"], *(d for docs in view["documents"].values() for d in docs)]
+    n_tokens = sum(len(b["tokens"]) for b in blocks)
+    assert view["documents"]["other_worse"] and len(blocks) == dom.count('class="tokview"')
+    assert len(re.findall(r'<span class="tok( ctx)?"', dom)) == n_tokens > 0
+    assert "Where the difference comes from" in dom and 'title="base NLL' in dom
+    shot = tmp_path / "shot.png"
+    anchor = page.as_uri() + "#where-the-difference-comes-from"
+    subprocess.run([*base, f"--user-data-dir={tmp_path / 'b'}", f"--screenshot={shot}", anchor], check=True,
+                   capture_output=True, timeout=120)
+    pixels = imread(shot)[..., :3]
+    assert pixels.std() > 0.05 and (pixels < 0.95).any(axis=-1).mean() > 0.05  # not blank

@@ -1,0 +1,654 @@
+"""Hostile input, tried as a new user would: every case runs the real CLI (`lossgap.cli.main`, a few also as
+`python -m lossgap`) and must exit with its code and one message that names the input, with no traceback.
+
+The table covers model files, output folders, corpora, config files, resume state and an internal error; each row
+says what it damages, the exit code and what the message must say.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lossgap.cli import main
+from tests.helpers import read_summary, write_jsonl
+from tests.hostile_models import copy_model, edit_config, edit_weights, to_bin, truncate, write_tiny_gguf
+
+SRC = Path(__file__).parents[2] / "src" / "lossgap"
+
+
+@dataclass
+class Ctx:
+    """What a case builds its input from: a tmp folder, the tiny Llama, a small corpus, monkeypatch."""
+
+    tmp: Path
+    llama: Path
+    corpus: Path
+    records: list
+    monkeypatch: pytest.MonkeyPatch
+    gguf: Path
+
+    def model(self, name: str) -> Path:
+        return copy_model(self.llama, self.tmp / name)
+
+    def score(self, model, *extra, corpus=None, out=None) -> list[str]:
+        return ["score", "--model", str(model), "--corpus", str(corpus or self.corpus), "--out",
+                str(out or self.tmp / "out"), "--device", "cpu", "--dtype", "float32", "--quiet", "--seq-len", "64",
+                *map(str, extra)]
+
+    def compare(self, *extra, corpus=None, out=None) -> list[str]:
+        return ["compare", "--base", str(self.llama), "--instruct", str(self.llama), "--corpus",
+                str(corpus or self.corpus), "--out", str(out or self.tmp / "cmp"), "--device", "cpu", "--dtype",
+                "float32", "--quiet", "--matrix", "single", *map(str, extra)]
+
+    def toml(self, text: str) -> Path:
+        path = self.tmp / "run.toml"
+        path.write_text(text)
+        return path
+
+
+@dataclass
+class Case:
+    id: str
+    setup: Callable[[Ctx], tuple[list[str], str]]  # -> (argv, the input the message must name)
+    code: int
+    says: tuple[str, ...]
+    check: Callable[[Ctx, str], None] | None = None  # more assertions after the run, given stderr
+
+
+# ---------------------------------------------------------------- model inputs
+
+
+def st_truncated(c):
+    m = c.model("half")
+    truncate(m / "model.safetensors", 0.5)
+    return c.score(m), str(m / "model.safetensors")
+
+
+def st_garbage(c):
+    m = c.model("garbage")
+    (m / "model.safetensors").write_bytes(b"hello")
+    return c.score(m), str(m / "model.safetensors")
+
+
+def st_bad_header(c):
+    m = c.model("header")
+    data = bytearray((m / "model.safetensors").read_bytes())
+    data[8] = ord("!")  # the first byte of the JSON header
+    (m / "model.safetensors").write_bytes(bytes(data))
+    return c.score(m), str(m / "model.safetensors")
+
+
+def bin_truncated(c):
+    m = c.model("bin")
+    truncate(to_bin(m), 0.5)
+    return c.score(m), str(m / "pytorch_model.bin")
+
+
+def gguf_truncated(c):
+    path = c.tmp / "cut.gguf"
+    path.write_bytes(c.gguf.read_bytes()[:100_000])
+    return c.score(path), str(path)
+
+
+def gguf_not_gguf(c):
+    path = c.tmp / "text.gguf"
+    path.write_text("not a gguf file at all\n" * 10)
+    return c.score(path), str(path)
+
+
+def config_wrong_type(c):
+    m = edit_config(c.model("cfgtype"), hidden_size="64")
+    return c.score(m), str(m / "config.json")
+
+
+def config_not_json(c):
+    m = c.model("cfgjson")
+    (m / "config.json").write_text('{"model_type": "llama",')
+    return c.score(m), str(m / "config.json")
+
+
+def config_not_object(c):
+    m = c.model("cfglist")
+    (m / "config.json").write_text("[1, 2]")
+    return c.score(m), str(m / "config.json")
+
+
+def shapes_mismatch(c):
+    m = edit_config(c.model("shapes"), vocab_size=500)
+    return c.score(m), str(m / "model.safetensors")
+
+
+def unknown_architecture(c):
+    m = edit_config(c.model("arch"), model_type="superllama")
+    return c.score(m), str(m / "config.json")
+
+
+def custom_code(c):
+    m = edit_config(c.model("custom"), model_type="xmodel", auto_map={
+        "AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XForCausalLM"})
+    return c.score(m), str(m / "config.json")
+
+
+def no_model_type(c):
+    m = edit_config(c.model("nomt"), model_type=None)
+    return c.score(m), str(m / "config.json")
+
+
+def invalid_heads(c):
+    m = edit_config(c.model("heads"), num_attention_heads=5)
+    return c.score(m), str(m / "config.json")
+
+
+def not_causal(c):
+    m = c.model("t5")
+    (m / "config.json").write_text(json.dumps({"model_type": "t5", "d_model": 64, "num_layers": 1, "num_heads": 2,
+                                               "d_kv": 32, "d_ff": 64, "vocab_size": 384}))
+    return c.score(m), str(m / "config.json")
+
+
+def tokenizer_missing(c):
+    m = c.model("notok")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (m / name).unlink()
+    return c.score(m), str(m)
+
+
+def tokenizer_truncated(c):
+    m = c.model("tokcut")
+    truncate(m / "tokenizer.json", 0.5)
+    return c.score(m), str(m / "tokenizer.json")
+
+
+def tokenizer_config_broken(c):
+    m = c.model("tokcfg")
+    (m / "tokenizer_config.json").write_text("{bad")
+    return c.score(m), str(m / "tokenizer_config.json")
+
+
+def tokenizer_wrong_shape(c):
+    m = c.model("tokshape")
+    tok = json.loads((m / "tokenizer.json").read_text())
+    tok["model"] = {"type": "BPE", "vocab": 5}
+    (m / "tokenizer.json").write_text(json.dumps(tok))
+    return c.score(m), str(m / "tokenizer.json")
+
+
+def nan_weights(c):
+    def poison(w):
+        w["model.layers.1.mlp.up_proj.weight"][3, 5] = float("nan")
+        w["model.layers.1.mlp.up_proj.weight"][0, 0] = float("inf")
+
+    m = edit_weights(c.model("nan"), poison)
+    return c.score(m), str(m / "model.safetensors")
+
+
+def missing_tensor(c):
+    m = edit_weights(c.model("lack"), lambda w: w.pop("lm_head.weight"))
+    return c.score(m), str(m / "model.safetensors")
+
+
+def index_missing_shard(c):
+    m = c.model("index")
+    (m / "model.safetensors").rename(m / "model-00001-of-00002.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(m / "model-00001-of-00002.safetensors", "pt") as f:
+        keys = list(f.keys())
+    weight_map = {k: "model-00001-of-00002.safetensors" for k in keys}
+    weight_map["lm_head.weight"] = "model-00002-of-00002.safetensors"
+    (m / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return c.score(m), str(m / "model-00002-of-00002.safetensors")
+
+
+def hub_offline(c):
+    return c.score("no-such-org/no-such-model"), "no-such-org/no-such-model"
+
+
+def _hub_raises(c, text: str):
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise OSError(text) from RuntimeError("HTTP 403")
+
+    c.monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", refuse)
+
+
+def hub_gated(c):
+    _hub_raises(c, "You are trying to access a gated repo.\nMake sure to have access to it at "
+                   "https://huggingface.co/gated-org/model.\n403 Client Error")
+    return c.score("gated-org/model"), "gated-org/model"
+
+
+def hub_missing(c):
+    _hub_raises(c, "typo-org/model is not a local folder and is not a valid model identifier listed on "
+                   "'https://huggingface.co/models'")
+    return c.score("typo-org/model"), "typo-org/model"
+
+
+# ---------------------------------------------------------------- output folders
+
+
+def out_under_file(c):
+    return c.score(c.llama, out=c.corpus / "sub"), str(c.corpus)
+
+
+def out_is_file(c):
+    return c.score(c.llama, out=c.corpus), str(c.corpus)
+
+
+def out_virtual_fs(c):
+    if not Path("/proc/self").is_dir():
+        pytest.skip("no /proc here")
+    return c.score(c.llama, out="/proc/lossgap-hostile-test"), "/proc/lossgap-hostile-test"
+
+
+def _refuse_writes(c, code: int):
+    import lossgap.formats.files
+
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    c.monkeypatch.setattr(lossgap.formats.files.tempfile, "mkstemp", refuse)
+
+
+def out_read_only(c):
+    _refuse_writes(c, errno.EROFS)  # a read-only mount, as the probe meets it
+    return c.score(c.llama, out=c.tmp / "ro"), str(c.tmp / "ro")
+
+
+def out_no_permission(c):
+    folder = c.tmp / "locked"
+    folder.mkdir()
+    if os.geteuid() == 0:  # root writes anywhere: the probe meets the refusal a user would
+        _refuse_writes(c, errno.EACCES)
+    else:
+        folder.chmod(0o555)
+    return c.score(c.llama, out=folder / "run"), str(folder / "run")
+
+
+def out_checked_before_model(c):
+    m = c.model("half2")
+    truncate(m / "model.safetensors", 0.5)  # would fail to load: the --out message must come first
+    return c.score(m, out=c.corpus / "sub"), str(c.corpus)
+
+
+def compare_out_under_file(c):
+    return c.compare(out=c.corpus / "sub"), str(c.corpus)
+
+
+# ---------------------------------------------------------------- corpora
+
+
+def corpus_empty(c):
+    path = c.tmp / "empty.jsonl"
+    path.write_text("\n\n")
+    return c.score(c.llama, corpus=path), str(path)
+
+
+def corpus_skip_all(c):
+    return c.score(c.llama, "--skip", 100), str(c.corpus)
+
+
+def corpus_all_bad(c):
+    path = write_jsonl(c.tmp / "bad.jsonl", ['{"text": 1}', '{"body": "x"}', "not json"])
+    return c.score(c.llama, "--on-bad-line", "skip", corpus=path), str(path)
+
+
+def corpus_too_short(c):
+    path = write_jsonl(c.tmp / "short.jsonl", [{"text": "a"}, {"text": "b"}])
+    return c.score(c.llama, "--no-bos", "--no-eos", corpus=path), str(path)
+
+
+def corpus_some_too_short(c):
+    path = write_jsonl(c.tmp / "mixed.jsonl", [{"text": "a"}, *c.records[:4]])
+    return c.score(c.llama, "--no-bos", "--no-eos", corpus=path), f"{path}: 1 of 5 document(s)"
+
+
+def corpus_text_folder_empty(c):
+    folder = c.tmp / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("   \n")
+    return c.score(c.llama, "--on-bad-line", "skip", corpus=folder), str(folder)
+
+
+def compare_empty_corpus(c):
+    path = c.tmp / "empty.jsonl"
+    path.write_text("")
+    return c.compare(corpus=path), str(path)
+
+
+# ---------------------------------------------------------------- config files
+
+
+def toml_unknown_key(c):
+    path = c.toml("seq_length = 64\n")
+    return ["score", "--config", str(path), "--model", "m", "--corpus", "c", "--out", "o"], str(path)
+
+
+def toml_wrong_type(c):
+    path = c.toml('max-docs = "ten"\n')
+    return ["score", "--config", str(path), "--model", "m", "--corpus", "c", "--out", "o"], "'max-docs'"
+
+
+def toml_out_of_range(c):
+    path = c.toml("max-docs = -3\n")
+    return ["score", "--config", str(path), "--model", "m", "--corpus", "c", "--out", "o"], "max-docs = -3"
+
+
+def toml_section(c):
+    path = c.toml("[run]\nseq-len = 64\n")
+    return ["score", "--config", str(path), "--model", "m", "--corpus", "c", "--out", "o"], "'run'"
+
+
+def toml_not_toml(c):
+    path = c.toml("model: llama\n")
+    return ["score", "--config", str(path)], str(path)
+
+
+def toml_never_executed(c):
+    marker = c.tmp / "executed"
+    path = c.toml(f"model = \"__import__('os').system('touch {marker}')\"\n")
+    return ["score", "--config", str(path), "--corpus", str(c.corpus), "--out", str(c.tmp / "o")], "__import__"
+
+
+def toml_compare_range(c):
+    path = c.toml("bootstrap = 5\n")
+    return ["compare", "--config", str(path), "--base", "a", "--instruct", "b", "--corpus", "c", "--out", "o"], \
+        "bootstrap = 5"
+
+
+# ---------------------------------------------------------------- resume state
+
+
+def interrupted(c, windows: int = 3, name: str = "resumable", seq_len: int = 64) -> tuple[list[str], Path]:
+    """A run stopped by a full disk after `windows` windows: its shards and manifest stay for --resume."""
+    from lossgap.run.shards import ShardStore
+
+    out = c.tmp / name
+    argv = c.score(c.llama, "--window-tokens", 256, "--batch-size", 2, out=out)
+    argv[argv.index("--seq-len") + 1] = str(seq_len)
+    original = ShardStore.write
+
+    def full_after(self, window, table):
+        if window >= windows:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, window, table)
+
+    with c.monkeypatch.context() as m:
+        m.setattr(ShardStore, "write", full_after)
+        assert main(argv) == 1
+    return argv, out / "shards"
+
+
+def resume_truncated_shard(c):
+    argv, shards = interrupted(c)
+    truncate(shards / "window-00000001.parquet", 0.5)
+    return [*argv, "--resume"], str(shards / "window-00000001.parquet")
+
+
+def resume_flipped_shard(c):
+    argv, shards = interrupted(c)
+    path = shards / "window-00000002.parquet"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x10  # inside a data page: its checksum catches it
+    path.write_bytes(bytes(data))
+    return [*argv, "--resume"], str(path)
+
+
+def resume_foreign_shard(c):
+    argv, shards = interrupted(c)
+    pq.write_table(pa.table({"x": [1, 2, 3]}), shards / "window-00000002.parquet")
+    return [*argv, "--resume"], str(shards / "window-00000002.parquet")
+
+
+def resume_shard_of_another_run(c):
+    argv, shards = interrupted(c)
+    _, other = interrupted(c, name="other", seq_len=48)  # the same corpus and model, another configuration
+    (other / "window-00000000.parquet").replace(shards / "window-00000000.parquet")
+    return [*argv, "--resume"], str(shards / "window-00000000.parquet")
+
+
+def resume_edited_manifest(c):
+    argv, shards = interrupted(c)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest["window_tokens"] = 512
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    return [*argv, "--resume"], str(shards / "manifest.json")
+
+
+def resume_manifest_not_json(c):
+    argv, shards = interrupted(c)
+    truncate(shards / "manifest.json", 0.5)
+    return [*argv, "--resume"], str(shards / "manifest.json")
+
+
+def resume_manifest_missing(c):
+    argv, shards = interrupted(c)
+    (shards / "manifest.json").unlink()
+    return [*argv, "--resume"], str(shards / "manifest.json")
+
+
+def resume_manifest_unhashed(c):
+    argv, shards = interrupted(c)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest.pop("run_sha256")
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    return [*argv, "--resume"], str(shards / "manifest.json")
+
+
+def rescored_equals_reference(c: Ctx, err: str) -> None:
+    """The resumed run's files equal a run that was never interrupted: the damaged window was scored again."""
+    out = c.tmp / "resumable"
+    reference = c.tmp / "reference"
+    argv = c.score(c.llama, "--window-tokens", 256, "--batch-size", 2, out=reference)
+    assert main(argv) == 0
+    a, b = pq.read_table(out / "tokens.parquet"), pq.read_table(reference / "tokens.parquet")
+    assert a.schema.remove_metadata() == b.schema.remove_metadata() and a.equals(b)
+    assert read_summary(out)["complete"] and "scored again" in err
+
+
+def nothing_deleted(c: Ctx, err: str) -> None:
+    shards = c.tmp / "resumable" / "shards"
+    assert len(list(shards.glob("window-*.parquet"))) == 3  # refusing kept the finished windows
+
+
+# ---------------------------------------------------------------- an internal error
+
+
+def internal_bug(c):
+    import lossgap.run.scoring
+
+    def bug(*args, **kwargs):
+        raise KeyError("no_such_column")
+
+    c.monkeypatch.setattr(lossgap.run.scoring, "finish", bug)
+    return c.score(c.llama, out=c.tmp / "bug"), str(c.tmp / "bug" / "lossgap-error.log")
+
+
+def log_holds_the_traceback(c: Ctx, err: str) -> None:
+    log = (c.tmp / "bug" / "lossgap-error.log").read_text()
+    assert "Traceback" in log and "KeyError: 'no_such_column'" in log and "command: lossgap score" in log
+
+
+CASES = [
+    Case("model-safetensors-truncated", st_truncated, 1, ("truncated", "download the file again")),
+    Case("model-safetensors-garbage", st_garbage, 1, ("too short for a safetensors header",)),
+    Case("model-safetensors-bad-header", st_bad_header, 1, ("header is not valid JSON",)),
+    Case("model-bin-truncated", bin_truncated, 1, ("not a readable PyTorch checkpoint",)),
+    Case("model-gguf-truncated", gguf_truncated, 1, ("not a readable GGUF file", "truncated or corrupt")),
+    Case("model-gguf-not-gguf", gguf_not_gguf, 1, ("not a readable GGUF file",)),
+    Case("model-config-wrong-type", config_wrong_type, 1, ("hidden_size", "expected int, got str")),
+    Case("model-config-not-json", config_not_json, 1, ("not valid JSON",)),
+    Case("model-config-not-object", config_not_object, 1, ("expected a JSON object, got list",)),
+    Case("model-shapes-mismatch", shapes_mismatch, 1, ("do not match the config", "[384, 64]", "[500, 64]")),
+    Case("model-unknown-architecture", unknown_architecture, 1, ("'superllama'", "upgrade transformers")),
+    Case("model-custom-code", custom_code, 1, ("--trust-remote-code",)),
+    Case("model-no-model-type", no_model_type, 1, ("no model_type",)),
+    Case("model-config-invalid-value", invalid_heads, 1, ("not a multiple of the number of attention heads",)),
+    Case("model-not-causal-lm", not_causal, 1, ("not a causal language model",)),
+    Case("model-tokenizer-missing", tokenizer_missing, 1, ("no tokenizer files",)),
+    Case("model-tokenizer-truncated", tokenizer_truncated, 1, ("not valid JSON",)),
+    Case("model-tokenizer-config-broken", tokenizer_config_broken, 1, ("not valid JSON",)),
+    Case("model-tokenizer-wrong-structure", tokenizer_wrong_shape, 1, ("the tokenizer cannot be loaded",)),
+    Case("model-nan-weights", nan_weights, 1, ("model.layers.1.mlp.up_proj.weight", "2 NaN/inf")),
+    Case("model-missing-tensor", missing_tensor, 1, ("lack 1 tensor", "lm_head.weight")),
+    Case("model-index-missing-shard", index_missing_shard, 1, ("missing", "download the missing file")),
+    Case("model-hub-offline", hub_offline, 1, ("not in the local hub cache", "hf download")),
+    Case("model-hub-gated", hub_gated, 1, ("gated", "hf auth login")),
+    Case("model-hub-missing", hub_missing, 1, ("no such model on the hub",)),
+    Case("out-under-a-file", out_under_file, 2, ("is a file, not a folder",)),
+    Case("out-is-a-file", out_is_file, 2, ("is a file, not a folder",)),
+    Case("out-virtual-fs", out_virtual_fs, 2, ("virtual file system",)),
+    Case("out-read-only", out_read_only, 2, ("read-only",)),
+    Case("out-no-permission", out_no_permission, 2, ("permission denied",)),
+    Case("out-before-model-loads", out_checked_before_model, 2, ("is a file, not a folder",)),
+    Case("compare-out-under-a-file", compare_out_under_file, 2, ("is a file, not a folder",)),
+    Case("corpus-empty", corpus_empty, 1, ("no documents to score", "holds no records")),
+    Case("corpus-skip-all", corpus_skip_all, 1, ("--skip 100 skips all 24",)),
+    Case("corpus-all-bad-skipped", corpus_all_bad, 1, ("all 3 of its records are bad", "bad.jsonl:1")),
+    Case("corpus-all-too-short", corpus_too_short, 1, ("nothing to score", "label offset 1")),
+    Case("corpus-some-too-short", corpus_some_too_short, 0, ("too short to have a target",)),
+    Case("corpus-text-folder-blank", corpus_text_folder_empty, 1, ("empty document",)),
+    Case("compare-corpus-empty", compare_empty_corpus, 1, ("no documents to score",)),
+    Case("config-unknown-key", toml_unknown_key, 2, ("unknown option 'seq_length'", "did you mean 'seq-len'")),
+    Case("config-wrong-type", toml_wrong_type, 2, ("expects an integer",)),
+    Case("config-out-of-range", toml_out_of_range, 2, ("--max-docs: -3 must be a positive integer",)),
+    Case("config-section", toml_section, 2, ("top-level keys",)),
+    Case("config-not-toml", toml_not_toml, 2, ("not valid TOML",)),
+    Case("config-never-executed", toml_never_executed, 1, ("model folder not found",),
+         lambda c, err: not (c.tmp / "executed").exists() or pytest.fail("the config ran code")),
+    Case("config-compare-out-of-range", toml_compare_range, 2, ("at least 100",)),
+    Case("resume-truncated-shard", resume_truncated_shard, 0, ("truncated or corrupt", "window 1 is scored again"),
+         rescored_equals_reference),
+    Case("resume-bit-flipped-shard", resume_flipped_shard, 0, ("corrupt", "window 2 is scored again"),
+         rescored_equals_reference),
+    Case("resume-foreign-shard", resume_foreign_shard, 0, ("not a shard of a lossgap run",), rescored_equals_reference),
+    Case("resume-shard-of-another-run", resume_shard_of_another_run, 0, ("a shard of another run",),
+         rescored_equals_reference),
+    Case("resume-edited-manifest", resume_edited_manifest, 2, ("was edited", "--overwrite"), nothing_deleted),
+    Case("resume-manifest-not-json", resume_manifest_not_json, 2, ("is damaged",), nothing_deleted),
+    Case("resume-manifest-missing", resume_manifest_missing, 2, ("is missing",), nothing_deleted),
+    Case("resume-manifest-unhashed", resume_manifest_unhashed, 2, ("no content hash",), nothing_deleted),
+    Case("internal-error", internal_bug, 1, ("internal error: KeyError", "a bug in lossgap", "--debug"),
+         log_holds_the_traceback),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory, llama_dir) -> Path:
+    return write_tiny_gguf(llama_dir, tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_hostile_input(case, tmp_path, llama_dir, pile_jsonl, pile_records, tiny_gguf, monkeypatch, capsys):
+    ctx = Ctx(tmp_path, llama_dir, pile_jsonl, pile_records, monkeypatch, tiny_gguf)
+    argv, named = case.setup(ctx)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own usage errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == case.code, err
+    assert "Traceback" not in err and 'File "' not in err, err
+    assert named in err, f"the message does not name {named!r}: {err}"
+    for part in case.says:
+        assert part in err, f"{part!r} not in {err!r}"
+    if case.code:
+        assert err.count("lossgap: ") == 1, err  # one message
+    if case.check is not None:
+        case.check(ctx, err)
+
+
+def test_there_are_enough_cases():
+    kinds = {c.id.split("-")[0] for c in CASES}
+    assert len(CASES) >= 30 and {"model", "out", "corpus", "config", "resume", "internal"} <= kinds
+
+
+# ---------------------------------------------------------------- the same through a real process
+
+
+def _run(*argv: str, prelude: str = "") -> subprocess.CompletedProcess:
+    code = f"import sys\n{prelude}\nfrom lossgap.cli import main\nraise SystemExit(main(sys.argv[1:]))"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.slow
+def test_a_process_prints_one_message_and_exits_1(tmp_path, llama_dir, pile_jsonl):
+    model = copy_model(llama_dir, tmp_path / "half")
+    truncate(model / "model.safetensors", 0.5)
+    proc = subprocess.run([sys.executable, "-m", "lossgap", "score", "--model", str(model), "--corpus",
+                           str(pile_jsonl), "--out", str(tmp_path / "o"), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{model / 'model.safetensors'}: not a readable safetensors file" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_bug_is_short_on_the_terminal_and_whole_with_debug(tmp_path, llama_dir, pile_jsonl):
+    bug = "import lossgap.run.scoring as s\ndef bug(*a, **k):\n    raise KeyError('no_such_column')\ns.finish = bug"
+    argv = ["score", "--model", str(llama_dir), "--corpus", str(pile_jsonl), "--device", "cpu", "--quiet"]
+    proc = _run(*argv, "--out", str(tmp_path / "a"), prelude=bug)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 4, proc.stderr
+    assert str(tmp_path / "a" / "lossgap-error.log") in proc.stderr
+    proc = _run(*argv, "--out", str(tmp_path / "b"), "--debug", prelude=bug)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "KeyError: 'no_such_column'" in proc.stderr
+
+
+def test_a_bug_with_an_unusable_out_saves_its_traceback_in_the_temp_folder(tmp_path, monkeypatch, capsys):
+    from lossgap import cli
+
+    monkeypatch.setattr(cli, "cmd_report", lambda a: 1 / 0)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert main(["report", str(tmp_path / "no_such_dir")]) == 1
+    err = capsys.readouterr().err
+    saved = re.search(r"saved in (\S+)", err).group(1)
+    assert Path(saved).parent == tmp_path and "ZeroDivisionError" in Path(saved).read_text()
+
+
+def test_a_file_system_error_names_the_path(tmp_path, monkeypatch, capsys):
+    from lossgap import cli
+
+    def full(a):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.json"))
+
+    monkeypatch.setattr(cli, "cmd_report", full)
+    assert main(["report", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'x.json'}: No space left on device" in err and "internal" not in err
+
+
+# ---------------------------------------------------------------- every finished file is written atomically
+
+
+WRITES = re.compile(r"\.write_text\(|\.write_bytes\(|savefig\(|write_table\(|ParquetWriter\("
+                    r"|open\([^)]*[\"'][wa]b?[\"']")
+
+
+def test_every_file_is_written_under_a_temporary_name():
+    """A write outside files.py must go to a temporary name (tmp, a .partial path) that is renamed when complete."""
+    offenders = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.relative_to(SRC).as_posix() == "formats/files.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if WRITES.search(line) and not re.search(r"\btmp\b|writer\.write_table|self\.path|tmp\)", line):
+                offenders.append(f"{path.relative_to(SRC)}:{number}: {line.strip()}")
+    assert offenders == []
