@@ -106,6 +106,21 @@ def test_report_rebuilds_the_explanation_byte_for_byte(compared, tmp_path, capsy
     assert "## Where the difference comes from" in md and "Text class of the target token" in md
 
 
+@pytest.mark.parametrize("damaged", ["pairs/sft.parquet", "vocab/base.parquet",
+                                     "runs/k1-packed-block-chat/sft/tokens.parquet"])
+def test_report_names_a_damaged_explanation_file(compared, tmp_path, capsys, damaged):
+    """Every stored file the explanation reads is read through a checked reader: a truncated one gets the message a
+    truncated documents.parquet gets (tests/run/test_comparison.py), never "internal error"."""
+    copy = tmp_path / "copy"
+    shutil.copytree(compared["out"], copy)
+    path = copy / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert main(["report", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: not a readable Parquet file" in err and "fix: rerun compare" in err
+    assert "internal error" not in err and "Traceback" not in err
+
+
 def test_a_model_against_itself_attributes_nothing(tmp_path, pair, pile_records):
     corpus = write_jsonl(tmp_path / "pile.jsonl", pile_records[:8])
     out = tmp_path / "same"
