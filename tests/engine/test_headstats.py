@@ -177,6 +177,8 @@ def _assert_pair(got: dict, zb, zo, targets, tol: float = 1e-5) -> None:
     ref_agree = zb.argmax(1) == zo.argmax(1)
     near = _near_tie(zb) | _near_tie(zo)
     assert ((got["top1_agree"] == ref_agree) | near).all()
+    p_b_at_o = zb.softmax(1).gather(1, zo.argmax(1)[:, None])[:, 0]  # float64, full vocabulary
+    assert (((got["p_b_argmax_o"].double() - p_b_at_o).abs() <= tol) | _near_tie(zo)).all()
 
 
 def test_the_heads_compute_exactly_the_declared_columns(tiny_models):

@@ -166,9 +166,9 @@ def paired_token_stats(head_b, hidden_b: torch.Tensor, head_o, hidden_o: torch.T
     """Model b (the baseline) and model o on the same targets, one pass over both heads' tiles together.
 
     Returns the roles of formats/columns.py: each model's `metrics` as stream_stats gives them (<metric>_b,
-    <metric>_o), KL(b||o) and KL(o||b) in nats (kl_bo, kl_ob; fp32, float64 if exact) and whether the two argmaxes
-    agree (top1_agree, bool), [N] each. Raises ValueError when the vocabulary sizes differ (the paired statistics are
-    then undefined)."""
+    <metric>_o), KL(b||o) and KL(o||b) in nats (kl_bo, kl_ob; fp32, float64 if exact), whether the two argmaxes
+    agree (top1_agree, bool) and b's probability of o's argmax (p_b_argmax_o), [N] each. Raises ValueError when the
+    vocabulary sizes differ (the paired statistics are then undefined)."""
     _check(metrics)
     tile, chunk = pair_tiles(head_b, head_o)
     buffers = _Buffers()
@@ -177,9 +177,13 @@ def paired_token_stats(head_b, hidden_b: torch.Tensor, head_o, hidden_o: torch.T
     so = LogitStream(head_o, hidden_o, targets, need, exact, buffers, "o")
     # sum e_b (z_b - z_o) less (m_b - m_o) S_b, and the same for o: the maxima cancel in KL, leaving no large terms
     cross_b, cross_o = torch.zeros_like(sb.sum), torch.zeros_like(so.sum)
+    zb_at_top_o = torch.zeros_like(sb.sum)  # b's logit at o's top-1 so far: known once o's top-1 moves into a tile
     for rows, lo, hi in head_b.tiles(targets.shape[0], chunk, tile):
         eb, xb, old_b, new_b, rescale_b, before_b = sb.step(rows, lo, hi, keep=True)
         eo, xo, old_o, new_o, rescale_o, before_o = so.step(rows, lo, hi, keep=True)
+        top_o = so.arg[rows]  # in this tile only if this tile moved it: earlier tiles hold lower ids
+        at = xb.gather(1, (top_o - lo).clamp(0, hi - lo - 1)[:, None])[:, 0] + new_b
+        zb_at_top_o[rows] = torch.where(top_o >= lo, at, zb_at_top_o[rows])
         diff = xb.sub_(xo)  # z_b - z_o - (m_b - m_o)
         moved = (old_b - old_o) - (new_b - new_o)  # how far m_b - m_o moved
         prod = torch.mul(eb, diff, out=buffers.get("prod", diff))
@@ -189,5 +193,5 @@ def paired_token_stats(head_b, hidden_b: torch.Tensor, head_o, hidden_o: torch.T
     out |= {f"{name}_o": values for name, values in so.finish(metrics).items()}
     log_b, log_o = torch.log(sb.sum), torch.log(so.sum)
     out |= {"kl_bo": cross_b / sb.sum - log_b + log_o, "kl_ob": cross_o / so.sum - log_o + log_b,
-            "top1_agree": sb.arg == so.arg}
+            "top1_agree": sb.arg == so.arg, "p_b_argmax_o": torch.exp(zb_at_top_o - sb.max - log_b)}
     return out

@@ -121,6 +121,8 @@ PAIR_STATS: tuple[PairColumn, ...] = (  # the pair's own, comparing the two dist
     PairColumn("kl_bo", "kl_{b}_{o}", pa.float32(), "nats", "KL({b} || {o}) of the predictive distributions"),
     PairColumn("kl_ob", "kl_{o}_{b}", pa.float32(), "nats", "KL({o} || {b})"),
     PairColumn("top1_agree", "top1_agree", pa.bool_(), "", "the two models' top-1 predictions are the same token"),
+    PairColumn("p_b_argmax_o", "p_{b}_argmax_{o}", pa.float32(), "probability",
+               "{b}'s probability of {o}'s top-1 prediction (how plausible the baseline found the other's choice)"),
 )
 PAIR_KEYS = ("doc_id", "domain", "pos", "target", "truncated")  # as in tokens.parquet
 
