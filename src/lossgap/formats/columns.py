@@ -4,7 +4,8 @@ Each scored token is a row of tokens.parquet. A column is declared here with its
 comes from and how it aggregates per document; everything else is derived from these declarations: the Parquet
 schema, the per-document sums of documents.parquet, the fields of summary.json and results.json, and the report's
 per-token statistics table. Adding a column means declaring it here and computing it where its source says
-(`document`: the layout, in `runner.py`; `model`: the output head, `head.py`).
+(`document`: the layout, in run/runner.py; `model`: the output head, engine/head.py). The paired pass's columns
+follow the same rule, below.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 # how a column's per-document sum appears in a run's summary (and results.json)
-LOSS = "loss"  # the loss itself: nll_sum, mean_nll, perplexity, bits per byte (stats.aggregate)
+LOSS = "loss"  # the loss itself: nll_sum, mean_nll, perplexity, bits per byte (analysis/stats.aggregate)
 TOTAL = "total"  # the corpus-wide count, under the per-document column's name
 MEAN = "mean"  # the mean per scored token, as mean_<name>
 

@@ -187,8 +187,8 @@ class Results(TypedDict):
 
 
 class ExplanationManifest(TypedDict):
-    """compare.json["explanation"]: what the comparison planned for the explanation before scoring (run/explain_plan.py)
-    and what it then stored, by paths relative to the comparison folder."""
+    """compare.json["explanation"]: what the comparison planned for the explanation before scoring
+    (run/explanation_plan.py) and what it then stored, by paths relative to the comparison folder."""
 
     enabled: bool
     configuration: str  # the key of the configuration the paired pass and the chat-formatted runs use

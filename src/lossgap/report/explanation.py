@@ -1,5 +1,5 @@
 """The report section "Where the difference comes from": tables, figures and the token-level view, a pure function of
-results.json's `explanation` (explain.py builds it)."""
+results.json's `explanation` (analysis/explanation.py builds it)."""
 
 from __future__ import annotations
 

@@ -210,7 +210,7 @@ def _plans_per_group(cfg: CompareConfig, configs) -> dict[tuple[str, str], str]:
         layout = replace(cfg.layout, layout=conf.layout, mask=conf.mask)
         try:
             choose_plan(cfg.run.plan, conf.mask, layout.position_mode, device, conf.layout)
-            plans[(conf.layout, conf.mask)] = cfg.run.plan  # auto is resolved per model (engine.py)
+            plans[(conf.layout, conf.mask)] = cfg.run.plan  # auto is resolved per model (engine/prepare.py)
         except UsageError as e:
             refusals.append(e)
             plans[(conf.layout, conf.mask)] = "auto"

@@ -1,7 +1,7 @@
 """Scoring one model on one corpus, from the file on disk to per-token losses, documents and a summary.
 
-The steps, each a function below: prepare the engine (engine.py: load, check, plan, probe), open the outputs (one
-folder, shard store and document table per label offset), run the windows (the runner scores the windows this
+The steps, each a function below: prepare the engine (engine/prepare.py: load, check, plan, probe), open the outputs
+(one folder, shard store and document sums per label offset), run the windows (the runner scores the windows this
 process owns, written as shards), and finish (merge the shards in document order, write the files and the summary).
 """
 
