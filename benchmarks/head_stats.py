@@ -99,7 +99,7 @@ def measure(shape: str, dtype_name: str, tokens: int, repeats: int, device: str)
         result[name] = {"seconds": float("inf"), "peak_bytes": peak.bytes, "rss_bytes": rss()}
     nll = outputs["nll"]["nll"]  # the statistics' NLL is the NLL path's figure (bit for bit at equal chunks)
     result["nll_diff"] = max((outputs["full"]["nll"] - nll).abs().max().item(),
-                             (outputs["paired"]["b"]["nll"] - nll).abs().max().item())
+                             (outputs["paired"]["nll_b"] - nll).abs().max().item())
     for _ in range(repeats):
         for name, run in variants.items():
             _sync(device)
