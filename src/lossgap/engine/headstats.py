@@ -23,7 +23,7 @@ import torch
 
 from ..formats.columns import MODEL_STATS
 
-METRICS = tuple(c.name for c in MODEL_STATS)  # what a stream computes for one model (_Stream.finish)
+METRICS = tuple(c.name for c in MODEL_STATS)  # what a stream computes for one model (LogitStream.finish)
 ARGMAX_BLOCKS = (128, 64, 32)  # entries per block of the argmax search: the largest that divides the tile
 
 
