@@ -139,7 +139,7 @@ def test_two_models_that_do_not_fit_are_refused_before_any_model_loads(tmp_path,
     from lossgap.engine import memory
 
     corpus = write_jsonl(tmp_path / "pile.jsonl", pile_records[:4])
-    sizes = memory.weight_bytes(memory.ModelConfig(str(pair["base"]), dtype="float32", device="cpu"))
+    sizes = memory.model_shape(memory.ModelConfig(str(pair["base"]), dtype="float32", device="cpu")).weight_bytes
     monkeypatch.setattr(memory, "available_bytes", lambda cfg: int(1.5 * sizes))  # one model fits, not two
     loads = []
     monkeypatch.setattr("lossgap.run.comparison.load_model", lambda *a, **k: loads.append(a) or pytest.fail("loaded"))

@@ -74,7 +74,7 @@ def _pair_tokens(folder: ComparisonFolder, relative: str, base: str, other: str)
     a column declared since the file was written is absent."""
     table = folder.read_stored(relative)
     return {role: table.column(name).to_numpy() for role, name in stored_names(base, other).items()
-            if name in table.column_names and role != "domain" and role != "truncated"}
+            if name in table.column_names and role not in ("domain", "truncated")}
 
 
 def _tokens(folder: ComparisonFolder, relative: str) -> pa.Table:

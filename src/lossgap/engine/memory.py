@@ -40,10 +40,6 @@ def model_shape(cfg: ModelConfig) -> ModelShape:
                       model.get_output_embeddings().weight.shape[0])
 
 
-def weight_bytes(cfg: ModelConfig) -> int:
-    """The model's weights in the dtype it will run in, from its config alone (no weights are read)."""
-    return model_shape(cfg).weight_bytes
-
 
 def available_bytes(cfg: ModelConfig) -> int:
     """Memory the models may take: free memory on the GPU (all visible GPUs with --device-map), else the host's."""
