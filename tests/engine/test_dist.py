@@ -18,11 +18,13 @@ def _score(args, nproc, env):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("plan", ["docs", "dense"])
-def test_two_gloo_processes_equal_one(tmp_path, llama_dir, pile_jsonl, plan):
+@pytest.mark.parametrize("plan,dtype", [("docs", "float32"), ("dense", "float32"), ("packed", "bfloat16")])
+def test_two_gloo_processes_equal_one(tmp_path, llama_dir, pile_jsonl, plan, dtype):
+    """bf16 too: rank 1's first batch lies in window 1, which one process scores after its float32 check."""
     env = dict(os.environ, OMP_NUM_THREADS="1")  # the same kernels in every process: bitwise comparable
-    common = ["--model", llama_dir, "--corpus", pile_jsonl, "--seq-len", 64, "--batch-size", 2, "--plan", plan,
-              "--window-tokens", 300, "--device", "cpu", "--dtype", "float32", "--quiet"]
+    plan_args = ["--layout", "packed", "--mask", "block"] if plan == "packed" else ["--plan", plan]
+    common = ["--model", llama_dir, "--corpus", pile_jsonl, "--seq-len", 64, "--batch-size", 2, *plan_args,
+              "--window-tokens", 300, "--device", "cpu", "--dtype", dtype, "--quiet"]
     one = _score([*common, "--out", tmp_path / "one"], 1, env)
     two = _score([*common, "--out", tmp_path / "two"], 2, env)
     assert one.returncode == 0, one.stderr
@@ -33,7 +35,7 @@ def test_two_gloo_processes_equal_one(tmp_path, llama_dir, pile_jsonl, plan):
         pq.read_table(tmp_path / "two" / "documents.parquet"))
     s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
     s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
-    assert (s1["world_size"], s2["world_size"]) == (1, 2) and s2["windows"] > 2
+    assert (s1["world_size"], s2["world_size"]) == (1, 2) and s2["windows"] > 2 and s1["dtype"] == dtype
     assert s1["mean_nll"] == s2["mean_nll"] and s1["input_tokens"] == s2["input_tokens"]
     assert two.stdout.count("mean NLL") == 1  # rank 0 alone reports
 

@@ -150,3 +150,34 @@ def test_nan_loss_stops_the_run_naming_the_document(tmp_path, llama_dir, pile_js
     err = capsys.readouterr().err
     assert code == 1 and "non-finite loss" in err and "pile.jsonl:6 (document 5)" in err
     assert read_summary(tmp_path / "r")["complete"] is False
+
+
+def test_bf16_resume_gives_the_clean_runs_bytes(tmp_path, llama_dir, pile_jsonl, capsys, monkeypatch):
+    """A resumed bf16 run scores its first batch in a later window: it must equal the clean run bit for bit (the
+    float32 check of a process's first batch used to cast rotary buffers to bf16 for every batch after it)."""
+    import errno
+
+    from lossgap.run.shards import ShardStore
+
+    def args(out):
+        return ["score", "--model", str(llama_dir), "--corpus", str(pile_jsonl), "--out", str(out), "--seq-len", "64",
+                "--batch-size", "2", "--layout", "packed", "--mask", "block", "--window-tokens", "256",
+                "--device", "cpu", "--dtype", "bfloat16", "--quiet"]
+
+    assert main(args(tmp_path / "clean")) == 0
+    original = ShardStore.write
+
+    def full_after_two(self, window, table):
+        if window >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, window, table)
+
+    monkeypatch.setattr(ShardStore, "write", full_after_two)
+    assert main(args(tmp_path / "resumed")) == 1
+    monkeypatch.setattr(ShardStore, "write", original)
+    assert main([*args(tmp_path / "resumed"), "--resume"]) == 0
+    capsys.readouterr()
+    clean, resumed = read_summary(tmp_path / "clean"), read_summary(tmp_path / "resumed")
+    assert clean["dtype"] == "bfloat16" and clean["fp32_check"]["tokens"] > 0 and resumed["windows_resumed"] == 2
+    assert clean["windows"] > 3
+    _same_tokens(tmp_path / "clean" / "tokens.parquet", tmp_path / "resumed" / "tokens.parquet")

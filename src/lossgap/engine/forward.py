@@ -67,17 +67,38 @@ def score_batch(plan, head, batch) -> np.ndarray:
 
 
 def float32_nll(plan, head, batch) -> np.ndarray:
-    """The batch scored by the eager model in float32 (bf16 -> fp32 -> bf16 round-trips exactly): the reference for
-    reduced-precision and compiled runs."""
+    """The batch scored by the eager model in float32: the reference for reduced-precision and compiled runs. The
+    model is left exactly as it was, so the batches scored after the check match those scored before it."""
     dtype = plan.dtype
-    plan.model.to(torch.float32)
     plan.dtype = torch.float32
     try:
-        with eager():
+        with float32_weights(plan.model), eager():
             return score_batch(plan, head, batch)
     finally:
-        plan.model.to(dtype)
         plan.dtype = dtype
+
+
+@contextmanager
+def float32_weights(model: torch.nn.Module):
+    """The model's reduced-precision parameters and buffers in float32 inside the block, each given back in its own
+    dtype afterwards. `model.to(float32)` and back is not that: it also casts buffers that were float32 to begin with
+    (rotary inv_freq) down to bf16, which changed every batch scored after the check (a process's first batch then
+    differed from the same batch scored later by another process or a resumed run). Parameters round-trip exactly
+    (bf16/fp16 -> fp32 -> back); buffers are put back as the very tensors they were."""
+    params = [(p, p.dtype) for p in model.parameters() if p.is_floating_point() and p.dtype != torch.float32]
+    buffers = [(m, name, b) for m in model.modules() for name, b in m._buffers.items()
+               if b is not None and b.is_floating_point() and b.dtype != torch.float32]
+    try:
+        for p, _ in params:
+            p.data = p.data.float()
+        for m, name, b in buffers:
+            m._buffers[name] = b.float()
+        yield
+    finally:
+        for p, own in params:
+            p.data = p.data.to(own)
+        for m, name, b in buffers:
+            m._buffers[name] = b
 
 
 def fp32_deviation(plan, head, batch, nll: np.ndarray) -> dict:
