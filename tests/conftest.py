@@ -4,6 +4,7 @@ records; the hypothesis profiles (dev: few examples; ci: the full run). Helpers 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from tests.helpers import ARCHS, build_tiny_model, stdlib_texts, write_jsonl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the content-hash cache of run/fingerprints.py: one per test session, never the user's
+os.environ.setdefault("LOSSGAP_CACHE_DIR", tempfile.mkdtemp(prefix="lossgap-test-cache-"))
 
 # Property tests: few examples while developing, the full run in CI (.ci/run sets HYPOTHESIS_PROFILE=ci).
 settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True,

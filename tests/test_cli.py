@@ -19,7 +19,8 @@ def test_score_prints_results_and_writes_files(capsys, tmp_path, llama_dir, pile
     s = read_summary(tmp_path / "r")
     assert f"mean NLL {s['mean_nll']:.4f} nats/token" in out
     assert f"perplexity {s['perplexity']:.3f}" in out
-    assert {p.name for p in (tmp_path / "r").iterdir()} == {"tokens.parquet", "documents.parquet", "summary.json"}
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {"tokens.parquet", "documents.parquet", "summary.json",
+                                                          ".lossgap.lock"}
 
 
 @pytest.mark.slow

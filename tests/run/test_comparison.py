@@ -276,3 +276,51 @@ def test_compiled_comparison_gives_the_eager_numbers(tmp_path, llama_dir, instru
         key, name = run.parent.parent.name, run.parent.name
         got, ref = _tokens(out, key, name), _tokens(seed_run, key, name)
         assert np.abs(got.nll.values - ref.nll.values).max() <= 1e-4, (key, name)  # contract 3
+
+
+def test_compare_resume_continues_from_finished_runs_and_the_paired_shards(tmp_path, llama_dir, pile_jsonl, capsys,
+                                                                           monkeypatch):
+    """An interrupted comparison continues with `compare --resume`: runs that finished are kept as they are (not
+    scored again), the paired pass continues from its shards, and the results equal an uninterrupted comparison's."""
+    import errno
+
+    from lossgap.run.shards import ShardStore
+
+    tuned = tmp_path / "tuned"  # the base's vocabulary, so the paired pass runs
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(tuned)
+    shutil.copy(llama_dir / "tokenizer.json", tuned)
+    shutil.copy(llama_dir / "tokenizer_config.json", tuned)
+
+    def args(out):
+        return ["compare", "--base", str(llama_dir), "--instruct", str(tuned), "--corpus", str(pile_jsonl),
+                "--out", str(out), "--matrix", "single", "--seq-len", "64", "--window-tokens", "256",
+                "--bootstrap", "200", "--device", "cpu", "--dtype", "float32", "--quiet"]
+
+    assert main(args(tmp_path / "clean")) == 0
+    original = ShardStore.write
+
+    def paired_disk_full(self, window, table):
+        if "pairs" in self.dir.parts and window >= 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, window, table)
+
+    monkeypatch.setattr(ShardStore, "write", paired_disk_full)
+    out = tmp_path / "resumed"
+    assert main(args(out)) == 1
+    assert "--resume" in capsys.readouterr().err
+    monkeypatch.setattr(ShardStore, "write", original)
+    summaries = {p: p.read_bytes() for p in (out / "runs").rglob("summary.json")}
+    assert len(summaries) == 2 and not (out / "results.json").exists()
+    assert main(args(out)) == 2 and "--resume" in capsys.readouterr().err  # a plain rerun is refused, saying how
+    assert main([*args(out), "--resume"]) == 0
+    assert all(p.read_bytes() == data for p, data in summaries.items())  # finished runs were not scored again
+    clean, resumed = (json.loads((d / "results.json").read_text()) for d in (tmp_path / "clean", out))
+    assert clean["configurations"] == resumed["configurations"] and clean["explanation"] == resumed["explanation"]
+    for name in ("instruct",):
+        a, b = (pq.read_table(d / "pairs" / f"{name}.parquet") for d in (tmp_path / "clean", out))
+        assert a.num_rows > 0 and a.equals(b)

@@ -181,3 +181,116 @@ def test_bf16_resume_gives_the_clean_runs_bytes(tmp_path, llama_dir, pile_jsonl,
     assert clean["dtype"] == "bfloat16" and clean["fp32_check"]["tokens"] > 0 and resumed["windows_resumed"] == 2
     assert clean["windows"] > 3
     _same_tokens(tmp_path / "clean" / "tokens.parquet", tmp_path / "resumed" / "tokens.parquet")
+
+
+def _interrupted_after_one_window(monkeypatch, base_args):
+    """Run `lossgap score` until its second window hits a full disk: one finished shard and the manifest remain."""
+    import errno
+
+    from lossgap.run.shards import ShardStore
+
+    original = ShardStore.write
+
+    def full_after_one(self, window, table):
+        if window > 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, window, table)
+
+    monkeypatch.setattr(ShardStore, "write", full_after_one)
+    assert main(base_args) == 1
+    monkeypatch.setattr(ShardStore, "write", original)
+
+
+def _rewrite_keeping_times(path, data: bytes):
+    """Replace a file's bytes in place and set its modification time back, as `cp -p` over it would."""
+    st = path.stat()
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_resume_refuses_other_weights_of_the_same_size(tmp_path, llama_dir, pile_jsonl, capsys, monkeypatch):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(llama_dir, model)
+    out = tmp_path / "r"
+    base = ["score", "--model", str(model), "--corpus", str(pile_jsonl), "--out", str(out), "--seq-len", "64",
+            "--window-tokens", "256", "--device", "cpu", "--dtype", "float32", "--quiet"]
+    _interrupted_after_one_window(monkeypatch, base)
+    weights = model / "model.safetensors"
+    tensors = load_file(weights)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1.0  # another checkpoint: same names, shapes and file size
+    other = tmp_path / "other.safetensors"
+    save_file(tensors, other, metadata={"format": "pt"})
+    _rewrite_keeping_times(weights, other.read_bytes())
+    capsys.readouterr()
+    assert main([*base, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "the model changed since the interrupted run" in err and "model.safetensors" in err
+    assert (out / "shards" / "window-00000000.parquet").exists()
+
+
+def test_resume_refuses_a_same_length_edit_in_the_middle_of_the_corpus(tmp_path, llama_dir, capsys, monkeypatch):
+    texts = stdlib_texts(40)
+    corpus = write_jsonl(tmp_path / "big.jsonl", [{"text": texts[i % 40][:300]} for i in range(300)])
+    out = tmp_path / "r"
+    base = ["score", "--model", str(llama_dir), "--corpus", str(corpus), "--out", str(out), "--seq-len", "64",
+            "--window-tokens", "256", "--device", "cpu", "--dtype", "float32", "--quiet"]
+    _interrupted_after_one_window(monkeypatch, base)
+    data = bytearray(corpus.read_bytes())
+    middle = data.index(b"the", len(data) // 2)
+    data[middle:middle + 3] = b"THE"
+    _rewrite_keeping_times(corpus, bytes(data))
+    capsys.readouterr()
+    assert main([*base, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "the corpus changed since the interrupted run" in err and "big.jsonl" in err
+
+
+def test_a_second_run_on_a_locked_out_is_refused(tmp_path, llama_dir, pile_jsonl, capsys):
+    from lossgap.run.lock import OutLocks
+
+    out = tmp_path / "busy"
+    args = ["score", "--model", str(llama_dir), "--corpus", str(pile_jsonl), "--out", str(out), "--seq-len", "64",
+            "--device", "cpu", "--dtype", "float32", "--quiet"]
+    with OutLocks([out]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out} is in use by another lossgap run (process {os.getpid()}" in err
+        assert "Traceback" not in err and not (out / "shards").exists() and not (out / "summary.json").exists()
+    assert main(args) == 0  # the lock ends with its holder
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_on_one_out(tmp_path, llama_dir, big_corpus):
+    """One of them scores, the other is refused naming the folder; the files are the first run's alone."""
+    out = tmp_path / "shared"
+    first = subprocess.Popen(_cli(llama_dir, big_corpus, out), stderr=subprocess.PIPE, text=True)
+    _wait_for_shards(out, 1, first)
+    second = subprocess.run(_cli(llama_dir, big_corpus, out, "--overwrite"), capture_output=True, text=True,
+                            timeout=300)
+    assert first.wait(timeout=300) == 0
+    assert second.returncode == 2 and f"--out {out} is in use by another lossgap run (process {first.pid}" in \
+        second.stderr
+    reference = tmp_path / "reference"
+    subprocess.run(_cli(llama_dir, big_corpus, reference), check=True, timeout=300)
+    _same_tokens(reference / "tokens.parquet", out / "tokens.parquet")
+
+
+def test_a_shard_of_another_run_is_never_merged_even_without_resume(tmp_path):
+    import pyarrow as pa
+
+    from lossgap.formats.paths import RunFiles
+    from lossgap.run.shards import ShardStore
+
+    table = pa.table({"x": [1, 2, 3]})
+    ours = ShardStore(RunFiles(tmp_path / "run"), {"config": {"model": "a"}}, resume=False)
+    foreign = ShardStore(RunFiles(tmp_path / "run"), {"config": {"model": "b"}}, resume=False, main=False)
+    foreign.write(3, table)  # another process writes window 3 into our folder
+    assert not ours.done(3)
+    ours.write(3, table)
+    assert ours.done(3) and ours.read(3).equals(table)

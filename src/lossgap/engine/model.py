@@ -27,6 +27,11 @@ class LoadedModel:
     max_positions: int | None
     attn: str
 
+    @property
+    def revision(self) -> str | None:
+        """The hub commit the weights came from (None for a local folder or file)."""
+        return getattr(self.model.config, "_commit_hash", None)
+
     def describe(self) -> dict:
         cfg = self.model.config
         return {

@@ -24,6 +24,7 @@ from ..formats.schema import SCHEMA_VERSION, TOKENS, Manifest
 from ..matrix import SEED_MATRIX, Configuration, main_configuration, single_configuration
 from ..version import library_versions
 from .explanation_plan import ExplanationPlan, ExplanationRecord, plan_explanation
+from .lock import OutLocks
 from .paired import paired_pass
 from .scoring import score_offsets
 from .store import prepare_out_dir
@@ -40,13 +41,18 @@ def compare(cfg: CompareConfig, min_models: int = 2) -> dict:
     """Score every model under every configuration, then write results.json and the report; return the results.
 
     min_models=1 analyses one model alone (label offsets, masks, leakage), as `lossgap demo --smollm` does."""
-    from ..analysis.results import build_results
-    from ..report.build import write_report
-
     started = time.perf_counter()
     cfg.validate(min_models)
     folder = ComparisonFolder(Path(cfg.run.out))
-    _prepare(folder, cfg.run.overwrite)
+    with OutLocks([folder.root] if init_distributed(cfg.model.device).main else []):
+        return _compare(cfg, folder, min_models, started)
+
+
+def _compare(cfg: CompareConfig, folder: ComparisonFolder, min_models: int, started: float) -> dict:
+    from ..analysis.results import build_results
+    from ..report.build import write_report
+
+    _prepare(folder, cfg.run.overwrite, cfg.run.resume)
     require_documents(Corpus(cfg.corpus))  # fail early on a missing, unreadable or empty corpus, before any model
     model_cfgs = {name: replace(cfg.model, name=spec) for name, spec in cfg.models}
     tokenizers = {name: load_tokenizer(m) for name, m in model_cfgs.items()}
@@ -223,11 +229,14 @@ def _plans_per_group(cfg: CompareConfig, configs) -> dict[tuple[str, str], str]:
     return plans
 
 
-def _prepare(folder: ComparisonFolder, overwrite: bool) -> None:
+def _prepare(folder: ComparisonFolder, overwrite: bool, resume: bool) -> None:
+    """--resume continues an interrupted comparison in place (each run, and the paired pass, checks that its inputs
+    are unchanged); otherwise a folder holding a comparison needs --overwrite."""
     found = folder.existing()
-    if found and not overwrite:
+    if found and not (overwrite or resume):
         raise UsageError(f"--out {folder.root} already holds a comparison ({', '.join(found)})",
-                         "choose another --out, or pass --overwrite to replace it")
+                         "continue an interrupted one with --resume, choose another --out, or pass --overwrite to "
+                         "replace it")
     prepare_out_dir(folder.root, overwrite=True)
 
 

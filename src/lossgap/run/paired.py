@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import ScoreConfig
@@ -30,9 +31,10 @@ from ..formats.columns import pair_columns, stored_names, token_schema
 from ..formats.files import atomic_path
 from ..formats.paths import ComparisonFolder, RunFiles
 from ..formats.schema import SCHEMA_VERSION
+from .fingerprints import corpus_fingerprint, model_fingerprint
 from .runner import WindowRunner
 from .scoring import Output, Pass, resume_config, run_windows, window_size
-from .shards import ShardStore, corpus_fingerprint, model_fingerprint
+from .shards import RUN_FIELD, ShardStore
 from .store import DocumentSums
 
 
@@ -84,10 +86,15 @@ def paired_pass(cfg: ScoreConfig, names: tuple[str, str], base: LoadedModel, oth
         e.plan.batch_size = size
     work = folder.pairs_work(names[1])
     output = _open(cfg, engines, names, corpus, work, dist)
+    path = folder.pairs(names[1])
+    facts = finished_pairs(path, output.shards.run) if cfg.run.resume else None
+    if facts is not None:  # --resume: this pass had finished with the same inputs
+        if dist.main:
+            output.shards.remove()
+        return PairedResult(path, facts)
     runner = PairRunner(*engines, names)
     done = run_windows(cfg, engines[0], corpus, [output], dist, runner)
     facts = {**engines[0].facts(), "models": list(names), **done.facts(cfg, corpus, [output], 0.0)}
-    path = folder.pairs(names[1])
     if dist.main and done.error is None:
         _merge(output, done, path, facts, runner.columns)
         shutil.rmtree(work, ignore_errors=True)
@@ -105,8 +112,8 @@ def _open(cfg: ScoreConfig, engines: list[Engine], names: tuple[str, str], corpu
                 "config": cfg.to_dict(), "plan": base.plan.name, "schema_version": SCHEMA_VERSION,
                 "special_tokens": {"bos_id": base.special.bos_id, "eos_id": base.special.eos_id}}
     manifest = {"config": resume_config(cfg, base.special),
-                "corpus": corpus_fingerprint(corpus.files) if corpus.files else {"path": str(corpus.path)},
-                "model": [model_fingerprint(e.loaded.name, e.loaded.describe()) for e in engines],
+                "corpus": corpus_fingerprint(corpus.files, str(corpus.path)),
+                "model": [model_fingerprint(e.loaded.name, e.loaded.describe(), e.loaded.revision) for e in engines],
                 "window_tokens": window_tokens}
     if dist.main:
         work.mkdir(parents=True, exist_ok=True)
@@ -118,9 +125,18 @@ def _open(cfg: ScoreConfig, engines: list[Engine], names: tuple[str, str], corpu
 
 def _merge(output: Output, done: Pass, path: Path, facts: dict, columns) -> None:
     """The finished windows, in document order, into one Parquet file written under a temporary name."""
-    meta = json.dumps({**output.metadata, "facts": facts}, default=str).encode()
+    meta = json.dumps({**output.metadata, "facts": facts, RUN_FIELD: output.shards.run}, default=str).encode()
     schema = token_schema(columns).with_metadata({b"lossgap": meta})
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         for window in range(done.n_windows):
             writer.write_table(output.shards.read(window))
+
+
+def finished_pairs(path: Path, run: str) -> dict | None:
+    """The facts of a finished paired pass at `path` whose inputs hash to `run`, or None."""
+    try:
+        meta = json.loads(pq.read_schema(path).metadata[b"lossgap"])
+    except (OSError, KeyError, ValueError, TypeError, pa.ArrowException):
+        return None
+    return meta.get("facts") if isinstance(meta, dict) and meta.get(RUN_FIELD) == run else None

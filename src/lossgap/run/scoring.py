@@ -26,11 +26,13 @@ from ..formats.files import write_json
 from ..formats.paths import RunFiles
 from ..formats.schema import SCHEMA_VERSION
 from ..version import library_versions
+from .fingerprints import Hashing, corpus_fingerprint, model_fingerprint, prehash
 from .interrupts import Interrupted, StopAtError, StopOnSignal
+from .lock import OutLocks
 from .prefetch import Prefetch
 from .progress import Progress
 from .runner import WindowRunner
-from .shards import ShardStore, corpus_fingerprint, model_fingerprint
+from .shards import RUN_FIELD, ShardStore, manifest_hash
 from .store import DocumentSums, TokenWriter, prepare_out_dir, require_targets, write_documents
 
 
@@ -69,22 +71,26 @@ def score_offsets(cfgs: list[ScoreConfig], loaded: LoadedModel | None = None, to
     dist = init_distributed(cfg.model.device)
     corpus = Corpus(cfg.corpus)
     require_documents(corpus)  # an empty selection fails before the model loads
-    if dist.main:
+    with OutLocks([c.out_dir for c in cfgs] if dist.main else []):
+        if dist.main:
+            for c in cfgs:
+                prepare_out_dir(c.out_dir, c.run.overwrite or c.run.resume)
+        dist.barrier()
+        hashing = prehash(corpus.files, [] if loaded is not None else [cfg.model.name])
+        engine = prepare_engine(cfg, dist, loaded, tokenizer, started)
         for c in cfgs:
-            prepare_out_dir(c.out_dir, c.run.overwrite or c.run.resume)
-    dist.barrier()
-    engine = prepare_engine(cfg, dist, loaded, tokenizer, started)
-    for c in cfgs:
-        c.layout.seq_len = engine.seq_len
-        c.layout.validate()
-    outputs = open_outputs(cfgs, engine, corpus, dist)
-    done = run_windows(cfg, engine, corpus, outputs, dist)
-    if not dist.main:
-        if done.error is not None:
-            raise done.error
-        return [ScoreResult(o.cfg.out_dir, {}) for o in outputs]
-    facts = {**engine.facts(), **done.facts(cfg, corpus, outputs, engine.load_seconds)}
-    results = [finish(o, done, facts, started) for o in outputs]
+            c.layout.seq_len = engine.seq_len
+            c.layout.validate()
+        outputs = open_outputs(cfgs, engine, corpus, dist, hashing)
+        if all(o.finished is not None for o in outputs):
+            return [ScoreResult(o.cfg.out_dir, o.finished if dist.main else {}) for o in outputs]
+        done = run_windows(cfg, engine, corpus, outputs, dist)
+        if not dist.main:
+            if done.error is not None:
+                raise done.error
+            return [ScoreResult(o.cfg.out_dir, {}) for o in outputs]
+        facts = {**engine.facts(), **done.facts(cfg, corpus, outputs, engine.load_seconds)}
+        results = [finish(o, done, facts, started) for o in outputs]
     if done.error is not None:
         raise done.error
     return results
@@ -100,6 +106,7 @@ class Output:
     documents: DocumentSums
     window_tokens: int  # the unit of resume: every rank and every resumed run cuts the same windows
     resumed: int = 0
+    finished: dict | None = None  # --resume found this run complete, with the same inputs: its summary
 
     @property
     def k(self) -> int:
@@ -113,11 +120,14 @@ def window_size(cfg: ScoreConfig, engine: Engine) -> int:
     return cfg.run.window_tokens or max(1 << 16, 16 * window_rows * engine.seq_len)
 
 
-def open_outputs(cfgs: list[ScoreConfig], engine: Engine, corpus: Corpus, dist: Dist) -> list[Output]:
+def open_outputs(cfgs: list[ScoreConfig], engine: Engine, corpus: Corpus, dist: Dist,
+                 hashing: Hashing | None = None) -> list[Output]:
     """A shard store (checked against an interrupted run's manifest with --resume) and a document table per offset;
     the tables share one document registry."""
     window_tokens = window_size(cfgs[0], engine)
-    corpus_print = corpus_fingerprint(corpus.files) if corpus.files else {"path": str(corpus.path)}
+    if hashing is not None:
+        hashing.wait()
+    corpus_print = corpus_fingerprint(corpus.files, str(corpus.path))
     outputs: list[Output] = []
     for c in cfgs:
         metadata = {
@@ -128,12 +138,26 @@ def open_outputs(cfgs: list[ScoreConfig], engine: Engine, corpus: Corpus, dist: 
             "schema_version": SCHEMA_VERSION,
         }
         manifest = {"config": resume_config(c, engine.special), "corpus": corpus_print,
-                    "model": model_fingerprint(engine.loaded.name, metadata["model"]), "window_tokens": window_tokens}
+                    "model": model_fingerprint(engine.loaded.name, metadata["model"], engine.loaded.revision),
+                    "window_tokens": window_tokens}
         documents = DocumentSums(outputs[0].documents.docs if outputs else None)  # one registry, own sums
-        shards = ShardStore(RunFiles(c.out_dir), manifest, c.run.resume, main=dist.main)
-        outputs.append(Output(c, metadata, shards, documents, window_tokens))
+        finished = finished_run(RunFiles(c.out_dir), manifest) if c.run.resume else None
+        shards = ShardStore(RunFiles(c.out_dir), manifest, c.run.resume, main=dist.main and finished is None)
+        outputs.append(Output(c, metadata, shards, documents, window_tokens, finished=finished))
     dist.barrier()
     return outputs
+
+
+def finished_run(files: RunFiles, manifest: dict) -> dict | None:
+    """The summary of a complete run in `files` made from the same inputs (the same manifest hash), or None: a
+    resumed comparison keeps the runs it had finished instead of scoring them again."""
+    try:
+        summary = files.read_summary() if files.summary.is_file() and files.tokens.is_file() else None
+    except LossgapError:
+        return None
+    if isinstance(summary, dict) and summary.get("complete") and summary.get(RUN_FIELD) == manifest_hash(manifest):
+        return summary
+    return None
 
 
 @dataclass
@@ -262,6 +286,7 @@ def finish(o: Output, done: Pass, facts: dict, started: float) -> ScoreResult:
         **overall,
         "per_domain": per_domain,
         "windows_resumed": o.resumed,
+        RUN_FIELD: o.shards.run,
         "elapsed_seconds": time.perf_counter() - started,
         "config": o.metadata["config"],
         "versions": library_versions(),

@@ -24,39 +24,6 @@ from ..formats.paths import RunFiles
 
 RUN_FIELD = "run_sha256"  # the manifest's hash, in the manifest (edits show) and in every shard (foreign ones show)
 RUN_KEY = b"lossgap.run"
-_EDGE = 1 << 20  # bytes hashed at each end of a corpus file: cheap on a 2 GB Pile shard, catches edits at either end
-
-
-def corpus_fingerprint(files: list[Path]) -> dict:
-    """Name, size and a hash of both ends of every corpus file."""
-    out = []
-    for path in files:
-        size = path.stat().st_size
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            h.update(f.read(_EDGE))
-            if size > 2 * _EDGE:
-                f.seek(size - _EDGE)
-                h.update(f.read(_EDGE))
-            elif size > _EDGE:
-                h.update(f.read())
-        out.append({"file": path.name, "size": size, "sha256_ends": h.hexdigest()})
-    return {"files": out}
-
-
-def model_fingerprint(name: str, describe: dict) -> dict:
-    """The model's identity: its description, plus names, sizes and config hash of a local folder's files."""
-    fp = {k: describe[k] for k in ("model_type", "vocab_size", "n_params", "dtype")}
-    fp["name"] = name
-    path = Path(name).expanduser()
-    folder = path if path.is_dir() else path.parent if path.is_file() else None
-    if folder is not None:
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".gguf", ".bin"))
-        fp["weights"] = [{"file": p.name, "size": p.stat().st_size} for p in files]
-        config = folder / "config.json"
-        if config.is_file():
-            fp["config_sha256"] = hashlib.sha256(config.read_bytes()).hexdigest()
-    return fp
 
 
 class ShardStore:
@@ -86,25 +53,25 @@ class ShardStore:
         return self.files.shard(window)
 
     def done(self, window: int) -> bool:
-        """Whether the window has a sound shard of this run. A damaged one is not done: its window is scored again
-        and the new shard replaces it (never deleted here: another rank may be writing its replacement)."""
+        """Whether the window has a sound shard of this run. A shard of another run is never merged, with or without
+        --resume (its fingerprint is checked; with --resume every page's checksum too). A damaged one is not done:
+        its window is scored again and the new shard replaces it (never deleted here: another rank may be writing
+        its replacement)."""
         if window in self._valid:
             return True
         if not self.path(window).is_file():
             return False
-        if not self.resume:
-            return True
-        reason = self._damage(window)
+        reason = self._damage(window, every_page=self.resume)
         if reason is None:
             self._valid.add(window)
             return True
         if self.main and window not in self._reported:
             self._reported.add(window)
-            print(f"lossgap: --resume: {self.path(window)} {reason}; window {window} is scored again",
-                  file=sys.stderr, flush=True)
+            print(f"lossgap: {'--resume: ' if self.resume else ''}{self.path(window)} {reason}; window {window} is "
+                  "scored again", file=sys.stderr, flush=True)
         return False
 
-    def _damage(self, window: int) -> str | None:
+    def _damage(self, window: int, every_page: bool = True) -> str | None:
         """Why the window's shard cannot be merged, or None when it is sound."""
         try:
             f = pq.ParquetFile(self.path(window), page_checksum_verification=True)
@@ -115,7 +82,8 @@ class ShardStore:
                 return "is a shard of another run (its fingerprint differs from this run's manifest)"
             if self.schema is not None and not f.schema_arrow.remove_metadata().equals(self.schema.remove_metadata()):
                 return "has other columns than this run writes"
-            f.read()  # every page, checksums verified
+            if every_page:
+                f.read()  # every page, checksums verified
         except FileNotFoundError:
             return "is gone"
         except (OSError, ValueError, pa.ArrowException) as e:
@@ -130,7 +98,8 @@ class ShardStore:
         self._valid.add(window)
 
     def read(self, window: int) -> pa.Table:
-        return pq.read_table(self.path(window))
+        """The window's shard, every page's checksum verified."""
+        return pq.ParquetFile(self.path(window), page_checksum_verification=True).read()
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -166,16 +135,25 @@ def _check_same(old: dict, new: dict) -> None:
     changed = [part for part in ("config", "corpus", "model", "window_tokens") if old.get(part) != new.get(part)]
     if not changed:
         return
-    details = []
-    for part in changed:
-        a, b = old.get(part), new.get(part)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            details.append(f"{part}: {', '.join(keys)}")
-        else:
-            details.append(part)
+    details = [", ".join(_differences(old.get(part), new.get(part))) for part in changed]
+    details = [f"{part}: {d}" if d else part for part, d in zip(changed, details, strict=True)]
     raise UsageError(
         f"--resume: the {' and '.join(changed)} changed since the interrupted run ({'; '.join(details)})",
         "resume with the same inputs, or start again with --overwrite or a new --out",
     )
 
+
+def _differences(a, b) -> list[str]:
+    """What differs between two fingerprints, by name: settings, and the files whose content changed."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)):
+            files = _differences(a.get(key), b.get(key)) if key == "files" else []
+            out.append(f"{key} ({', '.join(files)})" if files else key)
+        return out
+    if isinstance(a, list) and isinstance(b, list) and a and all(isinstance(x, dict) and "file" in x for x in a + b):
+        old, new = {x["file"]: x for x in a}, {x["file"]: x for x in b}
+        return [name for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):  # the paired pass's two models
+        return [d for x, y in zip(a, b, strict=True) for d in _differences(x, y)]
+    return []
