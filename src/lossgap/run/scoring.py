@@ -8,6 +8,7 @@ process owns, written as shards), and finish (merge the shards in document order
 from __future__ import annotations
 
 import errno
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,9 @@ def score_offsets(cfgs: list[ScoreConfig], loaded: LoadedModel | None = None, to
             c.layout.validate()
         outputs = open_outputs(cfgs, engine, corpus, dist, hashing)
         if all(o.finished is not None for o in outputs):
+            if dist.main and not cfg.run.quiet:
+                print(f"lossgap: --resume: {', '.join(str(o.cfg.out_dir) for o in outputs)} already holds the "
+                      "finished run of these inputs; nothing is scored again", file=sys.stderr, flush=True)
             return [ScoreResult(o.cfg.out_dir, o.finished if dist.main else {}) for o in outputs]
         done = run_windows(cfg, engine, corpus, outputs, dist)
         if not dist.main:
