@@ -2,11 +2,13 @@
 `python -m lossgap`) and must exit with its code and one message that names the input, with no traceback.
 
 The table covers model files, output folders, corpora, config files, resume state and an internal error; each row
-says what it damages, the exit code and what the message must say.
+says what it damages, the exit code and what the message must say. The last section feeds what must not stop a run:
+domain names that are Markdown, HTML, mathtext or a spreadsheet formula, and a loss whose perplexity overflows.
 """
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -652,3 +654,77 @@ def test_every_file_is_written_under_a_temporary_name():
             if WRITES.search(line) and not re.search(r"\btmp\b|writer\.write_table|self\.path|tmp\)", line):
                 offenders.append(f"{path.relative_to(SRC)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+# ---------------------------------------------------------------- names, texts and losses that reach the report
+
+
+HOSTILE_DOMAINS = (r"$\undefinedmacro{x}$", "costs_$HOME_$", "Price: $5 - $10", "<img src=x onerror=alert(1)>",
+                   '=HYPERLINK("http://x","y")', "a|b *c* [d](e) `f`")
+
+
+def _strict_json(path: Path) -> dict:
+    """The file as a strict JSON reader sees it: NaN and Infinity are refused."""
+    def refuse(token):
+        raise AssertionError(f"{path}: {token} is not JSON")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+
+
+def test_hostile_domain_names_reach_a_safe_report(tmp_path, llama_dir, pile_records, monkeypatch, capsys):
+    """Domain names with mathtext, HTML, Markdown and a spreadsheet formula: compare and report exit 0, every plot is
+    drawn, report.md shows the names as text and per_domain.csv holds no formula."""
+    records = [{**r, "meta": {"pile_set_name": HOSTILE_DOMAINS[i % len(HOSTILE_DOMAINS)]}}
+               for i, r in enumerate(pile_records[:12])]
+    corpus = write_jsonl(tmp_path / "hostile.jsonl", records)
+    out = tmp_path / "cmp"
+    ctx = Ctx(tmp_path, llama_dir, corpus, records, monkeypatch, gguf=None)
+    for argv in (ctx.compare("--bootstrap", "100", "--no-explain"), ["report", str(out)]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 0 and "Traceback" not in err and "internal error" not in err, err
+        assert (out / "per_domain_difference.png").read_bytes().startswith(b"\x89PNG")
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "<img" not in md and "&lt;img src=x onerror=alert(1)&gt;" in md
+    assert r"\$\\undefinedmacro{x}\$" in md and r"a\|b \*c\* \[d\](e) \`f\`" in md
+    domains = {row["domain"] for row in _csv_rows(out / "per_domain.csv")}
+    assert domains == {"'" + d if d.startswith("=") else d for d in HOSTILE_DOMAINS}
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _huge_loss(c: Ctx, name: str) -> Path:
+    """The tiny Llama with its lm_head scaled by 1e4 (fp32): logits in the tens of thousands, a mean NLL far above
+    the 709.78 nats where exp overflows a float."""
+    def scale(w):
+        w["lm_head.weight"] *= 1e4
+
+    return edit_weights(c.model(name), scale)
+
+
+def test_an_overflowing_perplexity_is_inf_not_a_crash(tmp_path, llama_dir, pile_jsonl, pile_records, monkeypatch,
+                                                      capsys):
+    ctx = Ctx(tmp_path, llama_dir, pile_jsonl, pile_records, monkeypatch, gguf=None)
+    model = _huge_loss(ctx, "huge")
+    code = main(ctx.score(model))
+    captured = capsys.readouterr()
+    assert code == 0 and "Traceback" not in captured.err and "internal error" not in captured.err, captured.err
+    assert "perplexity inf" in captured.out
+    summary = _strict_json(tmp_path / "out" / "summary.json")
+    assert summary["mean_nll"] > 710 and summary["perplexity"] == "inf"
+    # compared against the unscaled model: the relative perplexity overflows too, and the report says so
+    out = tmp_path / "cmp"
+    argv = ["compare", "--base", str(llama_dir), "--instruct", str(model), "--corpus", str(pile_jsonl), "--out",
+            str(out), "--device", "cpu", "--dtype", "float32", "--quiet", "--matrix", "single", "--bootstrap", "100",
+            "--no-explain"]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err and "internal error" not in err, err
+    results = _strict_json(out / "results.json")
+    overall = results["configurations"][0]["comparisons"]["instruct"]["overall"]
+    assert overall["diff"] > 709.79 and overall["relative_perplexity_change"] == "inf"
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "+inf%" in md and "overflowed" in md

@@ -64,3 +64,25 @@ def test_the_typed_structures_name_every_key_of_results_json():
     assert set(schema.ComparisonStats.__annotations__) == set(row["comparisons"]["instruct"]["overall"])
     assert set(schema.LeakageBucket.__annotations__) == set(results["leakage"][0]["models"]["base"][0])
     assert set(schema.Settings.__annotations__) == set(results["settings"])
+
+
+def test_an_overflowing_perplexity_is_stored_as_inf_and_read_back(tmp_path):
+    """inf under a perplexity key is schema.INF in strict JSON (write_json), every other non-finite number null; the
+    reader turns INF back into inf."""
+    from lossgap.formats.files import write_json
+
+    summary = {"mean_nll": 750.0, "perplexity": math.inf, "doc_mean_nll": float("nan"), "bits_per_byte": math.inf,
+               "per_domain": {"=x": {"perplexity": math.inf, "relative_perplexity_change": float("nan")}},
+               "ci_relative_perplexity_change": [np.float64(2.5), math.inf, -math.inf]}
+    path = write_json(tmp_path / "summary.json", summary)
+
+    def refuse(token):
+        raise AssertionError(f"{token} is not JSON")
+
+    stored = json.loads(path.read_text(), parse_constant=refuse)
+    assert stored == {"mean_nll": 750.0, "perplexity": schema.INF, "doc_mean_nll": None, "bits_per_byte": None,
+                      "per_domain": {"=x": {"perplexity": schema.INF, "relative_perplexity_change": None}},
+                      "ci_relative_perplexity_change": [2.5, schema.INF, None]}
+    assert [schema.number(v) for v in stored["ci_relative_perplexity_change"]] == [2.5, math.inf, None]
+    assert schema.number(stored["perplexity"]) == math.inf and schema.number("Github") is None
+    assert schema.clean(stored) == stored  # cleaning twice changes nothing

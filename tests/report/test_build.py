@@ -11,6 +11,7 @@ import base64
 import copy
 import csv
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -102,8 +103,8 @@ def test_other_sections_and_missing_values(report_dir):
     assert "| 1 | 40 | 10.0% | 3.0000 | 3.5000 | +0.5000 | 0.7500 | 16.7% |" in md
     assert "| Position | Tokens | base mean NLL | instruct mean NLL | instruct - base |" in md
     assert "| 1 | 40 | 3.5000 | 3.5500 | +0.0500 |" in md
-    # diagnostics: Markdown-escaped pipe; settings
-    assert "mask probe passed \\| <script>" in md
+    # diagnostics: Markdown-escaped pipe and HTML; settings
+    assert "mask probe passed \\| &lt;script&gt;alert('x')&lt;/script&gt; &amp; friends" in md
     assert "| Corpus | /data/pile/val.jsonl.zst |" in md and "| Sequence length | 8,192 |" in md
     assert "nan" not in md.lower().replace("n/a", "")
 
@@ -335,3 +336,28 @@ def test_report_renders_in_headless_chromium(report_dir, tmp_path):
     assert non_white > 0.05, non_white  # text, table shading and plots, not a blank page
     colourful = (pixels.max(axis=-1) - pixels.min(axis=-1) > 0.25).mean()
     assert colourful > 0.005, colourful  # the plots' coloured lines, bars and markers are drawn
+
+
+def test_an_overflowing_relative_perplexity_reads_inf(tmp_path, results):
+    """exp(diff) - 1 beyond the largest float is inf in memory and "inf" in strict JSON: the report prints +inf%,
+    says it overflowed, and is the same from either."""
+    from lossgap.formats.schema import INF, clean
+
+    main = next(c for c in results["configurations"] if c["key"] == "next-batch-block")
+    o = main["comparisons"]["instruct"]["overall"]
+    o.update(diff=750.0, ci_low=700.0, ci_high=800.0, relative_perplexity_change=math.inf,
+             ci_relative_perplexity_change=[math.expm1(700.0), math.inf])
+    write_report(tmp_path / "memory", results)
+    stored = json.loads(json.dumps(clean(results), allow_nan=False))
+    assert stored["configurations"][4]["comparisons"]["instruct"]["overall"]["relative_perplexity_change"] == INF
+    write_report(tmp_path / "json", stored)
+    for name in ("report.md", "report.html", *CSVS):
+        assert (tmp_path / "memory" / name).read_bytes() == (tmp_path / "json" / name).read_bytes(), name
+    md = (tmp_path / "memory" / "report.md").read_text()
+    assert "| next-batch-block | instruct | +750.0000 | +700.0000 to +800.0000 | +inf% | " in md
+    assert f"{math.expm1(700.0) * 100:+.1f}% to +inf% |" in md
+    assert "A relative perplexity of +inf% overflowed" in md
+    (row,) = [r for r in _read_csv(tmp_path / "json" / "statistics.csv") if r["configuration"] == "next-batch-block"]
+    assert row["relative_perplexity_change"] == "inf" and float(row["ci_relative_perplexity_change_low"]) > 1e300
+    write_report(tmp_path / "finite", make_results())
+    assert "overflowed" not in (tmp_path / "finite" / "report.md").read_text()

@@ -12,7 +12,13 @@ from ..formats.columns import AGGREGATED, MEAN, TOTAL
 
 
 def perplexity(mean_nll: float) -> float:
-    return math.exp(mean_nll) if math.isfinite(mean_nll) else float("nan")
+    """exp(mean NLL); inf above ~709.78 nats, where exp overflows a float (JSON holds it as schema.INF)."""
+    if math.isnan(mean_nll):
+        return float("nan")
+    try:
+        return math.exp(mean_nll)
+    except OverflowError:
+        return math.inf
 
 
 def bits_per_byte(nll_sum: float, n_bytes: int) -> float:
@@ -20,8 +26,11 @@ def bits_per_byte(nll_sum: float, n_bytes: int) -> float:
 
 
 def relative_perplexity_change(delta_nll: float) -> float:
-    """exp(delta) - 1: +0.144 nats is +15.5 % perplexity."""
-    return math.expm1(delta_nll)
+    """exp(delta) - 1: +0.144 nats is +15.5 % perplexity; inf above ~709.78 nats, where exp overflows a float."""
+    try:
+        return math.expm1(delta_nll)
+    except OverflowError:
+        return math.inf
 
 
 def aggregate(n_tokens: np.ndarray, n_bytes: np.ndarray, sums: dict[str, np.ndarray]) -> dict:

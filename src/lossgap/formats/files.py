@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import UsageError
+from .schema import clean
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -40,7 +41,9 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def write_json(path: Path, data: dict) -> Path:
-    return write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    """Strict JSON, which every reader accepts: NaN is null and an overflowing perplexity schema.INF (clean), never
+    the NaN or Infinity that Python's json writes."""
+    return write_text(path, json.dumps(clean(data), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
 
 
 def writable_dir(path: Path, what: str = "--out", shown: Path | None = None) -> Path:

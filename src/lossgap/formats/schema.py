@@ -12,6 +12,11 @@ import math
 from typing import Any, NotRequired, TypedDict
 
 SCHEMA_VERSION = 1
+# A perplexity exp(mean NLL) above the largest float (a mean NLL above 709.78 nats) is infinite. JSON has no inf, so
+# every file holds it as this string; `number` reads it back. Nothing else is ever inf: other non-finite numbers
+# are missing values, null in JSON.
+INF = "inf"
+EXP_KEYS = frozenset({"perplexity", "relative_perplexity_change", "ci_relative_perplexity_change"})
 
 TOKENS = "tokens"  # mode: every tokenizer gives the same ids, so models are compared token by token (nats/token)
 BITS_PER_BYTE = "bits_per_byte"  # mode: the tokenizers differ, so only bits per byte are comparable
@@ -43,7 +48,7 @@ class ModelSummary(TypedDict):
     n_bytes: int
     nll_sum: float
     mean_nll: float | None  # nats/token, token-weighted
-    perplexity: float | None  # exp(mean_nll)
+    perplexity: float | str | None  # exp(mean_nll); INF when it overflows
     bits_per_byte: float | None
     doc_mean_nll: float | None  # every scored document weighs the same
     truncated_context_tokens: int  # tokens predicted without their whole document prefix
@@ -66,8 +71,8 @@ class ComparisonStats(TypedDict):
     share_docs_worse: float | None
     wilcoxon_statistic: float | None
     wilcoxon_p: float | None
-    relative_perplexity_change: NotRequired[float | None]  # exp(diff) - 1; tokens mode only
-    ci_relative_perplexity_change: NotRequired[list[float | None]]  # [low, high]; tokens mode only
+    relative_perplexity_change: NotRequired[float | str | None]  # exp(diff) - 1 (INF when it overflows); tokens mode
+    ci_relative_perplexity_change: NotRequired[list[float | str | None]]  # [low, high]; tokens mode only
     diff_bits_per_byte: float | None
 
 
@@ -257,17 +262,25 @@ def finite(x) -> float | None:
     return x + 0  # -0.0 -> 0.0: an exact zero never prints with a minus sign
 
 
-def clean(obj):
-    """JSON's view of the results (NaN/inf -> None, tuples -> lists, numpy scalars -> Python, keys -> str), so
-    results in memory, written and read back agree."""
+def number(x) -> float | None:
+    """A number as lossgap's JSON holds it, as the float it stands for: INF (or inf) is inf; None, NaN and anything
+    that is not a number are None."""
+    if x == INF or (isinstance(x, float) and x == math.inf):
+        return math.inf
+    return finite(x)
+
+
+def clean(obj, exp: bool = False):
+    """JSON's view of the results (NaN/inf -> None, an overflowing perplexity (under EXP_KEYS) -> INF, tuples ->
+    lists, numpy scalars -> Python, keys -> str), so results in memory, written and read back agree."""
     if isinstance(obj, dict):
-        return {str(k): clean(v) for k, v in obj.items()}
+        return {str(k): clean(v, str(k) in EXP_KEYS) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [clean(v) for v in obj]
+        return [clean(v, exp) for v in obj]
     if hasattr(obj, "item") and not isinstance(obj, str):  # numpy scalars, without importing numpy
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
-        return None
+        return INF if exp and obj > 0 else None
     return obj
 
 

@@ -7,11 +7,12 @@ report DIR` and `lossgap compare` write byte-identical reports from the same res
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..formats.files import write_text
 from ..formats.paths import ComparisonFolder
-from ..formats.schema import Results, clean, others, tokens_mode, unit
+from ..formats.schema import Results, clean, number, others, tokens_mode, unit
 from .explanation import explanation_section
 from .figures import DOMAINS, LEAKAGE, POSITIONS, STATISTICS, drawn, write_figures
 from .render import NA, Section, count, md_table, render_html, render_markdown, write_csvs
@@ -43,7 +44,8 @@ def sections(results: Results, figures: dict[str, Path | None]) -> list[Section]
         Section("Findings", bullets=list(results.get("findings") or [])),
         _seed_section(results),
         _statistics_section(results, drawn(STATISTICS, figures)),
-        Section("By domain", [f"Configuration {results['main_configuration']}; differences in {unit(results)}."],
+        Section("By domain", [f"Configuration {results['main_configuration']}; differences in {unit(results)}."
+                              + _overflow_note(results)],
                 tables=[per_domain_table(results)], figures=drawn(DOMAINS, figures)),
         _leakage_section(results, drawn(LEAKAGE, figures)),
         Section("NLL by position", [
@@ -78,7 +80,22 @@ def _seed_section(results: Results) -> Section:
     else:
         text = (f"The tokenizers differ, so this table shows bits per byte instead of losses ({roles}); differences "
                 "are in bits/byte and a relative perplexity per token is not defined.")
-    return Section("The seed's table, recomputed", [text], tables=[seed_table(results)])
+    return Section("The seed's table, recomputed", [text + _overflow_note(results)], tables=[seed_table(results)])
+
+
+OVERFLOW = (" A relative perplexity of +inf% overflowed: exp(difference) exceeds the largest float (a difference above "
+            "709.78 nats/token); the difference columns hold the finite numbers.")
+
+
+def _overflow_note(results: Results) -> str:
+    """OVERFLOW where a relative perplexity or its interval is infinite (schema.INF), else nothing."""
+    for row in results["configurations"]:
+        for cmp in row["comparisons"].values():
+            for o in (cmp.get("overall", {}), *cmp.get("per_domain", {}).values()):
+                values = [o.get("relative_perplexity_change"), *(o.get("ci_relative_perplexity_change") or [])]
+                if any(number(v) == math.inf for v in values):
+                    return OVERFLOW
+    return ""
 
 
 def _statistics_section(results: Results, figures: list[tuple[str, str]]) -> Section:
@@ -88,7 +105,7 @@ def _statistics_section(results: Results, figures: list[tuple[str, str]]) -> Sec
             f"intervals over documents ({resamples} resamples). The {weighting}-weighted difference is the headline "
             "number; the document-weighted one gives every document equal weight. Docs worse: share of documents on "
             "which the other model's mean loss is higher. Wilcoxon: signed-rank test of the per-document "
-            "differences.")
+            "differences." + _overflow_note(results))
     return Section("Statistics", [text], tables=[statistics_table(results)], figures=figures)
 
 

@@ -2,7 +2,8 @@
 them all).
 
 Figures are built on the Agg canvas directly (no pyplot), so drawing never touches global GUI state, and are
-saved without a timestamp or version stamp, so the same results give byte-identical PNGs. A figure whose data
+saved without a timestamp or version stamp, so the same results give byte-identical PNGs. Every text is drawn as
+the characters it holds, never as mathtext or LaTeX (plain_text): labels hold names from the input. A figure whose data
 is empty (no leakage pair, no second model) is skipped: the function returns None.
 """
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from ..formats.files import atomic_path
 from ..formats.schema import ALL_POSITIONS, Results, bucket_order, finite, main_row, others, unit
@@ -141,8 +143,20 @@ def doc_difference_histogram(results: Results) -> Figure | None:
     return fig
 
 
+def plain_text(fig: Figure) -> Figure:
+    """Every text of the figure (labels, tick labels, titles, legend entries) as plain text: domain and model names
+    come from the input, and matplotlib would parse "$...$" in them as mathtext (an unknown macro is a crash after
+    all the scoring; "Price: $5 - $10" is drawn as math) or hand them to LaTeX where text.usetex is set."""
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
+        text.set_usetex(False)
+    return fig
+
+
 def save_png(fig: Figure, path: Path) -> Path:
-    """The figure as a PNG under its final name only when complete; the same figure gives the same bytes."""
+    """The figure as a PNG under its final name only when complete; the same figure gives the same bytes. Its texts
+    are drawn as plain text (plain_text)."""
+    plain_text(fig)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, metadata=PNG_METADATA)
     return path

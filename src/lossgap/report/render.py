@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from ..formats.files import atomic_path
-from ..formats.schema import finite
+from ..formats.schema import number
 
 NA = "n/a"
 
@@ -70,20 +71,21 @@ class Position(Text):
 
 @dataclass(frozen=True)
 class Number:
-    """A number; `absent` is printed when the value is None, NaN or inf."""
+    """A number; `absent` is printed when the value is None or NaN. An overflowing perplexity (inf, or schema.INF as
+    JSON holds it) prints as inf in the cell's format: "+inf%"."""
 
-    value: float | int | None
+    value: float | int | str | None
     fmt: NumberFormat
     absent: str = NA
     numeric: ClassVar[bool] = True
 
     @property
     def missing(self) -> bool:
-        return finite(self.value) is None
+        return number(self.value) is None
 
     @property
     def display(self) -> str:
-        v = finite(self.value)
+        v = number(self.value)
         return self.absent if v is None else self.fmt.text(v)
 
 
@@ -91,21 +93,21 @@ class Number:
 class Interval:
     """Two numbers printed as "low to high"; `absent` when either is missing."""
 
-    low: float | None
-    high: float | None
+    low: float | str | None
+    high: float | str | None
     fmt: NumberFormat = signed
     absent: str = NA
     numeric: ClassVar[bool] = True
 
     @property
     def missing(self) -> bool:
-        return finite(self.low) is None or finite(self.high) is None
+        return number(self.low) is None or number(self.high) is None
 
     @property
     def display(self) -> str:
         if self.missing:
             return self.absent
-        return f"{self.fmt.text(finite(self.low))} to {self.fmt.text(finite(self.high))}"
+        return f"{self.fmt.text(number(self.low))} to {self.fmt.text(number(self.high))}"
 
 
 Cell = Text | Number | Interval
@@ -144,35 +146,50 @@ def _bold(table: Table, column: int, cell: Cell) -> bool:
 # ---------------------------------------------------------------- Markdown
 
 
-def _md_escape(text: str) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+# Markdown punctuation that changes the rendering: code, emphasis, links, table cells, strikethrough, math (GitHub),
+# headings; "_" only where it can start or end emphasis (not inside a word such as input_ids).
+MD_SPECIAL = re.compile(r"[\\`*\[\]|~$#]|(?<![^\W_])_|_(?![^\W_])")
+LIST_MARKER = re.compile(r"^[-+]|^(\d{1,9})(?=[.)])")  # "- x", "+ x", "1. x", "1) x" where a line starts
+
+
+def md_text(text: str) -> str:
+    """Any text inside Markdown as the same text on one line: Markdown and HTML in it are shown, not interpreted (every
+    string of the report passes here, so names, paths and document text from the input cannot add markup)."""
+    one_line = re.sub(r"[\r\n]+", " ", str(text))
+    return html.escape(MD_SPECIAL.sub(lambda m: "\\" + m.group(), one_line), quote=False)
+
+
+def md_line(text: str) -> str:
+    """md_text for text that starts a line of its own (a paragraph, a list item): no list, code block or heading."""
+    line = md_text(text).lstrip()
+    return LIST_MARKER.sub(lambda m: m.group() + "\\" if m.group(1) else "\\" + m.group(), line)
 
 
 def md_table(table: Table) -> str:
-    lines = ["| " + " | ".join(_md_escape(h) for h in table.headers) + " |",
+    lines = ["| " + " | ".join(md_text(h) for h in table.headers) + " |",
              "|" + "|".join("-" * (len(h) + 2) for h in table.headers) + "|"]
     for row in table.rows:
         if isinstance(row, str):
-            lines.append(f"| **{_md_escape(row)}** |")
+            lines.append(f"| **{md_text(row).strip()}** |")  # "** x**" would not be bold
             continue
-        cells = [f"**{_md_escape(c.display)}**" if _bold(table, i, c) else _md_escape(c.display)
+        cells = [f"**{md_text(c.display)}**" if _bold(table, i, c) else md_text(c.display)
                  for i, c in enumerate(row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def render_markdown(title: str, subtitle: str, secs: list[Section]) -> str:
-    parts = [f"# {title}", subtitle]
+    parts = [f"# {md_text(title)}", md_line(subtitle)]
     for s in secs:
-        parts.append(f"## {s.title}")
-        parts += s.paragraphs
+        parts.append(f"## {md_text(s.title)}")
+        parts += [md_line(p) for p in s.paragraphs]
         if s.bullets:
-            parts.append("\n".join(f"- {b}" for b in s.bullets))
+            parts.append("\n".join(f"- {md_line(b)}" for b in s.bullets))
         for t in s.tables:
             if t.title:
-                parts.append(f"### {t.title}")
+                parts.append(f"### {md_text(t.title)}")
             parts.append(md_table(t) if t.rows else "_(no rows)_")
-        parts += [f"![{alt}]({name})" for name, alt in s.figures]
+        parts += [f"![{md_text(alt)}]({name})" for name, alt in s.figures]
         if s.html:
             parts.append("_The token-level view of this section is in report.html._")
     return "\n\n".join(parts) + "\n"
@@ -248,8 +265,17 @@ def render_html(title: str, subtitle: str, secs: list[Section], out: Path) -> st
 # ---------------------------------------------------------------- CSV
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
+
+
+def csv_text(value):
+    """A text cell that a spreadsheet would run as a formula gets a leading ' (as spreadsheet exporters do), so a
+    domain named =HYPERLINK(...) is shown, not run; numbers stay numbers (-0.5 is written as -0.5)."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 def write_csvs(out: Path, secs: list[Section]) -> list[Path]:
-    """One CSV per table name, full precision (floats as repr), None as an empty field."""
+    """One CSV per table name, full precision (floats as repr), None as an empty field, no text cell a formula."""
     grouped: dict[str, list[dict]] = {}
     for s in secs:
         for t in s.tables:
@@ -260,8 +286,17 @@ def write_csvs(out: Path, secs: list[Section]) -> list[Path]:
         fields = list(dict.fromkeys(k for r in records for k in r))
         path = out / name
         with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=fields, restval="", lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(records)
+            rows = [{k: k for k in fields}, *records]  # the header first: column names hold model names
+            _write_rows(f, fields, [{k: csv_text(v) for k, v in r.items()} for r in rows])
         paths.append(path)
     return paths
+
+
+def _write_rows(f, fields: list[str], rows: list[dict]) -> None:
+    """Rows ending in a line feed; a row holding a carriage return is quoted whole, since the csv module quotes only
+    the line terminator's characters and a bare CR in a text would end the row for every reader."""
+    plain = csv.DictWriter(f, fieldnames=fields, restval="", lineterminator="\n")
+    quoted = csv.DictWriter(f, fieldnames=fields, restval="", lineterminator="\n", quoting=csv.QUOTE_ALL)
+    for row in rows:
+        has_cr = any(isinstance(v, str) and "\r" in v for v in row.values())
+        (quoted if has_cr else plain).writerow(row)
