@@ -18,7 +18,7 @@ from ..engine.dist import init_distributed
 from ..engine.model import load_model, load_tokenizer, resolve_seq_len
 from ..engine.plans import choose_plan
 from ..errors import UsageError
-from ..formats.files import write_json
+from ..formats.files import refuse_links, write_json
 from ..formats.paths import ComparisonFolder
 from ..formats.schema import SCHEMA_VERSION, TOKENS, Manifest
 from ..matrix import SEED_MATRIX, Configuration, main_configuration, single_configuration
@@ -46,7 +46,7 @@ def compare(cfg: CompareConfig, min_models: int = 2) -> dict:
     started = time.perf_counter()
     cfg.validate(min_models)
     folder = ComparisonFolder(Path(cfg.run.out))
-    _prepare(folder, cfg.run.overwrite)
+    _prepare(folder, cfg.run.overwrite or cfg.run.resume)
     require_documents(Corpus(cfg.corpus))  # fail early on a missing, unreadable or empty corpus, before any model
     model_cfgs = {name: replace(cfg.model, name=spec) for name, spec in cfg.models}
     tokenizers = {name: load_tokenizer(m) for name, m in model_cfgs.items()}
@@ -224,6 +224,9 @@ def _plans_per_group(cfg: CompareConfig, configs) -> dict[tuple[str, str], str]:
 
 
 def _prepare(folder: ComparisonFolder, overwrite: bool) -> None:
+    """Refuse to mix comparisons (--overwrite or --resume continues one) and a folder that is or holds a symbolic
+    link where lossgap writes, before anything is written or deleted."""
+    refuse_links(folder.root, folder.owned())
     found = folder.existing()
     if found and not overwrite:
         raise UsageError(f"--out {folder.root} already holds a comparison ({', '.join(found)})",
