@@ -273,7 +273,7 @@ def _save_traceback(e: Exception, argv: list[str], out: Path | None) -> Path | N
     import platform
     import tempfile
 
-    from .formats.files import write_text
+    from .formats.files import PRIVATE_MODE, write_text
     from .formats.paths import RunFiles
     from .version import __version__
 
@@ -281,14 +281,16 @@ def _save_traceback(e: Exception, argv: list[str], out: Path | None) -> Path | N
                          ("torch", "transformers", "tokenizers", "pyarrow", "numpy") if name in sys.modules)
     text = (f"command: lossgap {' '.join(argv)}\nlossgap {__version__}, python {platform.python_version()}, "
             f"{versions}\n\n{''.join(traceback.format_exception(e))}")
-    if out is not None and out.is_dir():
+    # readable by its owner only (it holds the command line and paths), written under a new temporary name and renamed:
+    # never through a symbolic link, in --out or in the shared temp folder
+    if out is not None and out.is_dir() and not out.is_symlink():
         try:
-            return write_text(RunFiles(out).error_log, text)
+            return write_text(RunFiles(out).error_log, text, PRIVATE_MODE)
         except OSError:
             pass
     try:
         fd, name = tempfile.mkstemp(prefix="lossgap-error-", suffix=".log")  # a unique name, then the content
         os.close(fd)
-        return write_text(Path(name), text)
+        return write_text(Path(name), text, PRIVATE_MODE)
     except OSError:
         return None

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -466,6 +467,87 @@ def nothing_deleted(c: Ctx, err: str) -> None:
     assert len(list(shards.glob("window-*.parquet"))) == 3  # refusing kept the finished windows
 
 
+# ---------------------------------------------------------------- symbolic links in --out
+
+
+VICTIM_TEXT = "not lossgap's\n"
+
+
+def _victim(c) -> Path:
+    """A file outside --out that a link points to: no run may write or delete it."""
+    victim = c.tmp / "victim.txt"
+    victim.write_text(VICTIM_TEXT)
+    return victim
+
+
+def victim_untouched(c: Ctx, err: str) -> None:
+    assert (c.tmp / "victim.txt").read_text() == VICTIM_TEXT
+
+
+def out_is_a_link(c):
+    real = c.tmp / "real"
+    real.mkdir()
+    (c.tmp / "linked").symlink_to(real)
+    return c.score(c.llama, out=c.tmp / "linked"), str(c.tmp / "linked")
+
+
+def out_entry_is_a_link(name: str, *extra) -> Callable[[Ctx], tuple[list[str], str]]:
+    """--out holding a link, named `name`, to a file outside it."""
+
+    def setup(c):
+        out = c.tmp / "out"
+        (out / name).parent.mkdir(parents=True)
+        (out / name).symlink_to(_victim(c))
+        return c.score(c.llama, *extra, out=out), str(out / name)
+
+    return setup
+
+
+def old_temporary_names_are_links(c):
+    """Links waiting under the temporary names lossgap used to write to (<name>.partial): the run finishes and
+    writes nothing through them."""
+    out = c.tmp / "out"
+    out.mkdir()
+    victim = _victim(c)
+    for name in ("summary.json.partial", "documents.parquet.partial", "summary.json.tmp"):
+        (out / name).symlink_to(victim)
+    return c.score(c.llama, out=out), ""
+
+
+def run_finished_beside_the_links(c: Ctx, err: str) -> None:
+    victim_untouched(c, err)
+    out = c.tmp / "out"
+    assert read_summary(out)["complete"] and not (out / "summary.json").is_symlink()
+    assert pq.read_table(out / "tokens.parquet").num_rows > 0
+    assert sorted(p.name for p in out.iterdir() if not p.is_symlink()) == [  # no temporary left
+        ".lossgap.lock", "documents.parquet", "summary.json", "tokens.parquet"]
+
+
+def overwrite_through_linked_shards(c):
+    """--overwrite of a run whose shards/ is a link to a folder elsewhere: refused before anything is deleted."""
+    out, elsewhere = c.tmp / "out", c.tmp / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text(VICTIM_TEXT)
+    (out / "summary.json").write_text("{}\n")
+    (out / "shards").symlink_to(elsewhere)
+    return c.score(c.llama, "--overwrite", out=out), str(out / "shards")
+
+
+def nothing_deleted_through_the_link(c: Ctx, err: str) -> None:
+    assert (c.tmp / "elsewhere" / "keep.txt").read_text() == VICTIM_TEXT
+    assert (c.tmp / "out" / "summary.json").read_text() == "{}\n"
+
+
+def compare_runs_is_a_link(c):
+    out, elsewhere = c.tmp / "cmp", c.tmp / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text(VICTIM_TEXT)
+    (out / "runs").symlink_to(elsewhere)
+    return c.compare("--overwrite", out=out), str(out / "runs")
+
+
 # ---------------------------------------------------------------- an internal error
 
 
@@ -482,6 +564,51 @@ def internal_bug(c):
 def log_holds_the_traceback(c: Ctx, err: str) -> None:
     log = (c.tmp / "bug" / "lossgap-error.log").read_text()
     assert "Traceback" in log and "KeyError: 'no_such_column'" in log and "command: lossgap score" in log
+
+
+def bug_with_links_at_the_log(c):
+    """An internal error while links to a file elsewhere wait under the error log's name and its old temporary
+    name (planted during the run, after --out was checked)."""
+    import lossgap.run.scoring
+
+    out, victim = c.tmp / "bug", _victim(c)
+
+    def bug(*args, **kwargs):
+        for name in ("lossgap-error.log", "lossgap-error.log.partial"):
+            (out / name).symlink_to(victim)
+        raise KeyError("no_such_column")
+
+    c.monkeypatch.setattr(lossgap.run.scoring, "finish", bug)
+    return c.score(c.llama, out=out), str(out / "lossgap-error.log")
+
+
+def log_is_private_and_no_link_followed(c: Ctx, err: str) -> None:
+    victim_untouched(c, err)
+    log = c.tmp / "bug" / "lossgap-error.log"
+    assert not log.is_symlink() and stat.S_IMODE(log.stat().st_mode) == 0o600
+    log_holds_the_traceback(c, err)
+
+
+def bug_before_out_exists(c):
+    """An internal error before --out is made: the log goes to the temp folder."""
+    import tempfile
+
+    import lossgap.run.scoring
+
+    def bug(*args, **kwargs):
+        raise KeyError("no_such_column")
+
+    (c.tmp / "temp").mkdir()
+    c.monkeypatch.setenv("TMPDIR", str(c.tmp / "temp"))
+    c.monkeypatch.setattr(tempfile, "tempdir", None)
+    c.monkeypatch.setattr(lossgap.run.scoring, "require_documents", bug)
+    return c.score(c.llama, out=c.tmp / "never"), str(c.tmp / "temp" / "lossgap-error-")
+
+
+def temp_log_is_private(c: Ctx, err: str) -> None:
+    (log,) = (c.tmp / "temp").iterdir()  # the log alone: no temporary left beside it
+    assert log.name.endswith(".log") and stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert "KeyError: 'no_such_column'" in log.read_text()
 
 
 CASES = [
@@ -545,6 +672,24 @@ CASES = [
     Case("resume-manifest-unhashed", resume_manifest_unhashed, 2, ("no content hash",), nothing_deleted),
     Case("internal-error", internal_bug, 1, ("internal error: KeyError", "a bug in lossgap", "--debug"),
          log_holds_the_traceback),
+    Case("internal-error-log-link", bug_with_links_at_the_log, 1, ("internal error: KeyError",),
+         log_is_private_and_no_link_followed),
+    Case("internal-error-log-in-temp", bug_before_out_exists, 1, ("internal error: KeyError",), temp_log_is_private),
+    Case("out-is-a-link", out_is_a_link, 2, ("is a symbolic link", "pass the folder it points to"),
+         lambda c, err: list((c.tmp / "real").iterdir()) == [] or pytest.fail("wrote through the link")),
+    Case("out-tokens-partial-is-a-link", out_entry_is_a_link("tokens.parquet.partial", "--overwrite"), 2,
+         ("is a symbolic link",), victim_untouched),
+    Case("out-summary-is-a-link", out_entry_is_a_link("summary.json", "--overwrite"), 2, ("is a symbolic link",),
+         victim_untouched),
+    Case("out-error-log-is-a-link", out_entry_is_a_link("lossgap-error.log"), 2, ("is a symbolic link",),
+         victim_untouched),
+    Case("out-link-inside-shards", out_entry_is_a_link("shards/manifest.json", "--resume"), 2,
+         ("is a symbolic link",), victim_untouched),
+    Case("out-old-temporary-names-are-links", old_temporary_names_are_links, 0, (), run_finished_beside_the_links),
+    Case("out-overwrite-linked-shards", overwrite_through_linked_shards, 2, ("is a symbolic link", "remove the link"),
+         nothing_deleted_through_the_link),
+    Case("compare-runs-is-a-link", compare_runs_is_a_link, 2, ("is a symbolic link",),
+         lambda c, err: (c.tmp / "elsewhere" / "keep.txt").read_text() == VICTIM_TEXT or pytest.fail("deleted")),
 ]
 
 
@@ -728,3 +873,169 @@ def test_an_overflowing_perplexity_is_inf_not_a_crash(tmp_path, llama_dir, pile_
     assert overall["diff"] > 709.79 and overall["relative_perplexity_change"] == "inf"
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "+inf%" in md and "overflowed" in md
+
+
+# ---------------------------------------------------------------- faults while finishing a run
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")  # as pyarrow and file.write say it: no file named
+
+
+def _full_where(original, part: str):
+    """`original` (a write function taking the file second), failing for files whose name holds `part`."""
+
+    def write(first, where, *args, **kwargs):
+        if part in str(where):
+            _disk_full()
+        return original(first, where, *args, **kwargs)
+
+    return write
+
+
+def _full_at_tokens(m):
+    """Merging the shards into tokens.parquet (ParquetWriter also writes the shards: only the merge fails)."""
+    original = pq.ParquetWriter.write_table
+    m.setattr(pq.ParquetWriter, "write_table",
+              lambda self, *a, **k: _disk_full() if "tokens.parquet" in str(self.where) else original(self, *a, **k))
+
+
+def _full_at_documents(m):
+    m.setattr(pq, "write_table", _full_where(pq.write_table, "documents.parquet"))
+
+
+def _full_at_summary(m):
+    original = Path.write_bytes
+    m.setattr(Path, "write_bytes",
+              lambda self, data: _disk_full() if "summary.json" in self.name else original(self, data))
+
+
+def _full_while_scoring_and_finishing(m):
+    from lossgap.run.shards import ShardStore
+
+    original = ShardStore.write
+    m.setattr(ShardStore, "write", lambda self, w, t: _disk_full() if w >= 2 else original(self, w, t))
+    _full_at_tokens(m)
+
+
+FULL_AT = {"tokens": _full_at_tokens, "documents": _full_at_documents, "summary": _full_at_summary,
+           "scoring-and-finishing": _full_while_scoring_and_finishing}
+
+
+def _score_args(model, corpus, out) -> list:
+    return ["--model", model, "--corpus", corpus, "--out", out, "--seq-len", 64, "--batch-size", 2,
+            "--window-tokens", 256]
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, llama_dir, pile_records) -> tuple[Path, Path]:
+    """(corpus, run folder) of a run nothing interrupted: what a resumed run must equal."""
+    from tests.helpers import run_cli
+
+    folder = tmp_path_factory.mktemp("clean")
+    corpus = write_jsonl(folder / "pile.jsonl", pile_records)
+
+    class Quiet:  # run_cli reads the captured output; here nothing captures it
+        readouterr = staticmethod(lambda: ("", ""))
+
+    assert run_cli(Quiet, *_score_args(llama_dir, corpus, folder / "run"))[0] == 0
+    return corpus, folder / "run"
+
+
+def _same_results(a: Path, b: Path) -> None:
+    for name in ("tokens.parquet", "documents.parquet"):
+        ta, tb = pq.read_table(a / name), pq.read_table(b / name)
+        assert ta.schema.remove_metadata() == tb.schema.remove_metadata() and ta.equals(tb), name
+
+
+@pytest.mark.parametrize("stage", list(FULL_AT))
+def test_a_full_disk_while_finishing_keeps_the_shards_for_resume(stage, tmp_path, llama_dir, clean_run, monkeypatch,
+                                                                  capsys):
+    from tests.helpers import run_cli
+
+    corpus, clean = clean_run
+    out = tmp_path / "full"
+    with monkeypatch.context() as m:
+        FULL_AT[stage](m)
+        code, _, err = run_cli(capsys, *_score_args(llama_dir, corpus, out))
+    assert code == 1 and f"disk full while writing to {out}\n" in err and "then rerun with --resume" in err, err
+    assert "internal error" not in err and err.count("lossgap: ") == 1, err
+    assert list((out / "shards").glob("window-*.parquet")), "the finished windows are kept"
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")], "a failed write leaves no temporary"
+    assert not (out / "summary.json").exists() or not read_summary(out)["complete"]
+    code, _, err = run_cli(capsys, *_score_args(llama_dir, corpus, out), "--resume")
+    assert code == 0, err
+    _same_results(out, clean)
+    assert read_summary(out)["complete"] and not (out / "shards").exists()
+
+
+def _remove_out_at(out: Path, cls, name: str, when) -> Callable:
+    """cls.name that removes the folder `out` when `when(args)` holds, then does its work."""
+    import shutil
+
+    original = getattr(cls, name)
+
+    def removing(self, *args):
+        if when(args) and out.exists():
+            shutil.rmtree(out)
+        return original(self, *args)
+
+    return removing
+
+
+@pytest.mark.parametrize("stage", ["scoring", "finishing"])
+def test_out_removed_mid_run_is_one_clear_message(stage, tmp_path, llama_dir, pile_jsonl, monkeypatch, capsys):
+    from lossgap.run.shards import ShardStore
+    from tests.helpers import run_cli
+
+    out = tmp_path / "gone"
+    if stage == "scoring":  # before the third shard is written
+        monkeypatch.setattr(ShardStore, "write", _remove_out_at(out, ShardStore, "write", lambda a: a[0] == 2))
+    else:  # while the shards are merged
+        monkeypatch.setattr(ShardStore, "read", _remove_out_at(out, ShardStore, "read", lambda a: a[0] == 1))
+    code, _, err = run_cli(capsys, *_score_args(llama_dir, pile_jsonl, out))
+    assert code == 1 and f"{out} was removed while the run was writing to it" in err, err
+    assert "internal error" not in err and err.count("lossgap: ") == 1, err
+    assert not out.exists()  # nothing half-made in its place
+
+
+COMPARE_ARGS = ["--device", "cpu", "--dtype", "float32", "--quiet", "--matrix", "single", "--seq-len", "64",
+                "--window-tokens", "256"]
+MERGES = {  # the merges that finish a comparison: where a full disk meets them, and what the message names
+    "runs": (lambda where: where.name.startswith("tokens.parquet"), "runs/"),
+    "pairs": (lambda where: where.parent.name == "pairs", "pairs/"),
+}
+
+
+def _compare_args(c_model: Path, corpus: Path, out: Path) -> list[str]:
+    return ["compare", "--base", str(c_model), "--instruct", str(c_model), "--corpus", str(corpus), "--out", str(out),
+            *COMPARE_ARGS]
+
+
+@pytest.fixture(scope="module")
+def clean_comparison(clean_run, llama_dir) -> Path:
+    out = clean_run[1].parent / "comparison"
+    assert main(_compare_args(llama_dir, clean_run[0], out)) == 0
+    return out
+
+
+@pytest.mark.slow  # three comparisons, one with the paired pass: about a minute
+@pytest.mark.parametrize("merge", list(MERGES))
+def test_a_full_disk_while_a_comparison_finishes_resumes_to_the_same_files(merge, tmp_path, llama_dir, clean_run,
+                                                                           clean_comparison, monkeypatch, capsys):
+    fails, named = MERGES[merge]
+    out = tmp_path / "full"
+    original = pq.ParquetWriter.write_table
+    with monkeypatch.context() as m:
+        m.setattr(pq.ParquetWriter, "write_table",
+                  lambda self, *a, **k: _disk_full() if fails(Path(self.where)) else original(self, *a, **k))
+        code = main(_compare_args(llama_dir, clean_run[0], out))
+    err = capsys.readouterr().err
+    assert code == 1 and f"disk full while writing to {out / named}" in err and "--resume" in err, err
+    assert "internal error" not in err and "Traceback" not in err and err.count("lossgap: ") == 1, err
+    assert main([*_compare_args(llama_dir, clean_run[0], out), "--resume"]) == 0, capsys.readouterr().err
+    files = sorted(p.relative_to(out) for p in out.rglob("*.parquet"))
+    assert files == sorted(p.relative_to(clean_comparison) for p in clean_comparison.rglob("*.parquet"))
+    for name in files:
+        a, b = pq.read_table(out / name), pq.read_table(clean_comparison / name)
+        assert a.schema.remove_metadata() == b.schema.remove_metadata() and a.equals(b), name

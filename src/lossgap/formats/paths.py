@@ -6,6 +6,7 @@ A run (`lossgap score`, or one model under one configuration of a comparison) is
     tokens.parquet.partial                 (a run that stopped early: the tokens scored so far)
     shards/manifest.json, shards/window-NNNNNNNN.parquet   (until the run finishes: the unit of resume)
     lossgap-error.log                      (a bug's traceback, saved for the report)
+    <name>.<pid>.<random>.tmp              (a file being written; files.py renames it to <name> when complete)
 
 A comparison (`lossgap compare`) is a folder:
 
@@ -121,6 +122,10 @@ class RunFiles:
     def shard_files(self) -> list[Path]:
         return sorted(self.shards.glob("window-*.parquet"))
 
+    def owned(self) -> list[Path]:
+        """What lossgap writes, replaces or deletes in the folder: never through a symbolic link (files.py)."""
+        return [self.folder / name for name in RUN_FILES] + [self.error_log]
+
     def existing(self) -> list[str]:
         """The names of the run files present: a folder holding any is a run."""
         return [name for name in RUN_FILES if (self.folder / name).exists()] if self.folder.is_dir() else []
@@ -178,6 +183,11 @@ class ComparisonFolder:
     def relative(self, path: Path | RunFiles) -> str:
         """How compare.json records a path: relative to the comparison folder."""
         return str(Path(path.folder if isinstance(path, RunFiles) else path).relative_to(self.root))
+
+    def owned(self) -> list[Path]:
+        """What lossgap writes, replaces or deletes in the comparison folder besides the report's CSV and PNG files
+        (written under temporary names, so a link there is replaced, not followed): never through a link."""
+        return [self.root / name for name in (*COMPARISON_FILES, RUNS, PAIRS, VOCAB, ERROR_LOG)]
 
     def existing(self) -> list[str]:
         """The comparison's files present (runs/ included): a folder holding any is a comparison."""

@@ -18,7 +18,7 @@ from ..engine.dist import init_distributed
 from ..engine.model import load_model, load_tokenizer, resolve_seq_len
 from ..engine.plans import choose_plan
 from ..errors import UsageError
-from ..formats.files import write_json
+from ..formats.files import refuse_links, write_json
 from ..formats.paths import ComparisonFolder
 from ..formats.schema import SCHEMA_VERSION, TOKENS, Manifest
 from ..matrix import SEED_MATRIX, Configuration, main_configuration, single_configuration
@@ -231,7 +231,9 @@ def _plans_per_group(cfg: CompareConfig, configs) -> dict[tuple[str, str], str]:
 
 def _prepare(folder: ComparisonFolder, overwrite: bool, resume: bool) -> None:
     """--resume continues an interrupted comparison in place (each run, and the paired pass, checks that its inputs
-    are unchanged); otherwise a folder holding a comparison needs --overwrite."""
+    are unchanged); otherwise a folder holding a comparison needs --overwrite. A folder that is or holds a symbolic
+    link where lossgap writes is refused before anything is written or deleted."""
+    refuse_links(folder.root, folder.owned())
     found = folder.existing()
     if found and not (overwrite or resume):
         raise UsageError(f"--out {folder.root} already holds a comparison ({', '.join(found)})",

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ..errors import UsageError
-from ..formats.files import writable_dir
+from ..formats.files import refuse_links, writable_dir
 
 LOCK_NAME = ".lossgap.lock"
 
@@ -49,8 +49,9 @@ def _locked(folder: Path):
     if fcntl is None:
         yield
         return
-    writable_dir(folder)  # a file, a read-only disk: refused here, before anything else
     path = folder / LOCK_NAME
+    refuse_links(folder, [path])  # never write through a link, not even the lock
+    writable_dir(folder)  # a file, a read-only disk: refused here, before anything else
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as e:

@@ -33,7 +33,7 @@ from ..formats.paths import ComparisonFolder, RunFiles
 from ..formats.schema import SCHEMA_VERSION
 from .fingerprints import corpus_fingerprint, model_fingerprint
 from .runner import WindowRunner
-from .scoring import Output, Pass, resume_config, run_windows, window_size
+from .scoring import Output, Pass, resume_config, run_windows, window_size, write_fault
 from .shards import RUN_FIELD, ShardStore
 from .store import DocumentSums
 
@@ -96,8 +96,14 @@ def paired_pass(cfg: ScoreConfig, names: tuple[str, str], base: LoadedModel, oth
     done = run_windows(cfg, engines[0], corpus, [output], dist, runner)
     facts = {**engines[0].facts(), "models": list(names), **done.facts(cfg, corpus, [output], 0.0)}
     if dist.main and done.error is None:
-        _merge(output, done, path, facts, runner.columns)
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            _merge(output, done, path, facts, runner.columns)
+        except OSError as e:  # a full disk or a removed --out: the shards stay for --resume
+            done.error = write_fault(e, work)
+            if done.error is None:
+                raise
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     if done.error is not None:
         raise done.error
     return PairedResult(path, facts)

@@ -225,9 +225,9 @@ def run_windows(cfg: ScoreConfig, engine: Engine, corpus: Corpus, outputs: list[
     except LossgapError as e:
         done.error = e
     except OSError as e:
-        if e.errno != errno.ENOSPC:
+        done.error = write_fault(e, cfg.out_dir)
+        if done.error is None:
             raise
-        done.error = LossgapError(f"disk full while writing to {cfg.out_dir}", "free space, then rerun with --resume")
     finally:
         signals.restore()
         work.close()
@@ -256,20 +256,40 @@ def _score_window(window: int, rows, runner: WindowRunner, outputs: list[Output]
 
 
 def finish(o: Output, done: Pass, facts: dict, started: float) -> ScoreResult:
-    """Merge one output's shards in document order into its files and write its summary (rank 0)."""
-    complete = done.error is None
+    """Merge one output's shards in document order into its files and write its summary (rank 0). The shards go
+    only once every file is written: a full disk or a removed --out while finishing is the run's own message
+    (write_fault), and --resume finishes the run from the shards."""
     files = RunFiles(o.cfg.out_dir)
-    writer = TokenWriter(files, o.metadata)
-    for window in range(done.n_windows):  # document order, whichever rank or earlier run scored the window
-        if o.shards.done(window):
-            table = o.shards.read(window)
-            writer.write(table)
-            o.documents.add(table)
-    tokens_path = writer.close(complete)
-    if complete:
+    try:
+        result = _write_results(o, done, facts, started, files)
+    except OSError as e:
+        fault = write_fault(e, o.cfg.out_dir)
+        if fault is None:
+            raise
+        raise fault from None
+    if result.summary["complete"]:
         o.shards.remove()
+    return result
+
+
+def _write_results(o: Output, done: Pass, facts: dict, started: float, files: RunFiles) -> ScoreResult:
+    complete = done.error is None
+    with TokenWriter(files, o.metadata) as writer:
+        for window in range(done.n_windows):  # document order, whichever rank or earlier run scored the window
+            if o.shards.done(window):
+                table = o.shards.read(window)
+                writer.write(table)
+                o.documents.add(table)
+            elif complete:  # another rank's shard vanished or was damaged after it was written: never a gap
+                raise LossgapError(f"{o.shards.path(window)} is missing or damaged after window {window} was scored",
+                                   "rerun the same command with --resume: that window is scored again")
+        tokens_path = writer.close(complete)
     table = o.documents.to_arrow()
-    require_targets(table, o.k, o.cfg.corpus.path, tokens_path if complete else None)
+    try:
+        require_targets(table, o.k, o.cfg.corpus.path, tokens_path if complete else None)
+    except LossgapError:
+        o.shards.remove()  # nothing to score: nothing to resume either
+        raise
     write_documents(files, table, o.metadata)
     overall, per_domain = summarize_documents(table)
     cfg = o.cfg
@@ -297,6 +317,20 @@ def finish(o: Output, done: Pass, facts: dict, started: float) -> ScoreResult:
     }
     write_json(files.summary, summary)
     return ScoreResult(files.folder, summary)
+
+
+def write_fault(e: OSError, out_dir: Path) -> LossgapError | None:
+    """What an OSError while scoring or finishing a run means to the user, or None when it is not a fault of the disk
+    or the folder (the caller re-raises it). The finished shards stay on disk either way."""
+    out_dir = Path(out_dir)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = "" if e.errno == errno.ENOSPC else " (the disk quota is exhausted)"
+        return LossgapError(f"disk full while writing to {out_dir}{why}", "free space, then rerun with --resume")
+    gone = next((p for p in (out_dir, RunFiles(out_dir).shards) if not p.is_dir()), None)
+    if isinstance(e, FileNotFoundError) and gone is not None:  # pyarrow's may carry no errno
+        return LossgapError(f"{gone} was removed while the run was writing to it",
+                            "run the command again (with --overwrite if --out still holds part of the run)")
+    return None
 
 
 def _check_offset_siblings(cfgs: list[ScoreConfig]) -> None:

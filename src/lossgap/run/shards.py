@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import UsageError
-from ..formats.files import atomic_path, write_text
+from ..formats.files import atomic_path, remove_folder, write_text
 from ..formats.paths import RunFiles
 
 RUN_FIELD = "run_sha256"  # the manifest's hash, in the manifest (edits show) and in every shard (foreign ones show)
@@ -44,7 +44,7 @@ class ShardStore:
             if resume and self.dir.exists():
                 _check_manifest(files, manifest)
             elif self.dir.exists():
-                shutil.rmtree(self.dir)  # a fresh run (prepare_out_dir already required --overwrite for this)
+                remove_folder(self.dir)  # a fresh run (prepare_out_dir already required --overwrite for this)
             self.dir.mkdir(parents=True, exist_ok=True)
             write_text(self.manifest_path, json.dumps({**manifest, RUN_FIELD: self.run}, indent=2, sort_keys=True,
                                                       default=str) + "\n")

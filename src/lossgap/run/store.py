@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -14,29 +15,52 @@ import pyarrow.parquet as pq
 
 from ..errors import CorpusError, UsageError
 from ..formats.columns import AGGREGATED, TOKEN_SCHEMA, document_sums
-from ..formats.files import atomic_path, writable_dir
+from ..formats.files import atomic_path, new_temporary, refuse_links, writable_dir
 from ..formats.paths import RunFiles
 
 
 class TokenWriter:
-    """Streams scored tokens into tokens.parquet.partial; close(complete=True) renames it to tokens.parquet."""
+    """Streams scored tokens into a new temporary file beside tokens.parquet (files.py: never through a link, never
+    shared with another process); close() names it tokens.parquet, or tokens.parquet.partial for a run that stopped
+    early. Used as a context manager, a failed merge (a full disk) removes the temporary and leaves the rest as it
+    was."""
 
     def __init__(self, files: RunFiles, metadata: dict):
         self.final_path = files.tokens
-        self.path = files.partial_tokens
+        self.partial_path = files.partial_tokens
+        self.tmp = new_temporary(files.tokens)
         schema = TOKEN_SCHEMA.with_metadata({b"lossgap": json.dumps(metadata).encode()})
-        self.writer = pq.ParquetWriter(self.path, schema, compression="zstd")
+        try:
+            self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
+
+    def __enter__(self) -> TokenWriter:
+        return self
+
+    def __exit__(self, kind, error, trace) -> None:
+        if error is not None:
+            self.discard()
 
     def write(self, table: pa.Table) -> None:
         self.writer.write_table(table)
 
     def close(self, complete: bool) -> Path:
-        """Close the file (it stays a valid Parquet file either way) and name it by whether the run finished."""
+        """Close the file (it stays a valid Parquet file either way) and name it by whether the run finished; a
+        finished run's tokens replace an interrupted one's tokens.parquet.partial."""
         self.writer.close()
+        path = self.final_path if complete else self.partial_path
+        os.replace(self.tmp, path)
         if complete:
-            os.replace(self.path, self.final_path)
-            return self.final_path
-        return self.path
+            self.partial_path.unlink(missing_ok=True)
+        return path
+
+    def discard(self) -> None:
+        """Drop the temporary file: the merge failed, the shards stay for --resume."""
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -120,7 +144,9 @@ def require_targets(documents: pa.Table, k: int, corpus: str, tokens_path: Path 
 
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     """Refuse to mix runs (an output folder holding a previous run needs --overwrite) and refuse, before any model
-    loads, a folder that cannot be created or written."""
+    loads or anything is deleted, a folder that cannot be created or written, or that is or holds a symbolic link
+    where lossgap writes."""
+    refuse_links(out_dir, RunFiles(out_dir).owned())
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} is a file, not a folder", "choose another --out: a folder")
     found = RunFiles(out_dir).existing()
