@@ -117,3 +117,19 @@ def gguf_dims_small(path: Path, limit: int) -> bool:
     except Exception:  # the loader must explain these; here they only mean "not a big model"
         return True
     return True
+
+
+def scale_weights(folder: Path, factor: float, names: tuple[str, ...] = ("lm_head.weight",)) -> Path:
+    """Multiply the named tensors (suffixes) by factor: a larger lm_head gives large logits (bf16 rounds them
+    coarsely); larger projections overflow float16's activations."""
+    def scale(tensors):
+        for name, t in tensors.items():
+            if name.endswith(names):
+                t.mul_(factor)
+
+    return edit_weights(folder, scale)
+
+
+def zero_weights(folder: Path) -> Path:
+    """Every weight zero: finite, loadable, and logits that do not depend on the input."""
+    return edit_weights(folder, lambda tensors: [t.zero_() for t in tensors.values()])

@@ -26,7 +26,16 @@ import pytest
 
 from lossgap.cli import main
 from tests.helpers import read_summary, write_jsonl
-from tests.hostile_models import copy_model, edit_config, edit_weights, to_bin, truncate, write_tiny_gguf
+from tests.hostile_models import (
+    copy_model,
+    edit_config,
+    edit_weights,
+    scale_weights,
+    to_bin,
+    truncate,
+    write_tiny_gguf,
+    zero_weights,
+)
 
 SRC = Path(__file__).parents[2] / "src" / "lossgap"
 
@@ -195,6 +204,24 @@ def nan_weights(c):
 
     m = edit_weights(c.model("nan"), poison)
     return c.score(m), str(m / "model.safetensors")
+
+
+def fp16_overflow(c):
+    m = scale_weights(c.model("overflow"), 300, ("proj.weight",))  # finite in float16; activations are not
+    return c.score(m, "--dtype", "float16"), str(m)
+
+
+def all_zero_weights(c):
+    m = zero_weights(c.model("zero"))
+    return c.score(m, "--layout", "packed", "--mask", "causal", "--attn", "sdpa"), str(m)
+
+
+def never_says(wrong: str) -> Callable[[Ctx, str], None]:
+    """The misleading diagnosis a case used to get must be gone."""
+    def check(c: Ctx, err: str) -> None:
+        assert wrong not in err, err
+
+    return check
 
 
 def missing_tensor(c):
@@ -633,6 +660,11 @@ CASES = [
     Case("model-tokenizer-wrong-structure", tokenizer_wrong_shape, 1, ("the tokenizer cannot be loaded",)),
     Case("model-nan-weights", nan_weights, 1, ("model.layers.1.mlp.up_proj.weight", "2 NaN/inf")),
     Case("model-missing-tensor", missing_tensor, 1, ("lack 1 tensor", "lm_head.weight")),
+    Case("model-fp16-overflow", fp16_overflow, 1,
+         ("inf/NaN in the model's logits", "in float16", "overflow float16's range", "--dtype bfloat16"),
+         never_says("a logit transform lossgap does not know")),
+    Case("model-all-zero-weights", all_zero_weights, 1,
+         ("logits do not depend on its input", "degenerate", "check the model's weights"), never_says("--attn")),
     Case("model-index-missing-shard", index_missing_shard, 1, ("missing", "download the missing file")),
     Case("model-hub-offline", hub_offline, 1, ("not in the local hub cache", "hf download")),
     Case("model-hub-gated", hub_gated, 1, ("gated", "hf auth login")),
@@ -722,6 +754,68 @@ def test_hostile_input(case, tmp_path, llama_dir, pile_jsonl, pile_records, tiny
 def test_there_are_enough_cases():
     kinds = {c.id.split("-")[0] for c in CASES}
     assert len(CASES) >= 30 and {"model", "out", "corpus", "config", "resume", "internal"} <= kinds
+
+
+# ---------------------------------------------------------------- reduced precision: the float32 check speaks up
+
+
+@pytest.fixture(scope="module")
+def large_logits(tmp_path_factory, llama_dir) -> Path:
+    """The tiny Llama with its lm_head scaled 8x: logits large enough that bf16 moves the NLL by ~0.2 a token."""
+    return scale_weights(copy_model(llama_dir, tmp_path_factory.mktemp("large") / "large"), 8)
+
+
+def _bf16(command: str, corpus: Path, out: Path, *models: str) -> list[str]:
+    return [command, *models, "--corpus", str(corpus), "--out", str(out), "--device", "cpu", "--dtype", "bfloat16",
+            "--quiet", "--seq-len", "64", "--max-docs", "6"]
+
+
+def test_a_large_bf16_deviation_warns_names_the_model_and_is_recorded(tmp_path, large_logits, pile_jsonl, capsys):
+    from lossgap.formats.schema import FP32_LIMITS
+
+    assert main(_bf16("score", pile_jsonl, tmp_path / "large", "--model", str(large_logits))) == 0
+    err = capsys.readouterr().err
+    check = read_summary(tmp_path / "large")["fp32_check"]
+    assert check["warn"] is True and check["limits"] == FP32_LIMITS
+    assert check["mean_abs_diff"] > FP32_LIMITS["mean_abs_diff"]
+    assert f"lossgap: warning: {large_logits} (label offset 1): bfloat16 against float32 on the first batch" in err
+    assert f"off by {check['mean_abs_diff']:.3g} nats on average (max {check['max_abs_diff']:.3g})" in err
+    assert "past the limits" in err and "; rerun with --dtype float32" in err and "Traceback" not in err
+
+
+def test_a_healthy_bf16_model_does_not_warn(tmp_path, llama_dir, pile_jsonl, capsys):
+    assert main(_bf16("score", pile_jsonl, tmp_path / "plain", "--model", str(llama_dir))) == 0
+    err = capsys.readouterr().err
+    check = read_summary(tmp_path / "plain")["fp32_check"]
+    assert check["warn"] is False and check["mean_abs_diff"] > 0 and "warning" not in err, err
+
+
+def test_a_comparison_shows_every_fp32_check_in_its_diagnostics(tmp_path, large_logits, llama_dir, pile_jsonl,
+                                                                capsys):
+    """The large-logits baseline's run and the paired pass warn (stderr, results.json, report.md); the healthy
+    model's run shows its numbers as a note; the paired pass measured the same first batch as the baseline's run."""
+    out = tmp_path / "cmp"
+    argv = _bf16("compare", pile_jsonl, out, "--base", str(large_logits), "--instruct", str(llama_dir))
+    assert main([*argv, "--matrix", "single", "--bootstrap", "100"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("lossgap: warning:") == 2 and "the paired pass of base and instruct: bfloat16" in err, err
+    results = json.loads((out / "results.json").read_text())
+    key = results["main_configuration"]
+    checks = {d["where"]: d for d in results["diagnostics"] if d["code"] == "fp32_check"}
+    assert set(checks) == {f"{key} / base", f"{key} / instruct", f"{key} / base vs instruct (paired pass)"}
+    base, instruct, pair = checks.values()
+    assert base["level"] == "warning" and base["message"].endswith("past the limits (0.075 on average, 0.01 on the "
+                                                                   "mean); rerun with --dtype float32")
+    assert instruct["level"] == "info" and "within the limits" in instruct["message"]
+    assert pair["level"] == "warning" and "NLL of base off by" in pair["message"] and "KL(base||instruct)" in \
+        pair["message"]
+    report = (out / "report.md").read_text()
+    assert base["message"] in report and instruct["message"] in report and "(paired pass)" in report
+    run = read_summary(out / json.loads((out / "compare.json").read_text())["runs"][key]["base"])["fp32_check"]
+    facts = json.loads(pq.read_schema(out / "pairs" / "instruct.parquet").metadata[b"lossgap"])["facts"]
+    paired = facts["fp32_check"]["statistics"]["nll_b"]
+    assert paired["mean_abs_diff"] == pytest.approx(run["mean_abs_diff"], abs=1e-6)
+    assert paired["mean_diff"] == pytest.approx(run["mean_nll_diff"], abs=1e-6)
 
 
 # ---------------------------------------------------------------- the same through a real process

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -9,8 +11,9 @@ from transformers import AutoModelForCausalLM
 from lossgap.engine.head import OutputHead
 from lossgap.engine.plans import DensePlan, DocsPlan, NoMaskPlan
 from lossgap.engine.probe import probe_mask, require_probe
-from lossgap.errors import PlanError
+from lossgap.errors import ModelError, PlanError
 from tests.helpers import ARCHS
+from tests.hostile_models import copy_model, scale_weights, zero_weights
 
 
 def load(folder, attn):
@@ -58,3 +61,28 @@ def test_probe_refuses_restarting_positions_without_a_mask(llama_dir):
     model = load(llama_dir, "sdpa")
     result = probe_mask(NoMaskPlan(model, "causal", "restart", 1), OutputHead(model), model.config.vocab_size)
     assert not result.passed and result.max_logit_shift < 1e-4
+    assert result.input_spread > 1  # the model is sound: the attention is what kept the documents apart
+    with pytest.raises(PlanError, match="under the causal mask a document's logits did not move") as e:
+        require_probe(result, "tiny-llama", "sdpa")
+    assert "--attn" in e.value.fix
+
+
+def test_a_model_whose_logits_ignore_the_input_is_called_degenerate(llama_dir, tmp_path):
+    """All-zero weights give the same logits everywhere: the causal probe cannot pass, and the attention is not why."""
+    model = load(zero_weights(copy_model(llama_dir, tmp_path / "zero")), "sdpa")
+    result = probe_mask(NoMaskPlan(model, "causal", "continuous", 1), OutputHead(model), model.config.vocab_size)
+    assert not result.passed and result.input_spread == 0
+    with pytest.raises(ModelError, match="logits do not depend on its input") as e:
+        require_probe(result, "zero-llama", "sdpa")
+    assert "degenerate" in str(e.value) and "--attn" not in str(e.value)
+
+
+def test_inf_logits_in_float16_are_called_an_overflow(llama_dir, tmp_path):
+    folder = scale_weights(copy_model(llama_dir, tmp_path / "big"), 300, ("proj.weight",))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float16).eval()
+    result = probe_mask(DensePlan(model, "block", "restart", 1), OutputHead(model), model.config.vocab_size)
+    assert not result.passed and not math.isfinite(result.max_logit_shift)
+    with pytest.raises(ModelError, match="inf/NaN in the model's logits on the mask probe's two documents in "
+                                         "float16") as e:
+        require_probe(result, "big-llama", "sdpa")
+    assert "overflow float16's range" in str(e.value) and "--dtype bfloat16" in e.value.fix

@@ -130,3 +130,27 @@ def test_a_resumed_pass_gives_the_same_file(tmp_path, tiny_models, pile_jsonl):
     resumed, result = _run_pair(tiny_models, pile_jsonl, tmp_path / "b", window_tokens=256, resume=True)
     assert result.facts["windows"] > 2
     assert whole.equals(resumed)
+
+
+def test_a_bf16_pass_checks_its_first_batch_against_float32_and_changes_nothing(tmp_path, tiny_models, pile_jsonl):
+    """The check puts one model at a time (then both heads) in float32 and back: the pass's file is the same with and
+    without it, and its facts hold each checked statistic's deviation."""
+    from lossgap.engine.forward import PAIR_CHECKED
+    from lossgap.formats.schema import FP32_LIMITS
+
+    a, b = (load_model(ModelConfig(str(tiny_models[arch]), dtype="bfloat16", device="cpu"), quiet=True)
+            for arch in ("llama", "qwen2"))
+    results = {}
+    for check in (True, False):
+        out = tmp_path / str(check)
+        cfg = _cfg(pile_jsonl, out / "run", window_tokens=256, fp32_check=check)
+        results[check] = paired_pass(cfg, ("base", "other"), a, b, a.tokenizer, ComparisonFolder(out))
+    checked, unchecked = (pq.read_table(results[c].path) for c in (True, False))
+    assert checked.equals(unchecked) and results[False].facts["fp32_check"] is None
+    check = results[True].facts["fp32_check"]
+    assert check["dtype"] == "bfloat16" and check["tokens"] > 0 and set(check["statistics"]) == set(PAIR_CHECKED)
+    for role, d in check["statistics"].items():
+        assert 0 < d["mean_abs_diff"] < FP32_LIMITS["mean_abs_diff"] and abs(d["mean_diff"]) <= d["mean_abs_diff"], role
+    assert check["warn"] is False and check["limits"] == FP32_LIMITS
+    stored = json.loads(checked.schema.metadata[b"lossgap"])["facts"]["fp32_check"]
+    assert stored == check

@@ -29,6 +29,7 @@ from .documents import RunDocuments, compare_docs, near_uniform
 from .explanation import build_explanation
 from .findings import key_findings
 from .positions import leakage_by_position, position_profile
+from .precision import pair_fp32_diagnostic, run_fp32_diagnostic
 from .stats import histogram
 
 TOKEN_KEYS = ("doc_id", "pos", "nll")  # what leakage and the position profile read of tokens.parquet
@@ -58,6 +59,7 @@ def build_results(out: Path) -> Results:
         row, notes = _configuration_row(folder, m, conf, docs)
         rows.append(row)
         diagnostics += notes
+    diagnostics += _paired_pass_diagnostics(folder, m)
     results = {
         "schema_version": SCHEMA_VERSION,
         "baseline": m["baseline"],
@@ -141,6 +143,22 @@ def _tokenizer_diagnostics(m: Manifest) -> list[Diagnostic]:
     return out
 
 
+def _paired_pass_diagnostics(folder: ComparisonFolder, m: Manifest) -> list[Diagnostic]:
+    """Each paired pass's float32 check, from the facts stored in its pairs/<other>.parquet (none for a pass
+    written before it had one)."""
+    e = m.get("explanation") or {}
+    out = []
+    for other, relative in e.get("pairs", {}).items():
+        meta = json.loads((folder.read_stored(relative, []).schema.metadata or {}).get(b"lossgap", b"{}"))
+        facts = meta.get("facts", {})
+        if "fp32_check" in facts:
+            names = (m["baseline"], other)
+            dtypes = [model.get("dtype") for model in meta.get("models", {}).values()]
+            where = f"{e['configuration']} / {names[0]} vs {other} (paired pass)"
+            out.append(pair_fp32_diagnostic(where, facts, dtypes, meta.get("config", {}).get("run", {}), names))
+    return out
+
+
 def _run_diagnostics(conf: Configuration, name: str, summary: dict, run: dict) -> list[Diagnostic]:
     where = f"{conf.key} / {name}"
     out = []
@@ -163,6 +181,7 @@ def _run_diagnostics(conf: Configuration, name: str, summary: dict, run: dict) -
         out.append({"level": "info" if probe["passed"] else "error", "code": "mask_probe", "where": where,
                     "message": f"mask probe {state} ({probe['mask']} mask, {run['model']['attn_implementation']} "
                                f"attention): next document's logits moved by {probe['max_logit_shift']:.2g}"})
+    out.append(run_fp32_diagnostic(where, run))
     if summary["truncated_context_tokens"]:
         share = summary["truncated_context_tokens"] / max(1, summary["n_tokens"])
         out.append({"level": "info", "code": "truncated", "where": where,

@@ -14,7 +14,10 @@ import numpy as np
 import torch
 
 from ..errors import LossgapError
+from ..formats.schema import FP32_LIMITS, exceeds_fp32_limits
 from .headstats import paired_token_stats
+
+PAIR_CHECKED = ("nll_b", "nll_o", "kl_bo", "kl_ob")  # the paired statistics the float32 check measures
 
 
 @contextmanager
@@ -41,18 +44,23 @@ def forward_batches(plan, head, batches: list, metrics: tuple[str, ...] = ("nll"
     return out
 
 
-@torch.inference_mode()
 def forward_pair(plan_b, head_b, plan_o, head_o, batch) -> dict[str, np.ndarray]:
     """A baseline b and another model o on the same batch: each model's distribution statistics and the pair's (KL
     both ways, top-1 agreement), from one pass over both heads' vocabulary tiles (headstats.py), by the roles of
     formats/columns.py's paired columns."""
-    index = batch.flat_index
-    hidden_b = plan_b.hidden_states(batch)
-    hidden_o = plan_o.hidden_states(batch)
-    hidden_b = hidden_b.reshape(-1, hidden_b.shape[-1])[index.to(hidden_b.device)]
-    hidden_o = hidden_o.reshape(-1, hidden_o.shape[-1])[index.to(hidden_o.device)]
-    stats = paired_token_stats(head_b, hidden_b, head_o, hidden_o.to(hidden_b.device),
-                               batch.targets.to(hidden_b.device))
+    return _pair_stats(head_b, _scored_hidden(plan_b, batch), head_o, _scored_hidden(plan_o, batch), batch.targets)
+
+
+@torch.inference_mode()
+def _scored_hidden(plan, batch) -> torch.Tensor:
+    """The hidden states of the positions that predict the batch's targets, [N, hidden], in target order."""
+    hidden = plan.hidden_states(batch)
+    return hidden.reshape(-1, hidden.shape[-1])[batch.flat_index.to(hidden.device)]
+
+
+@torch.inference_mode()
+def _pair_stats(head_b, hidden_b: torch.Tensor, head_o, hidden_o: torch.Tensor, targets) -> dict[str, np.ndarray]:
+    stats = paired_token_stats(head_b, hidden_b, head_o, hidden_o.to(hidden_b.device), targets.to(hidden_b.device))
     return {role: values.cpu().numpy() for role, values in stats.items()}
 
 
@@ -66,16 +74,34 @@ def score_batch(plan, head, batch) -> np.ndarray:
     return score_batches(plan, head, [batch])[0]
 
 
-def float32_nll(plan, head, batch) -> np.ndarray:
-    """The batch scored by the eager model in float32: the reference for reduced-precision and compiled runs. The
-    model is left exactly as it was, so the batches scored after the check match those scored before it."""
+@contextmanager
+def in_float32(plan):
+    """The plan and its model in float32, eager, inside the block: the reference for reduced-precision and compiled
+    runs. The model is left exactly as it was, so the batches scored after the check match those scored before it."""
     dtype = plan.dtype
     plan.dtype = torch.float32
     try:
         with float32_weights(plan.model), eager():
-            return score_batch(plan, head, batch)
+            yield
     finally:
         plan.dtype = dtype
+
+
+def float32_nll(plan, head, batch) -> np.ndarray:
+    """The batch scored by the eager model in float32."""
+    with in_float32(plan):
+        return score_batch(plan, head, batch)
+
+
+def float32_pair(plan_b, head_b, plan_o, head_o, batch) -> dict[str, np.ndarray]:
+    """forward_pair in float32. One model at a time is put in float32 (the memory the single-model check needs, not
+    twice that), then only the two output heads, for the statistics of both distributions together."""
+    hidden = []
+    for plan in (plan_b, plan_o):
+        with in_float32(plan):
+            hidden.append(_scored_hidden(plan, batch))
+    with float32_weights(head_b.proj), float32_weights(head_o.proj), eager():
+        return _pair_stats(head_b, hidden[0], head_o, hidden[1], batch.targets)
 
 
 @contextmanager
@@ -101,21 +127,45 @@ def float32_weights(model: torch.nn.Module):
             m._buffers[name] = b
 
 
+def deviation(values: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """How far per-token values are from their float32 reference: max and mean |diff|, and the mean diff (a bias)."""
+    diff = values.astype(np.float64) - reference.astype(np.float64)
+    if not diff.size:
+        return {"max_abs_diff": 0.0, "mean_abs_diff": 0.0, "mean_diff": 0.0}
+    return {"max_abs_diff": float(np.abs(diff).max()), "mean_abs_diff": float(np.abs(diff).mean()),
+            "mean_diff": float(diff.mean())}
+
+
 def fp32_deviation(plan, head, batch, nll: np.ndarray) -> dict:
-    """How far the reduced-precision per-token NLL of one batch is from float32."""
-    diff = nll.astype(np.float64) - float32_nll(plan, head, batch).astype(np.float64)
-    return {"dtype": str(plan.dtype).removeprefix("torch."), "tokens": int(diff.size),
-            "max_abs_diff": float(np.abs(diff).max()) if diff.size else 0.0,
-            "mean_abs_diff": float(np.abs(diff).mean()) if diff.size else 0.0,
-            "mean_nll_diff": float(diff.mean()) if diff.size else 0.0}
+    """How far the reduced-precision per-token NLL of one batch is from float32, and whether that is past the
+    limits (formats/schema.py FP32_LIMITS): summary.json's fp32_check."""
+    d = deviation(nll, float32_nll(plan, head, batch))
+    return {"dtype": dtype_name(plan.dtype), "tokens": int(nll.size), "max_abs_diff": d["max_abs_diff"],
+            "mean_abs_diff": d["mean_abs_diff"], "mean_nll_diff": d["mean_diff"],
+            "warn": exceeds_fp32_limits(d["mean_abs_diff"], d["mean_diff"]), "limits": dict(FP32_LIMITS)}
 
 
-def require_finite_loss(nll: np.ndarray, batch, model_name: str) -> None:
-    """Refuse a NaN or inf loss, naming the document it came from."""
+def fp32_pair_deviation(plan_b, head_b, plan_o, head_o, batch, stats: dict[str, np.ndarray]) -> dict:
+    """The paired pass's check: its per-token statistics (by role, PAIR_CHECKED) of one batch against float32."""
+    reference = float32_pair(plan_b, head_b, plan_o, head_o, batch)
+    statistics = {role: deviation(stats[role], reference[role]) for role in PAIR_CHECKED}
+    dtypes = dict.fromkeys(dtype_name(p.dtype) for p in (plan_b, plan_o))
+    return {"dtype": " / ".join(dtypes), "tokens": int(batch.n_targets), "statistics": statistics,
+            "warn": any(exceeds_fp32_limits(d["mean_abs_diff"], d["mean_diff"]) for d in statistics.values()),
+            "limits": dict(FP32_LIMITS)}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def require_finite_loss(nll: np.ndarray, batch, model_name: str, dtype: torch.dtype | None = None) -> None:
+    """Refuse a NaN or inf loss, naming the document it came from (in float16: as the overflow it is)."""
     bad = ~np.isfinite(nll)
     if bad.any():
         doc = batch.docs[int(batch.doc_ids[np.argmax(bad)])]
-        raise LossgapError(
-            f"{model_name} produced a non-finite loss on {doc.source} (document {doc.doc_id})",
-            "try --dtype float32; results up to the previous batch are kept",
-        )
+        seen = f"{model_name} produced a non-finite loss on {doc.source} (document {doc.doc_id})"
+        if dtype == torch.float16:
+            raise LossgapError(f"{seen} in float16: its activations overflow float16's range (largest value 65504)",
+                               "use --dtype bfloat16 or --dtype float32; results up to the previous batch are kept")
+        raise LossgapError(seen, "try --dtype float32; results up to the previous batch are kept")

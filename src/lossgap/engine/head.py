@@ -197,6 +197,9 @@ class OutputHead:
         full = self.model(input_ids=ids, use_cache=False).logits.float()
         hidden = self.model.base_model(input_ids=ids, use_cache=False).last_hidden_state
         mine = self.logits(hidden).float()
+        if not (torch.isfinite(full).all() and torch.isfinite(mine).all()):
+            name = getattr(self.model, "name_or_path", "") or self.model.config.model_type
+            raise non_finite_logits(name, str(self.proj.weight.dtype).removeprefix("torch."), "on a short input")
         diff = (full - mine).abs().max().item()
         if tol is None:
             tol = tolerance("logits", self.proj.weight.dtype)
@@ -207,3 +210,15 @@ class OutputHead:
                 "report the model type to lossgap",
             )
         return diff
+
+
+def non_finite_logits(model_name: str, dtype: str, seen: str) -> ModelError:
+    """inf or NaN in the logits of a model whose weights are finite (modelfiles.require_finite_weights), said as
+    what it is: in float16 an overflow of its range, elsewhere a broken model or a precision too low for it."""
+    msg = f"{model_name}: inf/NaN in the model's logits {seen} in {dtype}, from finite weights"
+    if dtype == "float16":
+        return ModelError(f"{msg}: its activations overflow float16's range (largest value 65504)",
+                          "use --dtype bfloat16 (float32's range) or --dtype float32")
+    if dtype != "float32":
+        return ModelError(msg, "use --dtype float32")
+    return ModelError(f"{msg}: the model itself computes them", "check the model's weights and config.json")

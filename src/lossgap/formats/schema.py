@@ -158,6 +158,56 @@ class TokenizerCheck(TypedDict):
     verdict: str
 
 
+class Fp32Limits(TypedDict):
+    """How far a reduced-precision run's first batch may be from float32 before lossgap warns, in nats/token."""
+
+    mean_abs_diff: float  # the average per-token |NLL difference|
+    mean_diff: float  # |mean NLL difference|: the bias it puts on a reported mean
+
+
+FP32_LIMITS: Fp32Limits = {"mean_abs_diff": 0.075, "mean_diff": 0.01}
+"""The limits of the float32 check: healthy bf16 models stay below them, models with large logits do not.
+
+mean_abs_diff 0.075: bf16 keeps 8 significant bits, so a logit near 10 is rounded by up to 0.03 and every
+token's NLL carries noise of that order. Healthy bf16 models measured 0.008-0.013 (the demo pair), 0.02 (the
+tests' tiny random models) and 0.03-0.044 (SmolLM2-135M) on average per token; a model with large logits measured
+0.09 (max 2.07 on one token). The limit leaves SmolLM2 room (1.7x) and catches the latter; past it the per-token
+columns (top spans, the token view) carry noise that is no longer bf16's ordinary rounding.
+mean_diff 0.01: 1 % perplexity, a bias that does not average out over a corpus (healthy models: 0.004 at most).
+The bootstrap half-width of a base/instruct difference shrinks as 1/sqrt(documents) (0.26 nats for the demo pair
+on 10 documents, so about 0.01 at several thousand): on a corpus that size a larger bias moves the reported
+difference by a visible share of its interval."""
+
+
+class Fp32Check(TypedDict):
+    """summary.json's fp32_check: the run's first batch (per label offset) against float32 (engine/forward.py);
+    null in a float32 run or with --no-fp32-check."""
+
+    dtype: str  # the run's
+    tokens: int  # scored targets in the batch
+    max_abs_diff: float  # per-token NLL, reduced precision - float32, nats
+    mean_abs_diff: float
+    mean_nll_diff: float  # the bias on the batch's mean NLL
+    warn: NotRequired[bool]  # past FP32_LIMITS (absent in runs written before the limits)
+    limits: NotRequired[Fp32Limits]
+
+
+class PairFp32Check(TypedDict):
+    """The paired pass's fp32_check (its facts, in pairs/<other>.parquet's metadata): the first paired batch's
+    per-token statistics of both models and the pair against float32."""
+
+    dtype: str  # the models' dtypes, "a / b" where they differ
+    tokens: int
+    statistics: dict[str, dict[str, float]]  # role (nll_b, ..., kl_ob) -> max_abs_diff, mean_abs_diff, mean_diff
+    warn: bool  # some statistic past FP32_LIMITS
+    limits: Fp32Limits
+
+
+def exceeds_fp32_limits(mean_abs_diff: float, mean_diff: float) -> bool:
+    """Whether a reduced-precision statistic is farther from float32 than FP32_LIMITS allows."""
+    return mean_abs_diff > FP32_LIMITS["mean_abs_diff"] or abs(mean_diff) > FP32_LIMITS["mean_diff"]
+
+
 class Diagnostic(TypedDict):
     level: str  # "error", "warning" or "info"
     code: str  # e.g. "near_uniform", "mask_probe", "tokenizer", "truncated"

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
+from ..analysis import precision
 from ..config import ScoreConfig
 from ..data.corpus import Corpus
 from ..data.layout import Batch
@@ -39,14 +41,16 @@ from .store import DocumentSums
 
 
 class PairRunner(WindowRunner):
-    """Scores a window with both models: the rows are batched by the baseline's plan and run through both."""
+    """Scores a window with both models: the rows are batched by the baseline's plan and run through both. Its
+    float32 check measures the first paired batch's statistics of both models and the pair (forward.PAIR_CHECKED)."""
 
-    def __init__(self, base: Engine, other: Engine, names: tuple[str, str]):
+    def __init__(self, base: Engine, other: Engine, names: tuple[str, str], fp32_check: bool = True):
         super().__init__(base.plan, base.head, base.loaded.name, fp32_check=False)
         self.other = other
         self.names = names
         self.columns = pair_columns(*names)
         self.stored = stored_names(*names)
+        self.want_fp32_check = fp32_check and any(e.plan.dtype != torch.float32 for e in (base, other))
 
     def forward(self, batches: list[Batch]) -> list[dict[str, np.ndarray]]:
         (batch,) = batches  # one label offset: the main configuration's
@@ -59,9 +63,16 @@ class PairRunner(WindowRunner):
         with self.plan.attention(), self.other.plan.attention():
             yield
 
-    def check(self, k: int, batch: Batch, columns: dict) -> None:
-        for role, name in zip(("nll_b", "nll_o"), self.names, strict=True):
-            forward.require_finite_loss(columns[self.stored[role]], batch, name)
+    def require_finite(self, batch: Batch, columns: dict) -> None:
+        for role, name, plan in zip(("nll_b", "nll_o"), self.names, (self.plan, self.other.plan), strict=True):
+            forward.require_finite_loss(columns[self.stored[role]], batch, name, plan.dtype)
+
+    def measure_fp32(self, batch: Batch, columns: dict) -> dict:
+        stats = {role: columns[self.stored[role]] for role in forward.PAIR_CHECKED}
+        return forward.fp32_pair_deviation(self.plan, self.head, self.other.plan, self.other.head, batch, stats)
+
+    def fp32_warning(self, k: int, check: dict) -> str:
+        return f"the paired pass of {' and '.join(self.names)}: {precision.pair_check_text(check, self.names)}"
 
 
 @dataclass
@@ -92,9 +103,10 @@ def paired_pass(cfg: ScoreConfig, names: tuple[str, str], base: LoadedModel, oth
         if dist.main:
             output.shards.remove()
         return PairedResult(path, facts)
-    runner = PairRunner(*engines, names)
+    runner = PairRunner(*engines, names, cfg.run.fp32_check)
     done = run_windows(cfg, engines[0], corpus, [output], dist, runner)
-    facts = {**engines[0].facts(), "models": list(names), **done.facts(cfg, corpus, [output], 0.0)}
+    facts = {**engines[0].facts(), "models": list(names), **done.facts(cfg, corpus, [output], 0.0),
+             "fp32_check": done.fp32_check.get(cfg.layout.label_offset)}
     if dist.main and done.error is None:
         try:
             _merge(output, done, path, facts, runner.columns)

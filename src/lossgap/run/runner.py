@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ..analysis import precision
 from ..data.layout import Batch, retarget
 from ..engine import forward
 from ..errors import LossgapError
@@ -55,10 +56,23 @@ class WindowRunner:
         return forward.forward_batches(self.plan, self.head, batches, MODEL_METRICS)
 
     def check(self, k: int, batch: Batch, columns: dict) -> None:
-        """Refuse a non-finite loss; measure the first batch of each offset against float32 below it."""
-        forward.require_finite_loss(columns["nll"], batch, self.model_name)
+        """Refuse a non-finite loss; measure the first batch of each offset against float32 below it, and say so on
+        stderr when it is farther than the limits (formats/schema.py FP32_LIMITS)."""
+        self.require_finite(batch, columns)
         if self.want_fp32_check and k not in self.fp32_check and batch.n_targets:
-            self.fp32_check[k] = forward.fp32_deviation(self.plan, self.head, batch, columns["nll"])
+            self.fp32_check[k] = check = self.measure_fp32(batch, columns)
+            if check["warn"]:
+                print(f"lossgap: warning: {self.fp32_warning(k, check)}; {precision.REMEDY}", file=sys.stderr,
+                      flush=True)
+
+    def require_finite(self, batch: Batch, columns: dict) -> None:
+        forward.require_finite_loss(columns["nll"], batch, self.model_name, self.plan.dtype)
+
+    def measure_fp32(self, batch: Batch, columns: dict) -> dict:
+        return forward.fp32_deviation(self.plan, self.head, batch, columns["nll"])
+
+    def fp32_warning(self, k: int, check: dict) -> str:
+        return f"{self.model_name} (label offset {k}): {precision.run_check_text(check)}"
 
     def _score_group(self, group, offsets: list[int]) -> list[tuple[list[Batch], list[dict]]]:
         batches = [self.plan.collate(retarget(group, self.plan.k, k), k) for k in offsets]
