@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import re
+import sys
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,12 +87,11 @@ def _gguf_bar_off(source: Source) -> Iterator[None]:
     with tqdm directly, past its own switch."""
     from transformers.utils import logging as hf_logging
 
-    if not source.gguf or hf_logging.is_progress_bar_enabled():
+    gguf_utils = sys.modules.get("transformers.modeling_gguf_pytorch_utils") if source.gguf else None
+    bar = getattr(gguf_utils, "tqdm", None)  # imported by transformers when it reads a GGUF file
+    if bar is None or hf_logging.is_progress_bar_enabled():
         yield
         return
-    import transformers.modeling_gguf_pytorch_utils as gguf_utils
-
-    bar = gguf_utils.tqdm
     gguf_utils.tqdm = functools.partial(bar, disable=True)
     try:
         yield
