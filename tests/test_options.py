@@ -12,6 +12,7 @@ import pytest
 from lossgap import config
 from lossgap.cli import build_parser, compare_config_from_args, corpus_build_options, main, score_config_from_args
 from lossgap.config import CompareConfig, CorpusConfig, ModelConfig, RunConfig, ScoreConfig
+from lossgap.errors import UsageError
 from lossgap.options import build
 
 SRC = Path(config.__file__).parent
@@ -218,10 +219,24 @@ def test_config_file_errors_name_the_key(capsys, tmp_path, text, message):
     ("model = 'a=x'", "'model' expects a list of strings, got 'a=x'"),
     ("bootstrap = 50\nbase = 'a'\ninstruct = 'b'", "--bootstrap must be at least 100 resamples"),
     ("gguf-file = 'x.gguf'", "unknown option 'gguf-file'"),
+    # before: the key "a=b" was split at its '=' into the model "a" at the path "b=/models/x"
+    ('[models]\n"a=b" = "/models/x"', "'models' entry 'a=b': a name cannot hold '='"),
 ])
 def test_compare_config_file_errors(capsys, tmp_path, text, message):
     code, err = run_with_config(capsys, tmp_path, text, "compare")
     assert code == 2 and message in err, err
+
+
+def test_a_model_path_may_hold_an_equals_sign(tmp_path):
+    """A path may hold '=' (NAME=PATH splits at the first one); a name never does, from the API either."""
+    path = tmp_path / "run.toml"
+    path.write_text('[models]\nbase = "/models/lr=1e-4"\n')
+    parser, subs = build_parser()
+    subs["compare"].apply_config_file(path)
+    args = parser.parse_args(["compare", "--corpus", "c", "--out", "o", "--model", "sft=/models/lr=2e-5"])
+    assert compare_config_from_args(args).models == [("base", "/models/lr=1e-4"), ("sft", "/models/lr=2e-5")]
+    with pytest.raises(UsageError, match="a model name must be a plain word"):
+        CompareConfig(models=[("a=b", "x"), ("c", "y")], corpus=CorpusConfig("c.jsonl")).validate()
 
 
 def test_unreadable_config_files(capsys, tmp_path):

@@ -54,7 +54,9 @@ class CorpusConfig:
     sample: int | None = option(None, help="score a deterministic sample of N documents")
     seed: int = option(0, help="seed of --sample")
     max_docs: int | None = option(None)
-    max_tokens: int | None = option(None, help="stop once this many input tokens are taken")
+    max_tokens: int | None = option(None, help="take documents until their tokens (BOS + text + EOS each; a chat "
+                                    "prefix is not counted) reach this many: the document that reaches it is cut "
+                                    "there, without EOS (summary.json: max_tokens), and nothing after it is read")
     on_bad_line: str = option("fail", choices=ON_BAD_LINE)
 
     def validate(self) -> None:
@@ -223,7 +225,7 @@ class CompareConfig:
         if len(set(names)) != len(names):
             raise UsageError(f"model names must differ: {names}")
         for name in names:
-            if not name or "/" in name or name.startswith("."):
+            if not name or "/" in name or "=" in name or name.startswith("."):
                 raise UsageError(f"--model {name!r}: a model name must be a plain word (NAME=PATH)")
         if self.matrix not in MATRICES:
             raise UsageError(f"--matrix: {self.matrix!r} is not one of {', '.join(MATRICES)}")

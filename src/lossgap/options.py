@@ -290,6 +290,12 @@ class OptionParser(argparse.ArgumentParser):
 
 
 def _table_items(table: Any, key: str, origin: str) -> list[str]:
+    """A table's entries as the NAME=VALUE items its option takes; a name holding "=" would be split there (the
+    value may hold one: a path), so it is refused."""
     if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
         raise UsageError(f"{origin}: {key!r} expects a table of NAME = \"PATH\" entries, got {reprlib.repr(table)}")
+    for name in table:
+        if "=" in name:
+            raise UsageError(f"{origin}: {key!r} entry {name!r}: a name cannot hold '='",
+                             f"rename the entry in [{key}], e.g. {name.replace('=', '-')!r}")
     return [f"{name}={spec}" for name, spec in table.items()]

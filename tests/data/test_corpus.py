@@ -17,9 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lossgap.config import CorpusConfig
-from lossgap.data.corpus import Corpus, Document, _deterministic_sample, _ZstdFrames
+from lossgap.data.corpus import Corpus, Document, _deterministic_sample
+from lossgap.data.readers import ZstdFrames
 from lossgap.errors import CorpusError, UsageError
-from tests.helpers import write_jsonl
+from tests.helpers import read_summary, run_cli, write_jsonl
 
 # Pile format; record 2 has no domain (falls back to the file name), record 4 has non-ASCII text.
 RECORDS = [
@@ -554,9 +555,9 @@ def test_not_gzip(tmp_path):
 def test_zstd_frames_reader_across_chunk_and_frame_boundaries(chunk_size):
     data = jsonl_bytes(many_lines(40))
     frames = zst_frames(data, 3) + zstandard.ZstdCompressor().compress(b"")  # an empty last frame is fine
-    reader = io.BufferedReader(_ZstdFrames(io.BytesIO(frames), chunk_size=chunk_size), buffer_size=256)
+    reader = io.BufferedReader(ZstdFrames(io.BytesIO(frames), chunk_size=chunk_size), buffer_size=256)
     assert reader.read() == data
-    reader = io.BufferedReader(_ZstdFrames(io.BytesIO(frames[:-20]), chunk_size=chunk_size))
+    reader = io.BufferedReader(ZstdFrames(io.BytesIO(frames[:-20]), chunk_size=chunk_size))
     with pytest.raises(EOFError):
         reader.read()
 
@@ -643,3 +644,82 @@ def test_any_bytes_read_or_raise_corpus_error(data, suffix, compress):
             assert all(isinstance(d.text, str) and d.text.strip() for d in docs)
             assert all(d.text.encode("utf-8") for d in docs)
             assert [d.doc_id for d in docs] == sorted({d.doc_id for d in docs})
+
+
+# --- through the command line ---
+
+
+def score_cli(capsys, llama_dir, corpus, out, *extra) -> tuple[int, str]:
+    code, _, err = run_cli(capsys, "--model", llama_dir, "--corpus", corpus, "--out", out, "--seq-len", 64, *extra)
+    return code, err
+
+
+def test_cli_a_folder_of_mixed_formats_is_read_whole_and_names_what_it_does_not_read(tmp_path, llama_dir,
+                                                                                    pile_records, capsys):
+    """Before: a folder with a .jsonl (24 documents) and a .parquet (3) scored the 3 only, silently."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", pile_records)
+    pq.write_table(pa.Table.from_pylist(RECORDS[:3]), folder / "b.parquet")
+    (folder / "notes.csv").write_text("a,b\n")
+    (folder / "README.md").write_text("# about this corpus\n")
+    code, err = score_cli(capsys, llama_dir, folder, tmp_path / "o")
+    assert code == 0, err
+    documents = pq.read_table(tmp_path / "o" / "documents.parquet").to_pylist()
+    assert len(documents) == 27 and read_summary(tmp_path / "o")["n_documents"] == 27
+    sources = [d["source"] for d in documents]  # sorted by path, whatever the format; ids run on across files
+    assert sources == [f"{folder / 'a.jsonl'}:{i}" for i in range(1, 25)] + [f"{folder / 'b.parquet'}#row{i}"
+                                                                             for i in range(3)]
+    warning = next(line for line in err.splitlines() if "not read" in line)
+    assert str(folder) in warning and "notes.csv (not a corpus format)" in warning
+    assert "README.md (.txt/.md files are documents only in a folder without .jsonl or .parquet files)" in warning
+
+
+def test_cli_domains_are_names_refused_when_not_scalar(tmp_path, llama_dir, capsys):
+    """7 and "7" name one domain (an integer is written in decimal); an object is refused, naming the record (before:
+    its Python repr became a domain)."""
+    records = [{"text": f"def f{i}(x):\n    return x + {i}\n", "meta": {"pile_set_name": d}}
+               for i, d in enumerate([7, "7", "Github", {"name": "Github"}])]
+    path = write_jsonl(tmp_path / "domains.jsonl", records)
+    code, err = score_cli(capsys, llama_dir, path, tmp_path / "fail")
+    assert code == 1 and f"{path}:4: field 'meta.pile_set_name' is a dict" in err and "not a string or an integer" \
+        in err and "internal error" not in err
+    code, err = score_cli(capsys, llama_dir, path, tmp_path / "skip", "--on-bad-line", "skip")
+    assert code == 0, err
+    summary = read_summary(tmp_path / "skip")
+    assert {k: v["n_documents"] for k, v in summary["per_domain"].items()} == {"7": 2, "Github": 1}
+    assert summary["corpus"]["bad_records_skipped"] == 1
+
+
+def test_cli_a_file_damaged_on_its_first_line_says_nothing_was_read(tmp_path, llama_dir, capsys):
+    """Before: 'the records on lines 1-0 were read'."""
+    data = gzip.compress(jsonl_bytes([{"text": "x" * 100_000}]))
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(data[: len(data) // 2])
+    code, err = score_cli(capsys, llama_dir, path, tmp_path / "o")
+    assert code == 1 and f"{path}:1: compressed data is corrupt or truncated" in err
+    assert "none of its lines could be read" in err and "1-0" not in err
+
+
+def test_a_long_text_file_is_read_only_as_far_as_the_cap_needs(tmp_path):
+    """Under --max-tokens a .txt file past max_tokens x 1024 bytes is read that far (a character cut at the end is
+    left out), and the document says it is not complete; without the cap it is read whole."""
+    from lossgap.data.corpus import TEXT_BYTES_PER_TOKEN
+
+    path = tmp_path / "long.txt"
+    path.write_bytes(("naïve café 🙂 " * 200_000).encode("utf-8"))
+    (doc,) = Corpus(CorpusConfig(str(path), max_tokens=10))
+    assert not doc.complete and 0 < len(doc.text.encode("utf-8")) <= 10 * TEXT_BYTES_PER_TOKEN
+    assert ("naïve café 🙂 " * 200_000).startswith(doc.text)
+    (whole,) = Corpus(CorpusConfig(str(path)))
+    assert whole.complete and whole.text == "naïve café 🙂 " * 200_000
+
+
+def test_cli_a_long_text_file_under_a_cap(tmp_path, llama_dir, capsys):
+    path = tmp_path / "long.txt"
+    path.write_text("def f(x):\n    return x * 2\n" * 100_000)
+    code, err = score_cli(capsys, llama_dir, path, tmp_path / "o", "--max-tokens", 300)
+    assert code == 0, err
+    summary = read_summary(tmp_path / "o")
+    assert summary["max_tokens"] == {"cap": 300, "tokens": 300, "documents": 1, "last_document_cut": True}
+    assert summary["n_tokens"] == 299

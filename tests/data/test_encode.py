@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from transformers import PreTrainedTokenizerFast
 
@@ -10,7 +16,9 @@ from lossgap.config import CorpusConfig, TokenizeConfig
 from lossgap.data.corpus import Corpus, Document
 from lossgap.data.encode import SpecialTokens, TokenizedDocument, encode_documents, resolve_special_tokens
 from lossgap.errors import ModelError, UsageError
-from tests.helpers import write_jsonl
+from tests.helpers import read_summary, read_tokens, run_cli, write_jsonl
+
+SRC = Path(__file__).parents[2] / "src"
 
 VOCAB = 384  # the conftest tokenizer: <pad>=0, <bos>=1, <eos>=2
 BOTH = SpecialTokens(1, 2)
@@ -160,21 +168,58 @@ def lengths(tokenizer) -> list[int]:
 
 
 @pytest.mark.parametrize("batch_docs", [1, 2, 64])
-def test_max_tokens_stops_once_the_running_total_reaches_the_limit(tokenizer, batch_docs):
-    n = lengths(tokenizer)
-    special = SpecialTokens(1, 2)
+@pytest.mark.parametrize("special", [BOTH, SpecialTokens(None, 2), SpecialTokens(1, None)], ids=str)
+def test_max_tokens_takes_exactly_the_cap_and_cuts_the_last_document(tokenizer, batch_docs, special):
+    """The documents' tokens (BOS + text + EOS) add up to the cap exactly; each is the uncapped document or, the
+    last, its beginning without EOS. The one exception: a cut that would leave only BOS stops one token short."""
+    full = list(encode_documents(docs_of(), tokenizer, special, VOCAB))
+    n = [len(d.ids) for d in full]
+    bos = int(special.bos_id is not None)
+    for cap in sorted({1, 2, n[0] - 1, n[0], n[0] + 1, n[0] + 3, sum(n) - 1, sum(n), 10 * sum(n)}):
+        got = list(encode_documents(docs_of(), tokenizer, special, VOCAB, cap, batch_docs))
+        total = sum(len(d.ids) for d in got)
+        running = np.cumsum([0, *n])
+        only_bos_left = bos and any(cap - running[i] == 1 for i in range(len(n)))
+        assert total == min(cap, sum(n)) - (1 if only_bos_left else 0), cap
+        for g, f in zip(got, full, strict=False):
+            assert g.doc_id == f.doc_id and g.ids.tolist() == f.ids[: len(g.ids)].tolist()
+        assert all(len(g.ids) == len(f.ids) for g, f in zip(got[:-1], full, strict=False))
 
-    def taken(limit):
-        return [d.doc_id for d in encode_documents(docs_of(), tokenizer, special, VOCAB, limit, batch_docs)]
 
-    assert taken(None) == [10, 11, 12, 13, 14]
-    assert taken(1) == [10]  # the first document is taken whole even if longer than the limit
-    assert taken(n[0]) == [10]  # exactly reached: stop
-    assert taken(n[0] + 1) == [10, 11]  # one short: the next document is taken whole
-    assert taken(n[0] + n[1]) == [10, 11]
-    assert taken(n[0] + n[1] + 1) == [10, 11, 12]
-    assert taken(sum(n)) == [10, 11, 12, 13, 14]
-    assert taken(10 * sum(n)) == [10, 11, 12, 13, 14]
+def test_a_long_text_is_never_tokenized_whole_and_its_first_tokens_are_the_whole_texts(tokenizer):
+    """A 1,000,000-character document under a cap of 5,000: 5,000 tokens, the first of its full tokenization, and
+    the tokenizer never sees more than a few times the text those tokens come from."""
+    text = " ".join(TEXTS * 20_000)[:1_000_000]
+    seen = []
+
+    def spy(texts, **kwargs):
+        seen.extend(len(t) for t in ([texts] if isinstance(texts, str) else texts))
+        return tokenizer(texts, **kwargs)
+
+    spy.is_fast = True
+    got = list(encode_documents(docs_of([text, "never read"]), spy, BOTH, VOCAB, max_tokens=5000))
+    assert len(got) == 1 and len(got[0].ids) == 5000
+    want = tokenizer(text, add_special_tokens=False)["input_ids"][:4999]
+    assert got[0].ids.tolist() == [1, *want]  # BOS + the first 4,999 text tokens, no EOS
+    assert max(seen) < 200_000
+    assert got[0].n_bytes == len(tokenizer.decode(want).encode("utf-8"))  # bits per byte: the bytes kept
+
+
+def test_a_chat_prefix_does_not_count_against_the_cap(tokenizer):
+    """The raw documents are cut at the same token with or without a chat prefix (context, standing in for BOS)."""
+    plain = list(encode_documents(docs_of(), tokenizer, BOTH, VOCAB, 20))
+    chat = list(encode_documents(docs_of(), tokenizer, BOTH, VOCAB, 20, prefix=[5, 6, 7, 1]))
+    assert [d.context for d in chat] == [3] * len(chat) and len(plain) == len(chat)
+    assert [d.ids[1:].tolist() for d in plain] == [d.ids[d.context + 1:].tolist() for d in chat]
+
+
+def test_the_cap_is_recorded_for_the_summary(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in TEXTS])
+    corpus = Corpus(CorpusConfig(str(path), max_tokens=12))
+    got = list(encode_documents(corpus, tokenizer, BOTH, VOCAB, max_tokens=12))
+    assert sum(len(d.ids) for d in got) == 12
+    assert corpus.token_cap.facts() == {"cap": 12, "tokens": 12, "documents": len(got), "last_document_cut": True}
+    assert Corpus(CorpusConfig(str(path))).token_cap.facts() is None
 
 
 def test_max_tokens_does_not_pull_documents_past_the_limit(tokenizer):
@@ -227,3 +272,73 @@ def test_corpus_to_tokens(tmp_path, tokenizer):
     assert [d.n_bytes for d in out] == [len(t.encode()) for t in TEXTS]
     assert [d.source for d in out][2] == f"{path}:4"
     assert len(corpus.bad_records) == 1
+
+
+# --- --max-tokens through the command line ---
+
+
+@pytest.mark.parametrize("bos", ["--bos", "--no-bos"])
+def test_cli_max_tokens_scores_exactly_the_first_tokens_of_the_uncapped_run(tmp_path, llama_dir, pile_jsonl, capsys,
+                                                                          bos):
+    """--max-tokens 500: the documents' input tokens (BOS if any + text + EOS, the cut one without EOS) are exactly
+    500, so the scored targets are 500 - documents x label offset (a document's first token is never a target, BOS
+    or not); each scored (document, position) is one of the uncapped run's, with its NLL."""
+    common = ["--model", llama_dir, "--corpus", pile_jsonl, "--seq-len", 64, bos]
+    assert run_cli(capsys, *common, "--out", tmp_path / "full")[0] == 0
+    assert run_cli(capsys, *common, "--out", tmp_path / "cap", "--max-tokens", 500)[0] == 0
+    summary, documents = read_summary(tmp_path / "cap"), pq.read_table(tmp_path / "cap" / "documents.parquet")
+    facts = summary["max_tokens"]
+    assert facts == {"cap": 500, "tokens": 500, "documents": documents.num_rows, "last_document_cut": True}
+    assert sum(documents.column("n_input_tokens").to_pylist()) == 500 == summary["input_tokens"]
+    assert summary["n_tokens"] == 500 - facts["documents"]
+    capped, full = read_tokens(tmp_path / "cap"), read_tokens(tmp_path / "full")
+    both = capped.merge(full, on=["doc_id", "pos"], suffixes=("", "_full"))
+    assert len(both) == len(capped) == 500 - facts["documents"]
+    assert np.allclose(both["nll"], both["nll_full"], rtol=0, atol=1e-5)
+    for doc_id, group in capped.groupby("doc_id"):  # each document's first targets
+        positions = np.sort(full.pos[full.doc_id == doc_id].to_numpy())
+        assert sorted(group.pos) == positions[: len(group)].tolist()
+    last = capped.doc_id.max()
+    assert (full.doc_id == last).sum() > (capped.doc_id == last).sum()  # the last document was cut
+
+
+def test_cli_max_tokens_cuts_a_million_character_document(tmp_path, llama_dir, capsys):
+    """Before: a 1,000,000-character document scored 1,000,001 tokens under --max-tokens 5000."""
+    text = " ".join(TEXTS * 20_000)[:1_000_000]
+    corpus = write_jsonl(tmp_path / "long.jsonl", [{"text": text}, {"text": "after the cap: never read"}])
+    code, _, err = run_cli(capsys, "--model", llama_dir, "--corpus", corpus, "--out", tmp_path / "o", "--seq-len", 256,
+                           "--max-tokens", 5000, "--batch-size", 8)
+    assert code == 0, err
+    summary = read_summary(tmp_path / "o")
+    assert summary["max_tokens"] == {"cap": 5000, "tokens": 5000, "documents": 1, "last_document_cut": True}
+    assert (summary["n_documents"], summary["n_tokens"], summary["input_tokens"]) == (1, 4999, 5000)
+
+
+RSS_PROBE = ("import resource, sys\nfrom lossgap.cli import main\ncode = main(sys.argv[1:])\n"
+             "print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nraise SystemExit(code)")
+
+
+def peak_rss_mb(*argv) -> float:
+    proc = subprocess.run([sys.executable, "-c", RSS_PROBE, *map(str, argv)], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(SRC)})
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    peak = int(proc.stdout.split("peak")[-1])
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform not in ("linux", "darwin"), reason="ru_maxrss")
+def test_a_50_mb_line_under_a_small_cap_stays_within_memory(tmp_path, llama_dir, pile_jsonl):
+    """A single 50 MB JSON line under --max-tokens 100: the run's peak RSS stays within 150 MB (3 x the line) of the
+    same run on a small corpus. A JSON line is held whole (bytes, then its text: a record is parsed whole to find its
+    text field), but only a few kilobytes of it are tokenized. Before: over 10 GB, still tokenizing after 11 min."""
+    line = " ".join(TEXTS)
+    text = (line * (50_000_000 // len(line) + 1))[:50_000_000]
+    big = write_jsonl(tmp_path / "big.jsonl", [{"text": text}])
+    del text
+    common = ["score", "--model", llama_dir, "--device", "cpu", "--dtype", "float32", "--quiet", "--seq-len", 64,
+              "--max-tokens", 100]
+    small_peak = peak_rss_mb(*common, "--corpus", pile_jsonl, "--out", tmp_path / "small")
+    big_peak = peak_rss_mb(*common, "--corpus", big, "--out", tmp_path / "big")
+    assert read_summary(tmp_path / "big")["max_tokens"]["tokens"] == 100
+    assert big_peak - small_peak < 150, (small_peak, big_peak)

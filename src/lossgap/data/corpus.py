@@ -1,30 +1,55 @@
 """Corpus readers: stream Documents from JSONL (plain, gzip, zstd), Parquet, `datasets` folders, text folders.
 
 Every record gets a stable `doc_id`: its ordinal in the corpus (bad records and skipped records count too), so
-the same document has the same id whatever `--skip`, `--sample` or `--on-bad-line` select.
+the same document has the same id whatever `--skip`, `--sample` or `--on-bad-line` select. Which files a folder
+contributes, in which order, and each format's reader: readers.py.
+
+A domain is a name: a string, or an integer written in decimal (so 7 and "7" name one domain). A domain field
+holding anything else (an object, a list, a float, true/false) makes the record bad, naming it; a missing or null
+one falls back to the file's name.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import heapq
-import io
 import itertools
 import json
-import zlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from ..config import CorpusConfig
 from ..errors import CorpusError
+from .readers import READERS, Record, datasets_records, decode_prefix, list_corpus
 
-JSONL_SUFFIXES = (
-    ".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".jsonl.zstd", ".json.zst", ".json.zstd",
-)
-TEXT_SUFFIXES = (".txt", ".md")
-SIDECAR_SUFFIX = ".sources.json"  # written beside a corpus by `lossgap corpus build`: not a corpus itself
+# Bytes of a text file read per token of --max-tokens: far more than any tokenizer's longest token, so the first
+# max_tokens x TEXT_BYTES_PER_TOKEN bytes of a long text file hold more tokens than the cap can take.
+TEXT_BYTES_PER_TOKEN = 1024
+_warned: set[str] = set()  # folders whose files not read were named already (a comparison opens a corpus often)
+
+
+@dataclass
+class TokenCap:
+    """--max-tokens as a pass applied it, for summary.json ("max_tokens"); filled in by encode_documents.
+
+    `tokens` counts each document's BOS, text and EOS tokens (a chat prefix is context, not counted), so the run's
+    documents hold `tokens` <= cap input tokens. The document that reaches the cap is cut there: it keeps its first
+    tokens and gets no EOS (`last_document_cut`); a document that fits exactly, EOS included, is not cut. A document
+    is never cut to its BOS alone (no target): when only that would fit, the pass stops at cap - 1."""
+
+    cap: int | None
+    tokens: int = 0
+    documents: int = 0
+    last_document_cut: bool = False
+
+    def facts(self) -> dict | None:
+        if self.cap is None:
+            return None
+        return {"cap": self.cap, "tokens": self.tokens, "documents": self.documents,
+                "last_document_cut": self.last_document_cut}
 
 
 @dataclass
@@ -35,16 +60,8 @@ class Document:
     text: str
     domain: str
     source: str
-
-
-@dataclass
-class _Record:
-    """A raw record before validation: a JSON line's bytes, a table row's dict, or a text file's bytes."""
-
-    index: int
-    source: str
-    payload: object
-    default_domain: str
+    complete: bool = True  # False: `text` is the document's beginning only (a long text file under --max-tokens)
+    cap: TokenCap | None = field(default=None, repr=False, compare=False)  # its corpus's --max-tokens record
 
 
 @dataclass
@@ -67,7 +84,13 @@ class Corpus:
         self.path = Path(self.config.path)
         if not self.path.exists():
             raise CorpusError(f"corpus not found: {self.path}", "check the --corpus path")
-        self.kind, self.files = _detect(self.path)
+        self.listing = list_corpus(self.path)
+        self.files = [file for file, _ in self.listing.files]
+        self.token_cap = TokenCap(self.config.max_tokens)
+        warning = self.listing.warning(self.path)
+        if warning and str(self.path) not in _warned:
+            _warned.add(str(self.path))
+            print(f"lossgap: warning: {warning}", file=sys.stderr, flush=True)
 
     @property
     def fraction_read(self) -> float:
@@ -88,6 +111,7 @@ class Corpus:
         self.bad_records = []  # each pass over the corpus reports its own counts
         self.records_read = 0
         self._fraction = 0.0
+        self.token_cap = TokenCap(self.config.max_tokens)
         for record in self._records():
             self.records_read += 1
             if record.index < self.config.skip:
@@ -103,18 +127,19 @@ class Corpus:
                     ) from None
                 self.bad_records.append(BadRecord(record.source, str(bad)))
 
-    def _records(self) -> Iterator[_Record]:
-        readers = {"jsonl": _jsonl_records, "parquet": _parquet_records, "text": _text_records}
-        if self.kind == "datasets":
-            yield from _datasets_records(self, self.path)
+    def _records(self) -> Iterator[Record]:
+        if self.listing.datasets:
+            yield from datasets_records(self.path, self.config.split, partial(setattr, self, "_fraction"))
             self._fraction = 1.0
             return
+        cap = self.config.max_tokens
+        text_bytes = None if cap is None else cap * TEXT_BYTES_PER_TOKEN
         total = sum(f.stat().st_size for f in self.files) or 1
         done = 0
         index = 0
-        for file in self.files:
+        for file, kind in self.listing.files:
             size = file.stat().st_size
-            for record, position in readers[self.kind](file, index, self.path):
+            for record, position in READERS[kind](file, index, self.path, text_bytes):
                 self._fraction = min(1.0, (done + position) / total)
                 index = record.index + 1
                 yield record
@@ -122,21 +147,10 @@ class Corpus:
             self._fraction = done / total
         self._fraction = 1.0
 
-    def _to_document(self, record: _Record) -> Document:
-        payload = record.payload
-        if isinstance(payload, bytes):
-            try:
-                text = payload.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise _BadRecord(f"invalid UTF-8 at byte {e.start}") from None
-            if self.kind == "text":
-                return _checked(record, text, record.default_domain)
-            try:
-                payload = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise _BadRecord(f"not valid JSON ({e.msg} at column {e.colno})") from None
-            except (ValueError, RecursionError) as e:  # e.g. an integer over 4300 digits, or nesting too deep
-                raise _BadRecord(f"not readable JSON ({type(e).__name__}: {str(e)[:200]})") from None
+    def _to_document(self, record: Record) -> Document:
+        if record.text_file:
+            return self._checked(record, _text_of(record), record.default_domain)
+        payload = _json_object(record) if isinstance(record.payload, bytes) else record.payload
         if not isinstance(payload, dict):
             raise _BadRecord(f"expected a JSON object, got {type(payload).__name__}")
         text = _lookup(payload, self.config.text_field)
@@ -145,9 +159,31 @@ class Corpus:
             raise _BadRecord(f"no field {self.config.text_field!r} (fields: {fields}); set --text-field")
         if not isinstance(text, str):
             raise _BadRecord(f"field {self.config.text_field!r} is a {type(text).__name__}, not a string")
-        domain = _lookup(payload, self.config.domain_field)
-        domain = record.default_domain if domain is _MISSING or domain is None else str(domain)
-        return _checked(record, text, domain)
+        return self._checked(record, text, self._domain(payload, record))
+
+    def _domain(self, payload: dict, record: Record) -> str:
+        """The record's domain name (module docstring): a string as it is, an integer in decimal."""
+        value = _lookup(payload, self.config.domain_field)
+        if value is _MISSING or value is None:
+            return record.default_domain
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        shown = json.dumps(value, default=str)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise _BadRecord(f"field {self.config.domain_field!r} is a {type(value).__name__} ({shown}), not a "
+                         "string or an integer: a domain is a name (choose another --domain-field)")
+
+    def _checked(self, record: Record, text: str, domain: str) -> Document:
+        if not text.strip():
+            raise _BadRecord("empty document")
+        if not text.isascii():  # ASCII text is valid Unicode: no copy of a long document to check it
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:  # JSON escapes such as "\ud800" decode to lone surrogates
+                raise _BadRecord(f"text holds a lone surrogate at character {e.start} (not valid Unicode)") from None
+        return Document(record.index, text, domain, record.source, record.complete, self.token_cap)
 
 
 class _BadRecord(Exception):
@@ -157,14 +193,29 @@ class _BadRecord(Exception):
 _MISSING = object()
 
 
-def _checked(record: _Record, text: str, domain: str) -> Document:
-    if not text.strip():
-        raise _BadRecord("empty document")
+def _text_of(record: Record) -> str:
+    """A text file's content (its first bytes only when the record is not complete)."""
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:  # JSON escapes such as "\ud800" decode to lone surrogates
-        raise _BadRecord(f"text holds a lone surrogate at character {e.start} (not valid Unicode)") from None
-    return Document(doc_id=record.index, text=text, domain=domain, source=record.source)
+        return record.payload.decode("utf-8") if record.complete else decode_prefix(record.payload)
+    except UnicodeDecodeError as e:
+        raise _BadRecord(f"invalid UTF-8 at byte {e.start}") from None
+
+
+def _json_object(record: Record):
+    """A JSON line parsed. Its bytes are let go once decoded, so a long line is held as bytes and text at once only
+    while it is decoded."""
+    data, record.payload = record.payload, None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _BadRecord(f"invalid UTF-8 at byte {e.start}") from None
+    del data
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _BadRecord(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer over 4300 digits, or nesting too deep
+        raise _BadRecord(f"not readable JSON ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def _lookup(obj: dict, dotted: str):
@@ -176,189 +227,6 @@ def _lookup(obj: dict, dotted: str):
             return _MISSING
         obj = obj[part]
     return obj
-
-
-def _detect(path: Path) -> tuple[str, list[Path]]:
-    if path.is_file():
-        name = path.name.lower()
-        if name.endswith(JSONL_SUFFIXES):
-            return "jsonl", [path]
-        if name.endswith(".parquet"):
-            return "parquet", [path]
-        if name.endswith(TEXT_SUFFIXES):
-            return "text", [path]
-        raise CorpusError(
-            f"{path}: unknown corpus format",
-            "use .jsonl, .jsonl.gz, .jsonl.zst, .parquet, .txt/.md, a folder of those, or a datasets folder",
-        )
-    if any((path / marker).exists() for marker in ("dataset_dict.json", "dataset_info.json", "state.json")):
-        return "datasets", []
-    for kind, suffixes in (("parquet", (".parquet",)), ("jsonl", JSONL_SUFFIXES), ("text", TEXT_SUFFIXES)):
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes)
-                       and not p.name.endswith(SIDECAR_SUFFIX))
-        if files:
-            return kind, files
-    raise CorpusError(
-        f"{path}: folder holds no .jsonl, .parquet, .txt or .md files and no saved dataset",
-        "point --corpus at a corpus file, a folder of them, or a folder written by Dataset.save_to_disk",
-    )
-
-
-def _open_binary(path: Path) -> tuple[io.BufferedIOBase, io.BufferedIOBase]:
-    """Return (decompressed stream, raw file): the raw file's position drives progress."""
-    raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
-    name = path.name.lower()
-    if name.endswith(".gz"):
-        return gzip.GzipFile(fileobj=raw), raw
-    if name.endswith((".zst", ".zstd")):
-        return io.BufferedReader(_ZstdFrames(raw), buffer_size=1 << 20), raw
-    return raw, raw
-
-
-def _zstd_error() -> type[Exception]:
-    """zstandard's error type, imported only when needed (GPU images often lack the package)."""
-    try:
-        import zstandard
-    except ImportError:
-        return OSError
-    return zstandard.ZstdError
-
-
-class _ZstdFrames(io.RawIOBase):
-    """Decompress a zstd stream of one or more frames, raising EOFError when the input ends inside a frame.
-
-    zstandard's own stream_reader returns end-of-file on a truncated frame without an error, which would
-    silently drop the end of a damaged download.
-    """
-
-    def __init__(self, raw: io.BufferedIOBase, chunk_size: int = 1 << 16):
-        self._raw = raw
-        self._chunk_size = chunk_size
-        self._frame = None  # decompressor of the frame in progress, None between frames
-        self._out = memoryview(b"")  # decompressed bytes not yet returned
-        self._done = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        while not self._out and not self._done:
-            self._decompress_more()
-        n = min(len(buffer), len(self._out))
-        buffer[:n] = self._out[:n]
-        self._out = self._out[n:]
-        return n
-
-    def _decompress_more(self) -> None:
-        data = self._raw.read(self._chunk_size)
-        if not data:
-            if self._frame is not None:
-                raise EOFError("the file ends inside a zstd frame")
-            self._done = True
-            return
-        out = []
-        while data:
-            if self._frame is None:
-                import zstandard
-
-                self._frame = zstandard.ZstdDecompressor().decompressobj()
-            out.append(self._frame.decompress(data))
-            if not self._frame.eof:
-                break
-            data = self._frame.unused_data  # the next frame starts here
-            self._frame = None
-        self._out = memoryview(b"".join(out))
-
-
-def _jsonl_records(path: Path, first_index: int, root: Path) -> Iterator[tuple[_Record, int]]:
-    stream, raw = _open_binary(path)
-    index = first_index
-    line_no = 0
-    try:
-        while True:
-            try:
-                line = stream.readline()
-            except (EOFError, OSError, zlib.error, _zstd_error()) as e:
-                raise CorpusError(
-                    f"{path}:{line_no + 1}: compressed data is corrupt or truncated ({e})",
-                    f"re-download or re-compress the file; the records on lines 1-{line_no} were read",
-                ) from None
-            if not line:
-                return
-            line_no += 1
-            if line_no == 1 and line.startswith(b"\xef\xbb\xbf"):
-                line = line[3:]  # a UTF-8 byte order mark, as some Windows tools write
-            if not line.strip():
-                continue
-            record = _Record(index, f"{path}:{line_no}", line.rstrip(b"\r\n"), _default_domain(path))
-            index += 1
-            yield record, raw.tell()
-    finally:
-        stream.close()
-        raw.close()
-
-
-def _parquet_records(path: Path, first_index: int, root: Path) -> Iterator[tuple[_Record, int]]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.ParquetFile(path)
-    except Exception as e:
-        raise CorpusError(f"{path}: not a readable Parquet file ({e})") from None
-    size = path.stat().st_size
-    n_rows = max(1, table.metadata.num_rows)
-    index = first_index
-    row_no = 0
-    batches = table.iter_batches(batch_size=1024)
-    while True:
-        try:
-            batch = next(batches, None)
-        except Exception as e:
-            raise CorpusError(
-                f"{path}#row{row_no}: Parquet data is corrupt ({e})",
-                f"re-download or re-write the file; rows before row {row_no} were read",
-            ) from None
-        if batch is None:
-            return
-        for row in batch.to_pylist():
-            yield _Record(index, f"{path}#row{row_no}", row, _default_domain(path)), size * row_no // n_rows
-            index += 1
-            row_no += 1
-
-
-def _text_records(path: Path, first_index: int, root: Path) -> Iterator[tuple[_Record, int]]:
-    rel = path.relative_to(root) if root.is_dir() else Path(path.name)
-    domain = rel.parts[0] if len(rel.parts) > 1 else (root.name if root.is_dir() else path.stem)
-    yield _Record(first_index, str(path), path.read_bytes(), domain), path.stat().st_size
-
-
-def _datasets_records(corpus: Corpus, path: Path) -> Iterator[_Record]:
-    import datasets
-
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except Exception as e:
-        raise CorpusError(f"{path}: not a readable saved dataset ({e})") from None
-    if isinstance(ds, datasets.DatasetDict):
-        split = corpus.config.split
-        if split is None and len(ds) == 1:
-            split = next(iter(ds))
-        if split not in ds:
-            what = "choose a split" if split is None else f"no split {split!r}"
-            raise CorpusError(f"{path}: {what} (has {', '.join(ds)})", f"pass --split {next(iter(ds))}")
-        ds = ds[split]
-    n = max(1, len(ds))
-    for i, row in enumerate(ds):
-        corpus._fraction = i / n
-        yield _Record(i, f"{path}#row{i}", row, path.name)
-
-
-def _default_domain(path: Path) -> str:
-    name = path.name
-    for suffix in sorted(JSONL_SUFFIXES + (".parquet",), key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def _deterministic_sample(docs: Iterator[Document], n: int, seed: int) -> Iterator[Document]:

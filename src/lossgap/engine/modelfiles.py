@@ -8,9 +8,13 @@ one is damaged and how.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import pickle
+import re
+import sys
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,11 +73,30 @@ def loading(source: Source, stage: str) -> Iterator[None]:
     """Run transformers' loading of one stage: any exception becomes one ModelError naming the file and the fix.
     Only transformers' calls belong inside: a bug of lossgap's own must not read as a damaged file."""
     try:
-        yield
+        with _gguf_bar_off(source):
+            yield
     except LossgapError:
         raise
     except Exception as e:
         raise as_model_error(e, source, stage) from e
+
+
+@contextmanager
+def _gguf_bar_off(source: Source) -> Iterator[None]:
+    """With transformers' progress bars off (--quiet), the GGUF conversion's bar off too: transformers draws that one
+    with tqdm directly, past its own switch."""
+    from transformers.utils import logging as hf_logging
+
+    gguf_utils = sys.modules.get("transformers.modeling_gguf_pytorch_utils") if source.gguf else None
+    bar = getattr(gguf_utils, "tqdm", None)  # imported by transformers when it reads a GGUF file
+    if bar is None or hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 @contextmanager
@@ -259,11 +282,39 @@ def _weights_error(chain: list[BaseException], source: Source) -> ModelError:
     if broken is not None:
         path, reason = broken
         return ModelError(f"{path}: {reason}", REDOWNLOAD)
+    if any(isinstance(x, pickle.UnpicklingError) for x in chain):
+        return _pickle_refusal(chain, folder)
     files = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
     return ModelError(f"{folder}: the weights ({', '.join(files) or 'none'}) cannot be loaded "
                       f"({type(e).__name__}: {first_line(e)[:200]})",
                       "check that the folder holds one complete model saved with save_pretrained; --debug shows "
                       "the full traceback")
+
+
+def _pickle_refusal(chain: list[BaseException], folder: Path) -> ModelError:
+    """A .bin checkpoint that torch's weights-only loader refused: it pickles Python objects besides tensors, and
+    loading those runs code from the file. Said whole: the file, the objects, why, and what to do instead."""
+    import torch.serialization
+
+    def unsafe_globals(path: Path) -> list[str]:  # read from the pickle without loading it (torch >= 2.5)
+        try:
+            return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # an older torch, or a file it cannot scan: torch's own reason names the objects
+            return []
+
+    bins = sorted(folder.glob("*.bin"))
+    unsafe = [(path, names) for path in bins if (names := unsafe_globals(path))]
+    where, names = unsafe[0] if unsafe else (bins[0] if len(bins) == 1 else folder, [])
+    text = re.sub(r"\x1b\[[0-9;]*m", "", _text(chain))  # torch's reason, without its terminal escape codes
+    reason = next((line.strip() for line in text.splitlines() if "WeightsUnpickler error" in line), "")
+    what = ", ".join(names[:5]) or reason.removeprefix("WeightsUnpickler error: ")[:300] or first_line(chain[0])
+    return ModelError(
+        f"{where}: refused: the checkpoint holds pickled Python objects besides tensors ({what}); torch's "
+        "weights-only loader does not load them, because unpickling them runs code from the file",
+        "use the model's .safetensors weights; or, only if you trust where the file came from, load it in your own "
+        "Python (torch.load(path, weights_only=False)) and save it again with save_pretrained, which writes "
+        "safetensors",
+    )
 
 
 SAFETENSORS_REASONS = {

@@ -185,6 +185,7 @@ class Pass:
                 "bad_records_skipped": len(corpus.bad_records),
                 "bad_records": [f"{b.source}: {b.reason}" for b in corpus.bad_records[:50]],
             },
+            "max_tokens": corpus.token_cap.facts(),  # --max-tokens as applied: data/corpus.py TokenCap
             "input_tokens": self.input_tokens,
             "tokens_per_second": self.input_tokens / self.seconds if self.seconds > 0 else None,
             "data_wait_share": self.wait_seconds / self.seconds if self.seconds > 0 else None,
