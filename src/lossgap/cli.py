@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import sys
 import traceback
@@ -97,6 +98,13 @@ def compare_config_from_args(a: argparse.Namespace) -> CompareConfig:
                  layout=build(LayoutConfig, a), run=run)
 
 
+def _perplexity(summary: dict) -> str:
+    from .formats.schema import number
+
+    ppl = number(summary["perplexity"])
+    return "inf (exp of the mean NLL overflows)" if ppl == math.inf else f"{ppl:.3f}"
+
+
 def cmd_score(a: argparse.Namespace) -> int:
     cfg = score_config_from_args(a).validate()  # a bad value fails before torch is imported
     from .run.scoring import score
@@ -105,7 +113,7 @@ def cmd_score(a: argparse.Namespace) -> int:
     s = result.summary
     if not s:  # a torchrun rank other than 0: rank 0 merged and reports
         return 0
-    print(f"{s['model']['name']}: mean NLL {s['mean_nll']:.4f} nats/token, perplexity {s['perplexity']:.3f}, "
+    print(f"{s['model']['name']}: mean NLL {s['mean_nll']:.4f} nats/token, perplexity {_perplexity(s)}, "
           f"{s['bits_per_byte']:.4f} bits/byte over {s['n_tokens']:,} tokens in {s['n_documents']:,} documents")
     print(f"{s['tokens_per_second']:,.0f} tokens/s; results in {result.out_dir}/")
     short = s["n_documents"] - s.get("n_scored_documents", s["n_documents"])

@@ -790,6 +790,24 @@ def test_a_healthy_bf16_model_does_not_warn(tmp_path, llama_dir, pile_jsonl, cap
     assert check["warn"] is False and check["mean_abs_diff"] > 0 and "warning" not in err, err
 
 
+def test_a_float32_check_out_of_memory_is_skipped_and_said(tmp_path, llama_dir, pile_jsonl, capsys, monkeypatch):
+    """float32 needs twice the weights' memory: running out there skips the check, says so, and scores on."""
+    import torch
+
+    from lossgap.engine import forward
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    assert main(_bf16("score", pile_jsonl, tmp_path / "ref", "--model", str(llama_dir))) == 0
+    monkeypatch.setattr(forward, "float32_nll", out_of_memory)
+    assert main(_bf16("score", pile_jsonl, tmp_path / "oom", "--model", str(llama_dir))) == 0
+    err = capsys.readouterr().err
+    assert "the float32 check of the first batch ran out of memory and was skipped" in err and "Traceback" not in err
+    assert read_summary(tmp_path / "oom")["fp32_check"] is None
+    assert read_summary(tmp_path / "oom")["mean_nll"] == read_summary(tmp_path / "ref")["mean_nll"]
+
+
 def test_a_comparison_shows_every_fp32_check_in_its_diagnostics(tmp_path, large_logits, llama_dir, pile_jsonl,
                                                                 capsys):
     """The large-logits baseline's run and the paired pass warn (stderr, results.json, report.md); the healthy
@@ -951,7 +969,7 @@ def test_an_overflowing_perplexity_is_inf_not_a_crash(tmp_path, llama_dir, pile_
     code = main(ctx.score(model))
     captured = capsys.readouterr()
     assert code == 0 and "Traceback" not in captured.err and "internal error" not in captured.err, captured.err
-    assert "perplexity inf" in captured.out
+    assert "perplexity inf (exp of the mean NLL overflows)" in captured.out
     summary = _strict_json(tmp_path / "out" / "summary.json")
     assert summary["mean_nll"] > 710 and summary["perplexity"] == "inf"
     # compared against the unscaled model: the relative perplexity overflows too, and the report says so

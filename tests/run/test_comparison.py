@@ -324,3 +324,16 @@ def test_compare_resume_continues_from_finished_runs_and_the_paired_shards(tmp_p
     for name in ("instruct",):
         a, b = (pq.read_table(d / "pairs" / f"{name}.parquet") for d in (tmp_path / "clean", out))
         assert a.num_rows > 0 and a.equals(b)
+
+
+def test_the_tokenizer_check_of_a_capped_comparison_reads_a_bounded_prefix(tmp_path):
+    from lossgap.config import CorpusConfig
+    from lossgap.data.corpus import Corpus
+    from lossgap.run.comparison import _capped_texts
+    from tests.helpers import write_jsonl
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": "short one"}, {"text": "x" * (3 << 20)}, {"text": "after"}])
+    capped = list(_capped_texts(Corpus(CorpusConfig(str(corpus))), 100))
+    assert capped[0] == "short one" and sum(map(len, capped)) == 1 << 20 and len(capped) == 2
+    whole = list(_capped_texts(Corpus(CorpusConfig(str(corpus))), None))
+    assert [len(t) for t in whole] == [9, 3 << 20, 5]

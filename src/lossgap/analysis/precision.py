@@ -68,7 +68,8 @@ def _why_unchecked(dtype: str | None, run_config: dict) -> str:
         return "scored in float32: no reduced-precision check needed"
     if run_config.get("fp32_check") is False:
         return f"scored in {dtype} with --no-fp32-check: not compared with float32"
-    return f"scored in {dtype}: no float32 check recorded (no batch was scored by this run, e.g. every window resumed)"
+    return (f"scored in {dtype}: no float32 check recorded (no batch was scored by this run, e.g. every window "
+            "resumed, or the check ran out of memory)")
 
 
 def _diagnostic(warn: bool, where: str, message: str) -> Diagnostic:

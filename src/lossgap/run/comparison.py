@@ -103,6 +103,20 @@ def shared_tokenization(cfg: CompareConfig, base_tokenizer, mode: str) -> Tokeni
                    bos_id=special.bos_id, eos_id=special.eos_id)
 
 
+def _capped_texts(corpus: Corpus, max_tokens: int | None):
+    """The texts the tokenizer check reads: all of them, or under --max-tokens at most 64 characters per allowed
+    token (at least 1 MiB), so a capped run never tokenizes a huge document whole here either."""
+    budget = None if max_tokens is None else max(1 << 20, 64 * max_tokens)
+    for doc in corpus:
+        if budget is None:
+            yield doc.text
+            continue
+        if budget <= 0:
+            return
+        yield doc.text[:budget]
+        budget -= len(doc.text)
+
+
 def _check_tokenizers(cfg: CompareConfig, tokenizers: dict) -> tuple[dict, str]:
     """Each model's tokenizer against the baseline's on the corpus; "tokens" if all tokenize it identically, else
     the comparison is made in bits per byte."""
@@ -111,7 +125,7 @@ def _check_tokenizers(cfg: CompareConfig, tokenizers: dict) -> tuple[dict, str]:
     base_name = cfg.models[0][0]
     checks = {}
     for name in list(tokenizers)[1:]:
-        selected = (d.text for d in Corpus(cfg.corpus))
+        selected = _capped_texts(Corpus(cfg.corpus), cfg.corpus.max_tokens)
         checks[name] = compare_tokenizers(tokenizers[base_name], tokenizers[name], selected, base_name, name)
     return checks, "tokens" if all(c["compatible"] for c in checks.values()) else "bits_per_byte"
 

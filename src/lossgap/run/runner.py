@@ -32,7 +32,7 @@ class WindowRunner:
     def __init__(self, plan, head, model_name: str, fp32_check: bool):
         self.plan, self.head, self.model_name = plan, head, model_name
         self.want_fp32_check = fp32_check and plan.dtype != torch.float32
-        self.fp32_check: dict[int, dict] = {}  # label offset -> deviation of its first batch from float32
+        self.fp32_check: dict[int, dict | None] = {}  # label offset -> deviation of its first batch from float32
         self.input_tokens = 0
         self.oom_retries = 0
 
@@ -60,7 +60,15 @@ class WindowRunner:
         stderr when it is farther than the limits (formats/schema.py FP32_LIMITS)."""
         self.require_finite(batch, columns)
         if self.want_fp32_check and k not in self.fp32_check and batch.n_targets:
-            self.fp32_check[k] = check = self.measure_fp32(batch, columns)
+            try:
+                self.fp32_check[k] = check = self.measure_fp32(batch, columns)
+            except torch.OutOfMemoryError:  # float32 needs twice the weights' memory: no check, said, not a crash
+                self.fp32_check[k] = None
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                print(f"lossgap: warning: {self.model_name}: the float32 check of the first batch ran out of memory "
+                      "and was skipped; the results are unchecked against float32", file=sys.stderr, flush=True)
+                return
             if check["warn"]:
                 print(f"lossgap: warning: {self.fp32_warning(k, check)}; {precision.REMEDY}", file=sys.stderr,
                       flush=True)
