@@ -271,8 +271,12 @@ def test_two_runs_started_together_on_one_out(tmp_path, llama_dir, big_corpus):
     out = tmp_path / "shared"
     first = subprocess.Popen(_cli(llama_dir, big_corpus, out), stderr=subprocess.PIPE, text=True)
     _wait_for_shards(out, 1, first)
-    second = subprocess.run(_cli(llama_dir, big_corpus, out, "--overwrite"), capture_output=True, text=True,
-                            timeout=300)
+    os.kill(first.pid, signal.SIGSTOP)  # still running, however fast the machine: the second starts meanwhile
+    try:
+        second = subprocess.run(_cli(llama_dir, big_corpus, out, "--overwrite"), capture_output=True, text=True,
+                                timeout=300)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     assert first.wait(timeout=300) == 0
     assert second.returncode == 2 and f"--out {out} is in use by another lossgap run (process {first.pid}" in \
         second.stderr
