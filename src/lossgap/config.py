@@ -153,7 +153,7 @@ class RunConfig:
                        "causal one; dense: reference)")
     batch_tokens: int | None = option(None, help="token budget of a length-bucketed batch (docs plan)")
     fp32_check: bool = option(True, flag="--no-fp32-check",
-                              help="skip re-scoring the first batch in float32 when running in bf16/fp16")
+                              help="skip re-scoring the first 512 tokens in float32 when running in bf16/fp16")
     mask_heads: bool = option(False, help="expand the mask to (B,H,T,T) as the seed did")
     loss_chunk_mb: int = option(256, help="memory budget of one tile of logits (tokens x vocabulary entries)")
     loss_kernel: str = option("auto", choices=LOSS_KERNELS, help="tiled: lossgap's own; cce: Apple's Cut "

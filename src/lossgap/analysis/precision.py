@@ -1,6 +1,7 @@
-"""The float32 check in words: a reduced-precision run measures its first batch against float32 (engine/forward.py);
-the same sentence goes to stderr while the run scores (run/runner.py, run/paired.py) and into results.json's
-diagnostics, one per run and one per paired pass, so that a reader sees the check ran, what it saw, or why not."""
+"""The float32 check in words: a reduced-precision run measures the first tokens of its first batch against float32
+(engine/forward.py check_slice); the same sentence goes to stderr while the run scores (run/runner.py,
+run/paired.py) and into results.json's diagnostics, one per run and one per paired pass, so that a reader sees the
+check ran, what it saw, or why not."""
 
 from __future__ import annotations
 
@@ -24,11 +25,19 @@ def run_warns(check: dict) -> bool:
     return exceeds_fp32_limits(check["mean_abs_diff"], check["mean_nll_diff"])
 
 
+def _what_checked(check: dict, batch: str) -> str:
+    """The slice the check scored again (a run written before the slice checked its whole first batch)."""
+    if "input_tokens" in check:
+        return (f"on the first {check['tokens']:,} scored tokens ({check['input_tokens']:,} input tokens of the "
+                f"first {batch})")
+    return f"on the first {batch} ({check['tokens']:,} tokens)"
+
+
 def run_check_text(check: dict) -> str:
     """What a run's float32 check (summary.json's fp32_check) saw."""
     limits = check.get("limits", FP32_LIMITS)
-    return (f"{check['dtype']} against float32 on the first batch ({check['tokens']:,} tokens): per-token NLL off by "
-            f"{check['mean_abs_diff']:.3g} nats on average (max {check['max_abs_diff']:.3g}), the mean NLL by "
+    return (f"{check['dtype']} against float32 {_what_checked(check, 'batch')}: per-token NLL off "
+            f"by {check['mean_abs_diff']:.3g} nats on average (max {check['max_abs_diff']:.3g}), the mean NLL by "
             f"{check['mean_nll_diff']:+.3g} nats/token: {_verdict(run_warns(check), limits)}")
 
 
@@ -38,7 +47,7 @@ def pair_check_text(check: dict, names: tuple[str, str]) -> str:
     roles = {"nll_b": f"NLL of {b}", "nll_o": f"NLL of {o}", "kl_bo": f"KL({b}||{o})", "kl_ob": f"KL({o}||{b})"}
     parts = [f"{roles.get(role, role)} off by {d['mean_abs_diff']:.3g} on average (max {d['max_abs_diff']:.3g}, "
              f"mean {d['mean_diff']:+.3g})" for role, d in check["statistics"].items()]
-    return (f"{check['dtype']} against float32 on the first paired batch ({check['tokens']:,} tokens): "
+    return (f"{check['dtype']} against float32 {_what_checked(check, 'paired batch')}: "
             f"{'; '.join(parts)} nats: {_verdict(check['warn'], check['limits'])}")
 
 

@@ -61,6 +61,18 @@ class Batch:
     def n_targets(self) -> int:
         return int(self.targets.numel())
 
+    def first_row_prefix(self, n: int) -> tuple[Batch, np.ndarray]:
+        """The first n positions of the first row as a batch of its own, and which of this batch's targets it
+        scores (a mask in target order). Causal attention makes every kept prediction the same computation as in
+        the whole batch: the float32 check measures a few tokens of the run instead of a whole batch."""
+        n = min(n, self.input_ids.shape[1])
+        keep = (self.flat_index < n).numpy()  # row 0's positions are flat 0..L-1
+        ids = self.input_ids[:1, :n]
+        batch = Batch(ids, self.position_ids[:1, :n], self.segment_ids[:1, :n], self.flat_index[keep],
+                      self.targets[keep], self.doc_ids[keep], self.target_pos[keep], self.truncated[keep], self.docs,
+                      int((self.segment_ids[0, :n] >= 0).sum()))
+        return batch, keep
+
 
 def make_rows(docs: Iterable[TokenizedDocument], cfg: LayoutConfig) -> Iterator[Row]:
     if cfg.layout == "packed":

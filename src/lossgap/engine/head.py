@@ -14,6 +14,7 @@ on the model's own hidden states proved no farther from a float64 computation th
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import torch
@@ -67,6 +68,17 @@ class OutputHead:
         if kernel == "cce" or (kernel == "auto" and device == "cuda"):
             self._cce = self._cce_loss(required=kernel == "cce")
         self.kernel = "cce" if self._cce is not None else "tiled"
+        self.upcast = False  # the float32 check: every tile in float32 (engine/upcast.py), no float32 copy
+
+    @contextlib.contextmanager
+    def float32(self) -> Iterator[None]:
+        """The head in float32 inside the block, tile by tile: the weight is upcast one vocabulary tile at a time
+        (a head that is not a plain Linear runs its module, which engine/upcast.py upcasts)."""
+        self.upcast = True
+        try:
+            yield
+        finally:
+            self.upcast = False
 
     def _cce_loss(self, required: bool):
         """Cut Cross-Entropy's per-token loss for this head, or None (an error if asked for) where it cannot serve."""
@@ -117,9 +129,10 @@ class OutputHead:
             return self.logits(hidden).double() if exact else self.logits(hidden)
         weight, bias = self.proj.weight[lo:hi], self.proj.bias
         bias = None if bias is None else bias[lo:hi]
-        if exact:
-            hidden, weight = hidden.double(), weight.double()
-            bias = None if bias is None else bias.double()
+        if exact or self.upcast:
+            wide = torch.float64 if exact else torch.float32
+            hidden, weight = hidden.to(wide), weight.to(wide)
+            bias = None if bias is None else bias.to(wide)
         return self._transform(F.linear(hidden, weight, bias))
 
     def target_logits(self, hidden: torch.Tensor, targets: torch.Tensor, exact: bool = False) -> torch.Tensor:
@@ -135,7 +148,7 @@ class OutputHead:
             dot = torch.linalg.vecdot(hidden[rows].to(acc), weight[ids].to(acc))
             if bias is not None:
                 dot = dot + bias[ids].to(acc)
-            out[rows] = self._transform(dot if exact else dot.to(weight.dtype)).to(acc)
+            out[rows] = self._transform(dot if exact or self.upcast else dot.to(weight.dtype)).to(acc)
         return out
 
     def token_stats(self, hidden: torch.Tensor, targets: torch.Tensor, metrics: tuple[str, ...] = ("nll",),
@@ -151,7 +164,8 @@ class OutputHead:
 
     def nll(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """NLL in nats of targets[i] given hidden[i], fp32, [N] -> [N]."""
-        if self._cce is not None and (hidden.dtype != torch.float32 or not hidden.is_cuda):  # fp32 on CUDA: no TF32
+        if self._cce is not None and not self.upcast and (hidden.dtype != torch.float32 or not hidden.is_cuda):
+            # the fused kernel in the run's dtype (fp32 on CUDA: the tiled path, no TF32)
             step = targets.shape[0] if hidden.is_cuda else self.cce_tokens
             parts = [self._cce(hidden[i : i + step], targets[i : i + step]).float()
                      for i in range(0, targets.shape[0], step)]

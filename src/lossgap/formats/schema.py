@@ -180,11 +180,13 @@ difference by a visible share of its interval."""
 
 
 class Fp32Check(TypedDict):
-    """summary.json's fp32_check: the run's first batch (per label offset) against float32 (engine/forward.py);
-    null in a float32 run or with --no-fp32-check."""
+    """summary.json's fp32_check: the run's own NLL on the first tokens of its first batch (per label offset)
+    against float32 (engine/forward.py check_slice); null in a float32 run or with --no-fp32-check."""
 
     dtype: str  # the run's
-    tokens: int  # scored targets in the batch
+    tokens: int  # scored targets checked
+    input_tokens: NotRequired[int]  # the input tokens scored again in float32 (the first row's first 512 or so)
+    layers: NotRequired[str]  # what ran in float32 (every layer and the head)
     max_abs_diff: float  # per-token NLL, reduced precision - float32, nats
     mean_abs_diff: float
     mean_nll_diff: float  # the bias on the batch's mean NLL
@@ -198,6 +200,8 @@ class PairFp32Check(TypedDict):
 
     dtype: str  # the models' dtypes, "a / b" where they differ
     tokens: int
+    input_tokens: NotRequired[int]
+    layers: NotRequired[str]
     statistics: dict[str, dict[str, float]]  # role (nll_b, ..., kl_ob) -> max_abs_diff, mean_abs_diff, mean_diff
     warn: bool  # some statistic past FP32_LIMITS
     limits: Fp32Limits

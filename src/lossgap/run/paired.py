@@ -67,7 +67,7 @@ class PairRunner(WindowRunner):
         for role, name, plan in zip(("nll_b", "nll_o"), self.names, (self.plan, self.other.plan), strict=True):
             forward.require_finite_loss(columns[self.stored[role]], batch, name, plan.dtype)
 
-    def measure_fp32(self, batch: Batch, columns: dict) -> dict:
+    def measure_fp32(self, batch: Batch, columns: dict) -> dict | None:
         stats = {role: columns[self.stored[role]] for role in forward.PAIR_CHECKED}
         return forward.fp32_pair_deviation(self.plan, self.head, self.other.plan, self.other.head, batch, stats)
 

