@@ -92,8 +92,8 @@ def test_the_checked_slice_predicts_as_the_whole_batch_does(llama_dir):
     assert batch.input_ids.shape[0] == 2 and sub.input_ids.shape == (1, CHECK_TOKENS)
     assert keep.sum() == sub.n_targets == CHECK_TOKENS - 2  # the first two documents' first tokens predict nothing
     np.testing.assert_allclose(score_batch(plan, head, sub), score_batch(plan, head, batch)[keep], atol=1e-5)
-    assert set(zip(sub.doc_ids.tolist(), sub.target_pos.tolist())) <= \
-        set(zip(batch.doc_ids.tolist(), batch.target_pos.tolist()))
+    assert set(zip(sub.doc_ids.tolist(), sub.target_pos.tolist(), strict=True)) <= \
+        set(zip(batch.doc_ids.tolist(), batch.target_pos.tolist(), strict=True))
 
 
 def test_a_window_scoring_only_its_tail_is_checked_on_enough_targets():
