@@ -199,3 +199,16 @@ def test_chat_context_needs_a_chat_template(tmp_path, pile_jsonl):
 
     with pytest.raises(ModelError, match="no chat template"):
         score_run(DEMO_MODELS / "base", pile_jsonl, tmp_path / "r", chat_context=True)
+
+
+def test_start_up_costs_are_recorded_step_by_step_and_said(tmp_path, llama_dir, pile_jsonl, capsys):
+    from lossgap.cli import main
+
+    code = main(["score", "--model", str(llama_dir), "--corpus", str(pile_jsonl), "--out", str(tmp_path / "r"),
+                 "--seq-len", "64", "--device", "cpu", "--dtype", "float32"])
+    assert code == 0
+    s = read_summary(tmp_path / "r")
+    steps = s["startup_seconds"]
+    assert list(steps) == ["setup", "load", "head_check", "plan_and_batch_size", "mask_probe"]
+    assert all(v >= 0 for v in steps.values()) and abs(sum(steps.values()) - s["load_seconds"]) < 0.01
+    assert f"lossgap: {llama_dir}: ready in {s['load_seconds']:.1f} s (setup " in capsys.readouterr().err

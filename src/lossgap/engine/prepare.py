@@ -7,6 +7,7 @@ layers drift, or whose plan fails the mask probe stops here, before any token is
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ class Engine:
     probe: ProbeResult | None
     load_seconds: float
     prefix: list[int] | None = None  # --chat-context: the chat template's tokens before each document
+    startup: dict[str, float] | None = None  # seconds per start-up step (the fixed cost of a run)
 
     def facts(self) -> dict:
         """The start-up choices and checks, as summary.json records them."""
@@ -52,6 +54,7 @@ class Engine:
             "compile": self.compile_check,
             "mask_probe": self.probe.to_dict() if self.probe else None,
             "chat_prefix_tokens": None if self.prefix is None else len(self.prefix),
+            "startup_seconds": self.startup,
         }
 
 
@@ -59,6 +62,8 @@ def prepare_engine(cfg: ScoreConfig, dist: Dist, loaded: LoadedModel | None = No
                    started: float | None = None) -> Engine:
     """Load (unless `loaded` is given) and check the model for `cfg`; `tokenizer` replaces the model's own."""
     started = time.perf_counter() if started is None else started
+    clock = _Stopwatch(started)
+    clock.lap("setup")  # since the run started: the output folder, the corpus's first document
     if loaded is None:
         loaded = load_model(cfg.model, quiet=cfg.run.quiet, local_rank=dist.local_rank)
     tokenizer = tokenizer or loaded.tokenizer
@@ -67,17 +72,43 @@ def prepare_engine(cfg: ScoreConfig, dist: Dist, loaded: LoadedModel | None = No
     # the template is the model's own, the documents' tokens the given tokenizer's (a comparison's shared one)
     prefix = chat_prefix(loaded.tokenizer, cfg.tokenize.chat_user_turn, loaded.name) if cfg.tokenize.chat_context \
         else None
+    clock.lap("load")
     head, head_diff, kernel_check = _checked_head(cfg, loaded)
+    clock.lap("head_check")
     plan, sizing = _sized_plan(cfg, loaded, head, seq_len, dist)
+    clock.lap("plan_and_batch_size")
     compile_check = None
     if cfg.run.compile:  # after sizing (measured eager: the larger), before the probe (which must see what scores)
         compile_check = {"layer": compile_layers(loaded.model),
                          **check_compiled(plan, head, loaded.vocab_size, loaded.name)}
+        clock.lap("compile")
     probe = probe_mask(plan, head, loaded.vocab_size) if cfg.run.probe else None
     if probe is not None:
         require_probe(probe, loaded.name, loaded.attn)
+        clock.lap("mask_probe")
+    if not cfg.run.quiet and dist.main:
+        print(f"lossgap: {loaded.name}: ready in {clock.total():.1f} s ({clock.text()})", file=sys.stderr, flush=True)
     return Engine(loaded, tokenizer, seq_len, special, head, plan, head_diff, kernel_check, sizing, compile_check,
-                  probe, time.perf_counter() - started, prefix)
+                  probe, clock.total(), prefix, clock.laps)
+
+
+class _Stopwatch:
+    """Seconds per start-up step, from the run's start (a given model's loading took place before: not counted)."""
+
+    def __init__(self, started: float):
+        self.last = self.started = started
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.last, 3)
+        self.last = now
+
+    def total(self) -> float:
+        return self.last - self.started
+
+    def text(self) -> str:
+        return ", ".join(f"{name.replace('_', ' ')} {seconds:.1f} s" for name, seconds in self.laps.items())
 
 
 def _checked_head(cfg: ScoreConfig, loaded: LoadedModel) -> tuple[OutputHead, float, dict | None]:
