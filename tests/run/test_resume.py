@@ -87,24 +87,30 @@ def test_sigterm_finishes_the_window_and_exits_resumable(tmp_path, llama_dir, bi
     assert read_summary(out)["complete"]
 
 
-def test_resume_refuses_changed_inputs(tmp_path, llama_dir, pile_jsonl, capsys, monkeypatch):
+def _interrupted_at_window(monkeypatch, args, window: int = 1) -> None:
+    """Run `lossgap score` until it writes `window`'s shard into a full disk: the finished shards before it and the
+    manifest remain (exit 1), as after a real interruption."""
     import errno
 
     from lossgap.run.shards import ShardStore
 
+    original = ShardStore.write
+
+    def full_from_window(self, w, table):
+        if w >= window:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, w, table)
+
+    monkeypatch.setattr(ShardStore, "write", full_from_window)
+    assert main(args) == 1
+    monkeypatch.setattr(ShardStore, "write", original)
+
+
+def test_resume_refuses_changed_inputs(tmp_path, llama_dir, pile_jsonl, capsys, monkeypatch):
     out = tmp_path / "r"
     base = ["score", "--model", str(llama_dir), "--corpus", str(pile_jsonl), "--out", str(out), "--seq-len", "64",
             "--window-tokens", "256", "--device", "cpu", "--dtype", "float32", "--quiet"]
-    original = ShardStore.write
-
-    def full_after_one(self, window, table):
-        if window > 0:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return original(self, window, table)
-
-    monkeypatch.setattr(ShardStore, "write", full_after_one)
-    assert main(base) == 1  # interrupted: one finished window and the manifest stay
-    monkeypatch.setattr(ShardStore, "write", original)
+    _interrupted_at_window(monkeypatch, base)  # one finished window and the manifest stay
     capsys.readouterr()
     assert main([*base, "--seq-len", "48", "--resume"]) == 2
     err = capsys.readouterr().err
@@ -155,9 +161,6 @@ def test_nan_loss_stops_the_run_naming_the_document(tmp_path, llama_dir, pile_js
 def test_bf16_resume_gives_the_clean_runs_bytes(tmp_path, llama_dir, pile_jsonl, capsys, monkeypatch):
     """A resumed bf16 run scores its first batch in a later window: it must equal the clean run bit for bit (the
     float32 check of a process's first batch used to cast rotary buffers to bf16 for every batch after it)."""
-    import errno
-
-    from lossgap.run.shards import ShardStore
 
     def args(out):
         return ["score", "--model", str(llama_dir), "--corpus", str(pile_jsonl), "--out", str(out), "--seq-len", "64",
@@ -165,40 +168,13 @@ def test_bf16_resume_gives_the_clean_runs_bytes(tmp_path, llama_dir, pile_jsonl,
                 "--device", "cpu", "--dtype", "bfloat16", "--quiet"]
 
     assert main(args(tmp_path / "clean")) == 0
-    original = ShardStore.write
-
-    def full_after_two(self, window, table):
-        if window >= 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return original(self, window, table)
-
-    monkeypatch.setattr(ShardStore, "write", full_after_two)
-    assert main(args(tmp_path / "resumed")) == 1
-    monkeypatch.setattr(ShardStore, "write", original)
+    _interrupted_at_window(monkeypatch, args(tmp_path / "resumed"), window=2)
     assert main([*args(tmp_path / "resumed"), "--resume"]) == 0
     capsys.readouterr()
     clean, resumed = read_summary(tmp_path / "clean"), read_summary(tmp_path / "resumed")
     assert clean["dtype"] == "bfloat16" and clean["fp32_check"]["tokens"] > 0 and resumed["windows_resumed"] == 2
     assert clean["windows"] > 3
     _same_tokens(tmp_path / "clean" / "tokens.parquet", tmp_path / "resumed" / "tokens.parquet")
-
-
-def _interrupted_after_one_window(monkeypatch, base_args):
-    """Run `lossgap score` until its second window hits a full disk: one finished shard and the manifest remain."""
-    import errno
-
-    from lossgap.run.shards import ShardStore
-
-    original = ShardStore.write
-
-    def full_after_one(self, window, table):
-        if window > 0:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return original(self, window, table)
-
-    monkeypatch.setattr(ShardStore, "write", full_after_one)
-    assert main(base_args) == 1
-    monkeypatch.setattr(ShardStore, "write", original)
 
 
 def _rewrite_keeping_times(path, data: bytes):
@@ -219,7 +195,7 @@ def test_resume_refuses_other_weights_of_the_same_size(tmp_path, llama_dir, pile
     out = tmp_path / "r"
     base = ["score", "--model", str(model), "--corpus", str(pile_jsonl), "--out", str(out), "--seq-len", "64",
             "--window-tokens", "256", "--device", "cpu", "--dtype", "float32", "--quiet"]
-    _interrupted_after_one_window(monkeypatch, base)
+    _interrupted_at_window(monkeypatch, base)
     weights = model / "model.safetensors"
     tensors = load_file(weights)
     name = sorted(tensors)[0]
@@ -240,7 +216,7 @@ def test_resume_refuses_a_same_length_edit_in_the_middle_of_the_corpus(tmp_path,
     out = tmp_path / "r"
     base = ["score", "--model", str(llama_dir), "--corpus", str(corpus), "--out", str(out), "--seq-len", "64",
             "--window-tokens", "256", "--device", "cpu", "--dtype", "float32", "--quiet"]
-    _interrupted_after_one_window(monkeypatch, base)
+    _interrupted_at_window(monkeypatch, base)
     data = bytearray(corpus.read_bytes())
     middle = data.index(b"the", len(data) // 2)
     data[middle:middle + 3] = b"THE"
