@@ -278,15 +278,10 @@ def test_compiled_comparison_gives_the_eager_numbers(tmp_path, llama_dir, instru
         assert np.abs(got.nll.values - ref.nll.values).max() <= 1e-4, (key, name)  # contract 3
 
 
-def test_compare_resume_continues_from_finished_runs_and_the_paired_shards(tmp_path, llama_dir, pile_jsonl, capsys,
-                                                                           monkeypatch):
-    """An interrupted comparison continues with `compare --resume`: runs that finished are kept as they are (not
-    scored again), the paired pass continues from its shards, and the results equal an uninterrupted comparison's."""
-    import errno
-
-    from lossgap.run.shards import ShardStore
-
-    tuned = tmp_path / "tuned"  # the base's vocabulary, so the paired pass runs
+@pytest.fixture(scope="module")
+def tuned_dir(tmp_path_factory, llama_dir):
+    """The tiny base model with perturbed weights and the base's tokenizer and vocabulary, so the paired pass runs."""
+    tuned = tmp_path_factory.mktemp("tuned")
     model = AutoModelForCausalLM.from_pretrained(llama_dir)
     torch.manual_seed(2)
     with torch.no_grad():
@@ -295,10 +290,21 @@ def test_compare_resume_continues_from_finished_runs_and_the_paired_shards(tmp_p
     model.save_pretrained(tuned)
     shutil.copy(llama_dir / "tokenizer.json", tuned)
     shutil.copy(llama_dir / "tokenizer_config.json", tuned)
+    return tuned
+
+
+def test_compare_resume_continues_from_finished_runs_and_the_paired_shards(tmp_path, llama_dir, tuned_dir, pile_jsonl,
+                                                                           capsys, monkeypatch):
+    """An interrupted comparison continues with `compare --resume`: runs that finished are kept as they are (not
+    scored again), the paired pass continues from its shards and those of the runs it writes, and the results equal
+    an uninterrupted comparison's."""
+    import errno
+
+    from lossgap.run.shards import ShardStore
 
     def args(out):
-        return ["compare", "--base", str(llama_dir), "--instruct", str(tuned), "--corpus", str(pile_jsonl),
-                "--out", str(out), "--matrix", "single", "--seq-len", "64", "--window-tokens", "256",
+        return ["compare", "--base", str(llama_dir), "--instruct", str(tuned_dir), "--corpus", str(pile_jsonl),
+                "--out", str(out), "--seq-len", "64", "--window-tokens", "256",
                 "--bootstrap", "200", "--device", "cpu", "--dtype", "float32", "--quiet"]
 
     assert main(args(tmp_path / "clean")) == 0
@@ -315,15 +321,65 @@ def test_compare_resume_continues_from_finished_runs_and_the_paired_shards(tmp_p
     assert "--resume" in capsys.readouterr().err
     monkeypatch.setattr(ShardStore, "write", original)
     summaries = {p: p.read_bytes() for p in (out / "runs").rglob("summary.json")}
-    assert len(summaries) == 2 and not (out / "results.json").exists()
+    # the seed matrix's other layouts finished before the pass; its own layout's runs are the pass's, unfinished
+    assert len(summaries) == 8 and not (out / "results.json").exists()
     assert main(args(out)) == 2 and "--resume" in capsys.readouterr().err  # a plain rerun is refused, saying how
     assert main([*args(out), "--resume"]) == 0
     assert all(p.read_bytes() == data for p, data in summaries.items())  # finished runs were not scored again
+    for key in ("next-batch-block", "shifted-batch-block"):  # the pass's runs continued from their shards
+        for name in ("base", "instruct"):
+            summary = json.loads((out / "runs" / key / name / "summary.json").read_text())
+            assert summary["complete"] and summary["windows_resumed"] >= 1
     clean, resumed = (json.loads((d / "results.json").read_text()) for d in (tmp_path / "clean", out))
     assert clean["configurations"] == resumed["configurations"] and clean["explanation"] == resumed["explanation"]
     for name in ("instruct",):
         a, b = (pq.read_table(d / "pairs" / f"{name}.parquet") for d in (tmp_path / "clean", out))
         assert a.num_rows > 0 and a.equals(b)
+
+
+TIMINGS = ("elapsed_seconds", "load_seconds", "scoring_seconds", "tokens_per_second", "data_wait_share",
+           "startup_seconds")
+
+
+@pytest.mark.parametrize(("dtype", "matrix"), [("float32", "single"), ("bfloat16", "seed")])
+def test_the_paired_pass_writes_each_models_runs_as_a_separate_run_does(tmp_path, llama_dir, tuned_dir, pile_jsonl,
+                                                                        dtype, matrix):
+    """One forward pass per model for the main configuration's layout: the paired pass writes both models' runs of
+    it (every label offset of the seed matrix's), and their files equal what each model's own run writes (a
+    comparison without the explanation), but for the folder's name and the timings. compare.json says which pass
+    wrote what."""
+    def compare(out, *extra):
+        assert main(["compare", "--base", str(llama_dir), "--instruct", str(tuned_dir), "--corpus", str(pile_jsonl),
+                     "--out", str(out), "--matrix", matrix, "--seq-len", "64", "--batch-size", "2",
+                     "--bootstrap", "100", "--device", "cpu", "--dtype", dtype, "--quiet", *extra]) == 0
+        return json.loads((out / "compare.json").read_text())
+
+    paired, alone = compare(tmp_path / "paired"), compare(tmp_path / "alone", "--no-explain")
+    passes = {name: [p for p in paired["passes"] if name in p["models"]] for name in ("base", "instruct")}
+    groups = 1 if matrix == "single" else 3
+    assert [len(p) for p in passes.values()] == [groups, groups]  # one pass per layout and mask, the paired included
+    (pair,) = [p for p in paired["passes"] if "pairs" in p]
+    assert pair["runs_of"] == ["base", "instruct"] and paired["configurations"][0]["key"] in paired["runs"]
+    written = pair["configurations"]
+    assert len(written) == (1 if matrix == "single" else 2)
+    assert len(alone["passes"]) == 2 * groups and not any("pairs" in p for p in alone["passes"])
+    root = str(tmp_path / "paired")
+    for key in written:
+        for name in ("base", "instruct"):
+            a, b = (tmp_path / d / "runs" / key / name for d in ("paired", "alone"))
+            for file in ("tokens.parquet", "documents.parquet"):
+                ta, tb = pq.read_table(a / file), pq.read_table(b / file)
+                assert ta.num_rows > 0 and ta.replace_schema_metadata(None).equals(tb.replace_schema_metadata(None))
+                meta_a = ta.schema.metadata[b"lossgap"].decode()
+                assert meta_a == tb.schema.metadata[b"lossgap"].decode().replace(str(tmp_path / "alone"), root)
+            sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+            assert sa["run_sha256"] == sb["run_sha256"]  # the same inputs: --resume takes either for the other
+            if dtype != "float32":
+                assert sa["fp32_check"]["tokens"] > 0
+            for s in (sa, sb):
+                for k in TIMINGS:
+                    s.pop(k)
+            assert json.loads(json.dumps(sa).replace(root, str(tmp_path / "alone"))) == sb
 
 
 def test_the_tokenizer_check_of_a_capped_comparison_reads_a_bounded_prefix(tmp_path):

@@ -53,6 +53,32 @@ def forward_pair(plan_b, head_b, plan_o, head_o, batch) -> dict[str, np.ndarray]
 
 
 @torch.inference_mode()
+def forward_pair_batches(plan_b, head_b, plan_o, head_o, batches: list, paired: list[bool],
+                         metrics: tuple[str, ...] = ("nll",)) -> list[dict[str, np.ndarray]]:
+    """The same rows scoring different targets (label offsets) with both models, one forward pass of each: per batch
+    the pair's statistics by role where `paired` (forward_pair), else each model's `metrics` as forward_batches
+    computes them (<metric>_b, <metric>_o). Each model's NLL is the one its own run computes: the tiled pass's
+    shares its arithmetic, and a fused loss kernel, where one is in use, scores the NLL again."""
+    hidden = []
+    for plan in (plan_b, plan_o):
+        h = plan.hidden_states(batches[0])
+        hidden.append(h.reshape(-1, h.shape[-1]))
+    device = hidden[0].device
+    out = []
+    for batch, pair in zip(batches, paired, strict=True):
+        index, targets = batch.flat_index.to(device), batch.targets.to(device)
+        hb, ho = hidden[0][index], hidden[1][index.to(hidden[1].device)].to(device)
+        stats = {}
+        if pair:
+            stats = paired_token_stats(head_b, hb, head_o, ho, targets)
+        for role, head, h in (("b", head_b, hb), ("o", head_o, ho)):
+            own = [m for m in metrics if not pair or (m == "nll" and head.kernel != "tiled")]
+            stats |= {f"{m}_{role}": v for m, v in head.token_stats(h, targets, tuple(own)).items()} if own else {}
+        out.append({role: values.cpu().numpy() for role, values in stats.items()})
+    return out
+
+
+@torch.inference_mode()
 def _scored_hidden(plan, batch) -> torch.Tensor:
     """The hidden states of the positions that predict the batch's targets, [N, hidden], in target order."""
     hidden = plan.hidden_states(batch)
@@ -148,6 +174,15 @@ def fp32_deviation(plan, head, batch, nll: np.ndarray) -> dict | None:
     return {**_checked(sub, [dtype_name(plan.dtype)]), "max_abs_diff": d["max_abs_diff"],
             "mean_abs_diff": d["mean_abs_diff"], "mean_nll_diff": d["mean_diff"],
             "warn": exceeds_fp32_limits(d["mean_abs_diff"], d["mean_diff"]), "limits": dict(FP32_LIMITS)}
+
+
+def run_check(pair_check: dict, role: str, dtype: torch.dtype) -> dict:
+    """One model's own check (fp32_deviation's fields) within the paired pass's check of the same slice."""
+    d = pair_check["statistics"][f"nll_{role}"]
+    return {"dtype": dtype_name(dtype), "tokens": pair_check["tokens"], "input_tokens": pair_check["input_tokens"],
+            "layers": pair_check["layers"], "max_abs_diff": d["max_abs_diff"], "mean_abs_diff": d["mean_abs_diff"],
+            "mean_nll_diff": d["mean_diff"], "warn": exceeds_fp32_limits(d["mean_abs_diff"], d["mean_diff"]),
+            "limits": dict(FP32_LIMITS)}
 
 
 def fp32_pair_deviation(plan_b, head_b, plan_o, head_o, batch, stats: dict[str, np.ndarray]) -> dict | None:

@@ -137,11 +137,26 @@ def _pair_columns() -> tuple[PairColumn, ...]:
 
 
 PAIR_COLUMNS = _pair_columns()  # file order
+# the paired pass writes each model's run as it goes: every statistic of tokens.parquet must be one of each model's
+assert set(MODEL_METRICS) <= {c.name for c in MODEL_STATS}, "a tokens.parquet statistic the paired pass lacks"
 
 
 def pair_columns(base: str, other: str) -> tuple[Column, ...]:
     """The columns of pairs/<other>.parquet for a baseline and another model, under their stored names."""
     return tuple(c.column(base, other) for c in PAIR_COLUMNS)
+
+
+def pair_run_columns(base: str, other: str) -> tuple[Column, ...]:
+    """The paired pass's table at a label offset it scores for the two models' runs only (no pair statistics): the
+    keys and each model's tokens.parquet statistics, under the stored names."""
+    roles = set(PAIR_KEYS) | {f"{m}_{role}" for m in MODEL_METRICS for role in ("b", "o")}
+    return tuple(c.column(base, other) for c in PAIR_COLUMNS if c.role in roles)
+
+
+def run_columns_in_pair(base: str, other: str, role: str) -> dict[str, str]:
+    """tokens.parquet column -> the paired pass's column it is taken from, for model `role` ("b" or "o")."""
+    stored = stored_names(base, other)
+    return {name: stored[f"{name}_{role}"] for name in MODEL_METRICS}
 
 
 def stored_names(base: str, other: str) -> dict[str, str]:

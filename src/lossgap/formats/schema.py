@@ -270,6 +270,9 @@ class Manifest(TypedDict):
     tokenizers: dict[str, TokenizerCheck]  # every model but the baseline
     configurations: list[dict[str, Any]]  # matrix.Configuration.to_dict
     runs: dict[str, dict[str, str]]  # configuration key -> model -> its run folder
+    # each forward pass over the corpus, in order: {"models": [...], "configurations": [keys written]}; the paired
+    # pass adds "pairs" (its file) and "runs_of" (the models whose runs it wrote), a chat-formatted run "chat": true
+    passes: NotRequired[list[dict[str, Any]]]
     bootstrap: int  # resamples
     seed: int
     corpus: dict[str, Any]  # config.CorpusConfig as a dict

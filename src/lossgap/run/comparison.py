@@ -76,6 +76,7 @@ def _compare(cfg: CompareConfig, folder: ComparisonFolder, min_models: int, star
         "tokenizers": checks,
         "configurations": [c.to_dict() for c in configs],
         "runs": runs.folders,
+        "passes": runs.passes,
         "bootstrap": cfg.bootstrap,
         "seed": cfg.seed,
         "corpus": asdict(cfg.corpus),
@@ -144,50 +145,79 @@ class _Runs:
         self.base_tokenizer = tokenizers[cfg.models[0][0]]
         self.folders: dict[str, dict[str, str]] = {c.key: {} for c in configs}
         self.model_info: dict[str, dict] = {}
+        self.passes: list[dict] = []  # each forward pass over the corpus: its models and what it wrote
 
     def score_all(self, model_cfgs: dict[str, ModelConfig], plan: ExplanationPlan) -> ExplanationRecord:
-        """Every model under every configuration; the paired pass and the chat-formatted run where the plan says."""
+        """Every model under every configuration; the paired pass and the chat-formatted run where the plan says. The
+        paired pass writes both models' runs of the main configuration's layout and mask as it goes (one forward pass
+        per model for them); where it cannot, they are scored on their own."""
         (base_name, base_cfg), *others = model_cfgs.items()
         record = ExplanationRecord()
         main = next(c for c in self.configs if c.key == plan.configuration)
-        base = self.score_model(base_name, base_cfg, keep=bool(plan.paired))
+        main_group = next(g for g in _offset_groups(self.configs) if main in g)
+        from_pass = set(plan.paired) | ({base_name} if plan.paired else set())  # whose main group the pass writes
+        base = self.score_model(base_name, base_cfg, keep=bool(plan.paired),
+                                but=main_group if base_name in from_pass else [])
         for name, mcfg in others:
-            loaded = self.score_model(name, mcfg, keep=True)
+            loaded = self.score_model(name, mcfg, keep=True, but=main_group if name in from_pass else [])
             if name in plan.paired:
-                _say(self.cfg, f"paired pass: {base_name} and {name} on {main.key}")
+                models = {"b": base_name, "o": name}
+                runs = {role: [self._run_config(conf, m, model_cfgs[m]) for conf in main_group]
+                        for role, m in models.items() if m in from_pass}
+                self.step += sum(len(cs) for cs in runs.values())
+                _say(self.cfg, f"[{self.step}/{self.total}] paired pass: {base_name} and {name} on {main.key}"
+                               + "".join(f"; {models[r]}'s {', '.join(c.key for c in main_group)}" for r in runs))
                 run = self._config(main, name, mcfg, self.folder.pairs_work(name))
-                done = paired_pass(run, (base_name, name), base, loaded, self.base_tokenizer, self.folder)
+                done = paired_pass(run, (base_name, name), base, loaded, self.base_tokenizer, self.folder, runs)
                 record.pairs[name] = self.folder.relative(done.path)
+                written = [models[r] for r in runs] if done.runs else []
+                self.passes.append({"models": [base_name, name], "pairs": record.pairs[name],
+                                    "configurations": [c.key for c in main_group] if written else [],
+                                    "runs_of": written})
+                from_pass -= set(written)
+                if name in from_pass:  # the pass could not write its runs (models/plans differ): scored here
+                    self.score_group(name, mcfg, loaded, main_group)
+                    from_pass.discard(name)
             if plan.chat:
                 record.chat_runs[name] = self._chat_run(main, name, mcfg, loaded, plan.chat_user_turn)
             del loaded
             gc.collect()
+        if base_name in from_pass:
+            self.score_group(base_name, base_cfg, base, main_group)
         del base
         gc.collect()
         return record
 
-    def score_model(self, name: str, mcfg: ModelConfig, keep: bool = False):
-        """Score every configuration with one model; return the loaded model if `keep`, else release it."""
+    def score_model(self, name: str, mcfg: ModelConfig, keep: bool = False, but: list[Configuration] = ()):
+        """Score every configuration with one model (`but` those); return the loaded model if `keep`, else release
+        it."""
         cfg = self.cfg
         loaded = load_model(mcfg, quiet=cfg.run.quiet)
         self.seq_len = resolve_seq_len(loaded, self.seq_len)
         self.model_info[name] = {"spec": mcfg.name, **loaded.describe()}
         # the offsets of one layout and mask share their forward passes: one pass per batch serves all of them
         for group in _offset_groups(self.configs):
-            self.step += len(group)
-            keys = " + ".join(f"{conf.key} ({conf.computes})" for conf in group)
-            _say(cfg, f"[{self.step}/{self.total}] {name}: {keys}")
-            run_cfgs = []
-            for conf in group:
-                files = self.folder.run(conf.key, name)
-                self.folders[conf.key][name] = self.folder.relative(files)
-                run_cfgs.append(self._config(conf, name, mcfg, files.folder))
-            score_offsets(run_cfgs, loaded, self._tokenizer())
+            if group != list(but):
+                self.score_group(name, mcfg, loaded, group)
         if keep:
             return loaded
         del loaded
         gc.collect()
         return None
+
+    def score_group(self, name: str, mcfg: ModelConfig, loaded, group: list[Configuration]) -> None:
+        """One model's configurations that differ only in label offset, from one forward pass per batch."""
+        self.step += len(group)
+        keys = " + ".join(f"{conf.key} ({conf.computes})" for conf in group)
+        _say(self.cfg, f"[{self.step}/{self.total}] {name}: {keys}")
+        score_offsets([self._run_config(conf, name, mcfg) for conf in group], loaded, self._tokenizer())
+        self.passes.append({"models": [name], "configurations": [c.key for c in group]})
+
+    def _run_config(self, conf: Configuration, name: str, mcfg: ModelConfig) -> ScoreConfig:
+        """The configuration's run of one model, in runs/<configuration>/<model>/ (recorded in compare.json)."""
+        files = self.folder.run(conf.key, name)
+        self.folders[conf.key][name] = self.folder.relative(files)
+        return self._config(conf, name, mcfg, files.folder)
 
     def _chat_run(self, main: Configuration, name: str, mcfg: ModelConfig, loaded, user_turn: str) -> str:
         """The main configuration once more, each document as the model's reply in its own chat template."""
@@ -196,6 +226,7 @@ class _Runs:
         run = self._config(main, name, mcfg, files.folder)
         run.tokenize = replace(run.tokenize, chat_context=True, chat_user_turn=user_turn)
         score_offsets([run], loaded, self._tokenizer())
+        self.passes.append({"models": [name], "configurations": [main.key], "chat": True})
         return self.folder.relative(files)
 
     def _tokenizer(self):

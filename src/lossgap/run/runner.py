@@ -32,7 +32,8 @@ class WindowRunner:
     def __init__(self, plan, head, model_name: str, fp32_check: bool):
         self.plan, self.head, self.model_name = plan, head, model_name
         self.want_fp32_check = fp32_check and plan.dtype != torch.float32
-        self.fp32_check: dict[int, dict | None] = {}  # label offset -> deviation of its first batch from float32
+        self.fp32_check: dict[object, dict | None] = {}  # label offset -> deviation of its first batch from float32
+        self.checked: set[int] = set()  # the label offsets whose float32 check ran (or ran out of memory)
         self.input_tokens = 0
         self.oom_retries = 0
 
@@ -45,13 +46,17 @@ class WindowRunner:
                     self.check(k, batch, columns)
                     parts[k].append({**layout_columns(batch), **columns})
                 self.input_tokens += batches[0].n_input_tokens
-        return [document_order(parts[k], documents, self.columns) for k in offsets]
+        return [document_order(parts[k], documents, self.columns_for(k)) for k in offsets]
+
+    def columns_for(self, k: int) -> tuple:
+        """The columns of label offset k's table."""
+        return self.columns
 
     def attention(self):
         """The plan's attention on the model while the windows are scored (plans.Plan.attention)."""
         return self.plan.attention()
 
-    def forward(self, batches: list[Batch]) -> list[dict[str, np.ndarray]]:
+    def forward(self, batches: list[Batch], offsets: list[int]) -> list[dict[str, np.ndarray]]:
         """The per-token columns the model computes, one dict per batch (the same rows, one per offset)."""
         return forward.forward_batches(self.plan, self.head, batches, MODEL_METRICS)
 
@@ -59,36 +64,41 @@ class WindowRunner:
         """Refuse a non-finite loss; measure the first batch of each offset against float32 below it, and say so on
         stderr when it is farther than the limits (formats/schema.py FP32_LIMITS)."""
         self.require_finite(batch, columns)
-        if self.want_fp32_check and k not in self.fp32_check and batch.n_targets:
-            try:
-                check = self.measure_fp32(batch, columns)
-                if check is None:  # the slice held no target: the next batch is checked
-                    return
-                self.fp32_check[k] = check
-            except torch.OutOfMemoryError:  # float32 needs twice the weights' memory: no check, said, not a crash
-                self.fp32_check[k] = None
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                print(f"lossgap: warning: {self.model_name}: the float32 check of the first batch ran out of memory "
-                      "and was skipped; the results are unchecked against float32", file=sys.stderr, flush=True)
-                return
+        if not (self.want_fp32_check and k not in self.checked and batch.n_targets):
+            return
+        try:
+            checks = self.measure_fp32(k, batch, columns)
+        except torch.OutOfMemoryError:  # no check, said, not a crash (the results' fp32_check stays null)
+            self.checked.add(k)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            print(f"lossgap: warning: {self.model_name}: the float32 check of the first batch ran out of memory "
+                  "and was skipped; the results are unchecked against float32", file=sys.stderr, flush=True)
+            return
+        if checks is None:  # the slice held no target: the next batch is checked
+            return
+        self.checked.add(k)
+        self.fp32_check.update(checks)
+        for key, check in checks.items():
             if check["warn"]:
-                print(f"lossgap: warning: {self.fp32_warning(k, check)}; {precision.REMEDY}", file=sys.stderr,
+                print(f"lossgap: warning: {self.fp32_warning(key, check)}; {precision.REMEDY}", file=sys.stderr,
                       flush=True)
 
     def require_finite(self, batch: Batch, columns: dict) -> None:
         forward.require_finite_loss(columns["nll"], batch, self.model_name, self.plan.dtype)
 
-    def measure_fp32(self, batch: Batch, columns: dict) -> dict | None:
-        return forward.fp32_deviation(self.plan, self.head, batch, columns["nll"])
+    def measure_fp32(self, k: int, batch: Batch, columns: dict) -> dict | None:
+        """Check key -> the deviation from float32 of this offset's first batch (None: its slice held no target)."""
+        check = forward.fp32_deviation(self.plan, self.head, batch, columns["nll"])
+        return None if check is None else {k: check}
 
-    def fp32_warning(self, k: int, check: dict) -> str:
-        return f"{self.model_name} (label offset {k}): {precision.run_check_text(check)}"
+    def fp32_warning(self, key, check: dict) -> str:
+        return f"{self.model_name} (label offset {key}): {precision.run_check_text(check)}"
 
     def _score_group(self, group, offsets: list[int]) -> list[tuple[list[Batch], list[dict]]]:
         batches = [self.plan.collate(retarget(group, self.plan.k, k), k) for k in offsets]
         try:
-            return [(batches, self.forward(batches))]
+            return [(batches, self.forward(batches, offsets))]
         except torch.OutOfMemoryError:
             if len(group) == 1:
                 raise LossgapError(

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+
 from ..analysis.stats import summarize_documents
 from ..config import ScoreConfig
 from ..data.corpus import Corpus, require_documents
@@ -23,6 +25,7 @@ from ..engine.dist import Dist, init_distributed
 from ..engine.model import LoadedModel
 from ..engine.prepare import Engine, prepare_engine
 from ..errors import LossgapError
+from ..formats.columns import TOKEN_COLUMNS, TOKEN_SCHEMA
 from ..formats.files import write_json
 from ..formats.paths import RunFiles
 from ..formats.schema import SCHEMA_VERSION
@@ -88,13 +91,15 @@ def score_offsets(cfgs: list[ScoreConfig], loaded: LoadedModel | None = None, to
                 print(f"lossgap: --resume: {', '.join(str(o.cfg.out_dir) for o in outputs)} already holds the "
                       "finished run of these inputs; nothing is scored again", file=sys.stderr, flush=True)
             return [ScoreResult(o.cfg.out_dir, o.finished if dist.main else {}) for o in outputs]
-        done = run_windows(cfg, engine, corpus, outputs, dist)
+        pending = [o for o in outputs if o.finished is None]  # --resume keeps the offsets it had finished
+        done = run_windows(cfg, engine, corpus, pending, dist)
         if not dist.main:
             if done.error is not None:
                 raise done.error
             return [ScoreResult(o.cfg.out_dir, {}) for o in outputs]
         facts = {**engine.facts(), **done.facts(cfg, corpus, outputs, engine.load_seconds)}
-        results = [finish(o, done, facts, started) for o in outputs]
+        results = [finish(o, done, facts, started) if o.finished is None else ScoreResult(o.cfg.out_dir, o.finished)
+                   for o in outputs]
     if done.error is not None:
         raise done.error
     return results
@@ -111,10 +116,24 @@ class Output:
     window_tokens: int  # the unit of resume: every rank and every resumed run cuts the same windows
     resumed: int = 0
     finished: dict | None = None  # --resume found this run complete, with the same inputs: its summary
+    # a run the paired pass writes as it goes: each tokens.parquet column from the pass's column of this name, and the
+    # key of its float32 check among the pass's (run/paired.py); None: the runner's table as it is, checked under k
+    renamed: dict[str, str] | None = None
+    check_key: object = None
 
     @property
     def k(self) -> int:
         return self.cfg.layout.label_offset
+
+    def view(self, table: pa.Table) -> pa.Table:
+        """This output's shard from the runner's table of its label offset."""
+        if self.renamed is None:
+            return table
+        return pa.table([table.column(self.renamed.get(c.name, c.name)) for c in TOKEN_COLUMNS], schema=TOKEN_SCHEMA)
+
+    @property
+    def fp32_key(self) -> object:
+        return self.k if self.check_key is None else self.check_key
 
 
 def window_size(cfg: ScoreConfig, engine: Engine) -> int:
@@ -134,22 +153,30 @@ def open_outputs(cfgs: list[ScoreConfig], engine: Engine, corpus: Corpus, dist: 
     corpus_print = corpus_fingerprint(corpus.files, str(corpus.path))
     outputs: list[Output] = []
     for c in cfgs:
-        metadata = {
-            "model": engine.loaded.describe(),
-            "config": c.to_dict(),
-            "special_tokens": {"bos_id": engine.special.bos_id, "eos_id": engine.special.eos_id},
-            "plan": engine.plan.name,
-            "schema_version": SCHEMA_VERSION,
-        }
-        manifest = {"config": resume_config(c, engine.special), "corpus": corpus_print,
-                    "model": model_fingerprint(engine.loaded.name, metadata["model"], engine.loaded.revision),
-                    "window_tokens": window_tokens}
-        documents = DocumentSums(outputs[0].documents.docs if outputs else None)  # one registry, own sums
-        finished = finished_run(RunFiles(c.out_dir), manifest) if c.run.resume else None
-        shards = ShardStore(RunFiles(c.out_dir), manifest, c.run.resume, main=dist.main and finished is None)
-        outputs.append(Output(c, metadata, shards, documents, window_tokens, finished=finished))
+        outputs.append(run_output(c, engine, corpus_print, window_tokens, dist, outputs[0] if outputs else None))
     dist.barrier()
     return outputs
+
+
+def run_output(c: ScoreConfig, engine: Engine, corpus_print: dict, window_tokens: int, dist: Dist,
+               first: Output | None = None) -> Output:
+    """One run's output: its metadata, its shard store (checked against an interrupted run's manifest with --resume)
+    and its document table, which shares `first`'s document registry. The paired pass opens the runs it writes with
+    this too, so their files and fingerprints are those a separate run writes."""
+    metadata = {
+        "model": engine.loaded.describe(),
+        "config": c.to_dict(),
+        "special_tokens": {"bos_id": engine.special.bos_id, "eos_id": engine.special.eos_id},
+        "plan": engine.plan.name,
+        "schema_version": SCHEMA_VERSION,
+    }
+    manifest = {"config": resume_config(c, engine.special), "corpus": corpus_print,
+                "model": model_fingerprint(engine.loaded.name, metadata["model"], engine.loaded.revision),
+                "window_tokens": window_tokens}
+    documents = DocumentSums(first.documents.docs if first is not None else None)  # one registry, own sums
+    finished = finished_run(RunFiles(c.out_dir), manifest) if c.run.resume else None
+    shards = ShardStore(RunFiles(c.out_dir), manifest, c.run.resume, main=dist.main and finished is None)
+    return Output(c, metadata, shards, documents, window_tokens, finished=finished)
 
 
 def finished_run(files: RunFiles, manifest: dict) -> dict | None:
@@ -250,10 +277,11 @@ def _score_window(window: int, rows, runner: WindowRunner, outputs: list[Output]
     for o in outputs:
         o.resumed += o not in pending
     if pending and (tp or dist.owns(window)):  # tensor parallel: every rank computes every window
-        tables = runner.score_window(rows, outputs[0].documents, [o.k for o in pending])
+        offsets = list(dict.fromkeys(o.k for o in pending))  # outputs may share an offset (the paired pass's runs)
+        tables = dict(zip(offsets, runner.score_window(rows, outputs[0].documents, offsets), strict=True))
         if dist.main or not tp:
-            for o, table in zip(pending, tables, strict=True):
-                o.shards.write(window, table)
+            for o in pending:
+                o.shards.write(window, o.view(tables[o.k]))
 
 
 def finish(o: Output, done: Pass, facts: dict, started: float) -> ScoreResult:
@@ -306,7 +334,7 @@ def _write_results(o: Output, done: Pass, facts: dict, started: float, files: Ru
         "mask": cfg.layout.mask,
         "positions": cfg.layout.position_mode,
         "dtype": o.metadata["model"]["dtype"],
-        "fp32_check": done.fp32_check.get(o.k),
+        "fp32_check": done.fp32_check.get(o.fp32_key),
         **facts,
         **overall,
         "per_domain": per_domain,
