@@ -10,6 +10,7 @@ import torch
 from ..config import DEFAULT_SEQ_LEN, ModelConfig
 from ..errors import ModelError, UsageError
 from .devices import require_cuda_for_flex, resolve_device, resolve_dtype
+from .ggufparse import forget as forget_parse
 from .modelfiles import Source, check_loading_info, held_logs, loading, require_finite_weights
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf", "model.safetensors.index.json")
@@ -154,15 +155,19 @@ def load_model(cfg: ModelConfig, quiet: bool = False, local_rank: int = 0) -> Lo
     if cfg.attn != "auto":
         model_kwargs["attn_implementation"] = HF_ATTN[cfg.attn]
     source = _described(cfg, where, kwargs)
-    with held_logs():  # a refusal below drops transformers' own load report
-        with loading(source, "weights"):
-            # mismatched sizes are refused by check_loading_info, naming the tensor, rather than by transformers
-            model, info = AutoModelForCausalLM.from_pretrained(where, output_loading_info=True,
-                                                               ignore_mismatched_sizes=True, **model_kwargs)
-            if not placement:
-                model.to(device)
-        check_loading_info(info, source)
-        require_finite_weights(model, source)
+    try:
+        with held_logs():  # a refusal below drops transformers' own load report
+            with loading(source, "weights"):
+                # mismatched sizes are refused by check_loading_info, naming the tensor, rather than by transformers
+                model, info = AutoModelForCausalLM.from_pretrained(where, output_loading_info=True,
+                                                                   ignore_mismatched_sizes=True, **model_kwargs)
+                if not placement:
+                    model.to(device)
+            check_loading_info(info, source)
+            require_finite_weights(model, source)
+    finally:
+        if source.gguf_path is not None:
+            forget_parse(source.gguf_path)  # its tokenizer and config were parsed from the memo: no longer needed
     model.eval()
     device = next(model.parameters()).device
     config = model.config

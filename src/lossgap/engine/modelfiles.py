@@ -17,11 +17,12 @@ import re
 import sys
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LossgapError, ModelError
+from .ggufparse import parsed_once
 
 REDOWNLOAD = "download the file again (an interrupted download or copy leaves it short or damaged)"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -73,7 +74,7 @@ def loading(source: Source, stage: str) -> Iterator[None]:
     """Run transformers' loading of one stage: any exception becomes one ModelError naming the file and the fix.
     Only transformers' calls belong inside: a bug of lossgap's own must not read as a damaged file."""
     try:
-        with _gguf_bar_off(source):
+        with _gguf_bar_off(source), parsed_once() if source.gguf else nullcontext():
             yield
     except LossgapError:
         raise

@@ -1,0 +1,65 @@
+"""A GGUF file is parsed once per load, not once per stage (engine/ggufparse.py): the same weights as transformers'
+own loading, a changed file parsed again, nothing kept once the model is loaded."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from lossgap.config import ModelConfig
+from lossgap.engine import ggufparse
+from lossgap.engine.model import load_model, load_tokenizer
+from tests.hostile_models import write_tiny_gguf
+
+
+def _counting(monkeypatch) -> list[str]:
+    import gguf
+
+    parses: list[str] = []
+    original = gguf.GGUFReader
+
+    class Counting(original):
+        def __init__(self, path, mode="r"):
+            parses.append(str(path))
+            super().__init__(path, mode)
+
+    monkeypatch.setattr(gguf, "GGUFReader", Counting)
+    return parses
+
+
+def test_a_gguf_file_is_parsed_once_per_load_with_transformers_own_weights(tmp_path, llama_dir, monkeypatch):
+    path = write_tiny_gguf(llama_dir, tmp_path / "tiny.gguf")
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
+    parses = _counting(monkeypatch)  # counted from here: transformers' own load above parsed it four times
+    cfg = ModelConfig(str(path), dtype="float32", device="cpu")
+    load_tokenizer(cfg)  # the config and the tokenizer: one parse
+    assert len(parses) == 1
+    loaded = load_model(cfg, quiet=True)  # the config, tokenizer and weights again: from that parse
+    assert len(parses) == 1 and not ggufparse._readers  # and the parse is dropped once the model is loaded
+    mine, theirs = loaded.model.state_dict(), reference.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    load_model(cfg, quiet=True)
+    assert len(parses) == 2
+
+
+def test_a_changed_gguf_file_is_parsed_again(tmp_path, llama_dir, tokenizer, monkeypatch):
+    path = write_tiny_gguf(llama_dir, tmp_path / "tiny.gguf")
+    cfg = ModelConfig(str(path), dtype="float32", device="cpu")
+    parses = _counting(monkeypatch)
+    load_tokenizer(cfg)
+    other = tmp_path / "other"  # the same shapes, other weights, written over the file in place
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model.save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    write_tiny_gguf(other, tmp_path / "new.gguf")
+    os.replace(tmp_path / "new.gguf", path)
+    loaded = load_model(cfg, quiet=True)
+    assert len(parses) == 2  # not the stale parse of the old file
+    expected = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
+    assert torch.equal(loaded.model.model.norm.weight, expected.model.norm.weight)
+    assert not torch.equal(loaded.model.model.norm.weight, model.model.norm.weight - 1.0)
