@@ -53,18 +53,24 @@ def _exact_logits(head: OutputHead, hidden: torch.Tensor) -> torch.Tensor:
         return head.tile_logits(hidden, 0, head.vocab, exact=True)
 
 
-def _reference(z: torch.Tensor, targets: torch.Tensor) -> dict:
+def _reference(z: torch.Tensor, targets: torch.Tensor, special: list[int] = ()) -> dict:
     """Every statistic from float64 log_softmax over the whole vocabulary."""
     logp = z.log_softmax(1)
     target_logit = z.gather(1, targets[:, None])
     return {"nll": -logp.gather(1, targets[:, None])[:, 0], "entropy": -(logp.exp() * logp).sum(1),
             "p_target": logp.gather(1, targets[:, None])[:, 0].exp(), "argmax": z.argmax(1),
-            "p_argmax": logp.amax(1).exp(), "rank": (z > target_logit).sum(1)}
+            "p_argmax": logp.amax(1).exp(), "rank": (z > target_logit).sum(1),
+            "p_special": logp[:, list(special)].exp().sum(1)}
 
 
-def _assert_matches(got: dict, z: torch.Tensor, targets: torch.Tensor, tol: float = 1e-5) -> None:
-    ref = _reference(z, targets)
-    for name in ("nll", "entropy", "p_target", "p_argmax"):
+def _special_ids(vocab: int) -> list[int]:
+    """Entries in the first and last tiles and between (control tokens sit at either end of real vocabularies)."""
+    return [0, 1, 2, vocab // 2, vocab - 2, vocab - 1]
+
+
+def _assert_matches(got: dict, z: torch.Tensor, targets: torch.Tensor, tol: float = 1e-5, special=()) -> None:
+    ref = _reference(z, targets, special)
+    for name in ("nll", "entropy", "p_target", "p_argmax", "p_special"):
         if name in got:
             assert got[name].dtype in (torch.float32, torch.float64)
             assert (got[name].double() - ref[name]).abs().max().item() <= tol, name
@@ -87,16 +93,20 @@ def test_stats_match_float64_full_softmax(tiny_models, arch):
     if arch == "gemma2":  # soft-capped: every logit within the cap
         assert OutputHead(model).softcap == 5.0 and z.abs().max().item() < 5.0
     with torch.no_grad():
+        special = _special_ids(model.config.vocab_size)
         for chunk, tile in TILINGS:
             head = _tiled(OutputHead(model), chunk, tile)
+            head.set_special_ids(special)
             got = head.token_stats(hidden, targets, METRICS)
             assert list(got) == list(METRICS)
             assert {k: v.dtype for k, v in got.items()} == {k: torch.int64 if k in ("argmax", "rank") else torch.float32
                                                             for k in METRICS}
-            _assert_matches(got, z, targets)
+            _assert_matches(got, z, targets, special=special)
+            assert got["p_special"].min().item() > 0
             assert torch.equal(got["nll"], head.token_stats(hidden, targets)["nll"])  # the same figure either way
             if tile == 7:
-                _assert_matches(head.token_stats(hidden, targets, METRICS, exact=True), z, targets, tol=1e-10)
+                _assert_matches(head.token_stats(hidden, targets, METRICS, exact=True), z, targets, tol=1e-10,
+                                special=special)
             rank_only = head.token_stats(hidden, targets, ("rank",))
             assert list(rank_only) == ["rank"] and torch.equal(rank_only["rank"], got["rank"])
 
@@ -165,9 +175,9 @@ def _of(got: dict, role: str) -> dict:
             and name.removesuffix(f"_{role}") in METRICS}
 
 
-def _assert_pair(got: dict, zb, zo, targets, tol: float = 1e-5) -> None:
-    _assert_matches(_of(got, "b"), zb, targets, tol)
-    _assert_matches(_of(got, "o"), zo, targets, tol)
+def _assert_pair(got: dict, zb, zo, targets, tol: float = 1e-5, special=()) -> None:
+    _assert_matches(_of(got, "b"), zb, targets, tol, special)
+    _assert_matches(_of(got, "o"), zo, targets, tol, special)
     for key, ref in (("kl_bo", _kl(zb, zo)), ("kl_ob", _kl(zo, zb))):
         assert got[key].dtype in (torch.float32, torch.float64)
         assert got[key].min().item() >= -1e-6
@@ -225,11 +235,14 @@ def test_two_models_match_float64(tiny_models, arch_b, arch_o):
     with torch.no_grad():
         for chunk, tile in TILINGS:
             head_b, head_o = _tiled(OutputHead(model_b), chunk, tile), _tiled(OutputHead(model_o), chunk, tile)
+            special = _special_ids(model_b.config.vocab_size)
+            for head in (head_b, head_o):
+                head.set_special_ids(special)
             got = paired_token_stats(head_b, hidden_b, head_o, hidden_o, targets)
-            _assert_pair(got, zb, zo, targets)
+            _assert_pair(got, zb, zo, targets, special=special)
             if tile == 7:
                 _assert_pair(paired_token_stats(head_b, hidden_b, head_o, hidden_o, targets, exact=True), zb, zo,
-                             targets, tol=1e-10)
+                             targets, tol=1e-10, special=special)
                 subset = paired_token_stats(head_b, hidden_b, head_o, hidden_o, targets, ("nll",))
                 assert list(_of(subset, "b")) == ["nll"] and torch.equal(subset["kl_bo"], got["kl_bo"])
 

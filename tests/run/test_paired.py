@@ -50,7 +50,9 @@ def _float64_stats(folder, ids: list[int]) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("other", ["qwen2", "gemma2"])
 def test_every_statistic_equals_float64_full_softmax(tmp_path, tiny_models, tokenizer, pile_jsonl, other):
-    pairs, _ = _run_pair(tiny_models, pile_jsonl, tmp_path, other=other, seq_len=128)
+    pairs, result = _run_pair(tiny_models, pile_jsonl, tmp_path, other=other, seq_len=128)
+    special = result.facts["special_ids"]  # the tokenizers' control tokens: <s>, </s>, <unk>, ... of the tiny one
+    assert special and set(special) >= {tokenizer.bos_token_id, tokenizer.eos_token_id}
     checked = 0
     for doc_id, rows in pairs.groupby("doc_id"):
         if rows["truncated"].any() or checked >= 6:
@@ -63,6 +65,7 @@ def test_every_statistic_equals_float64_full_softmax(tmp_path, tiny_models, toke
         for name, r in ref.items():
             for col in ("nll", "entropy", "p_target", "p_argmax"):
                 np.testing.assert_allclose(rows[f"{col}_{name}"], r[col], atol=1e-5, err_msg=f"{col}_{name}")
+            np.testing.assert_allclose(rows[f"p_special_{name}"], np.exp(r["logp"][:, special]).sum(1), atol=1e-6)
             top2 = np.sort(r["logits"], 1)[:, -2:]
             clear = (top2[:, 1] - top2[:, 0]) > 1e-5  # no near-tie for the top-1
             assert (rows[f"argmax_{name}"].to_numpy()[clear] == r["argmax"][clear]).all()

@@ -9,8 +9,11 @@ with different tokenizers get the byte-class attribution in bits per byte instea
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..formats.columns import stored_names
 from ..formats.paths import ComparisonFolder
@@ -20,6 +23,7 @@ from .bootstrap import ratio_interval
 from .calibration import calibration_report
 from .divergence import divergence_report
 from .documents import RunDocuments
+from .mechanisms import mechanisms
 from .stats import histogram
 
 VIEW_SPANS = 6  # spans per direction in the token view
@@ -45,7 +49,7 @@ def build_explanation(folder: ComparisonFolder, m: Manifest,
         entry: dict = {"skipped": e["skipped"].get(other)}
         if other in e["pairs"]:
             entry |= _paired(_pair_tokens(folder, e["pairs"][other], base, other), vocab[base], doc_domain,
-                             m["bootstrap"], seed)
+                             m["bootstrap"], seed, _pair_facts(folder, e["pairs"][other]).get("special_ids"))
         elif m["mode"] == "tokens":
             entry["attribution"] = attribute(_run_tokens(folder, m, main, base, other), vocab[base], doc_domain,
                                              m["bootstrap"], seed)
@@ -57,7 +61,8 @@ def build_explanation(folder: ComparisonFolder, m: Manifest,
     return {"configuration": main, "chat_user_turn": e.get("chat_user_turn"), "models": models}
 
 
-def _paired(tokens: dict, vocab: pa.Table, doc_domain: dict, n_boot: int, seed: int) -> dict:
+def _paired(tokens: dict, vocab: pa.Table, doc_domain: dict, n_boot: int, seed: int,
+            special_ids: list[int] | None = None) -> dict:
     """Everything the paired pass makes possible for one other model."""
     attribution = attribute(tokens, vocab, doc_domain, n_boot, seed)
     return {
@@ -65,8 +70,18 @@ def _paired(tokens: dict, vocab: pa.Table, doc_domain: dict, n_boot: int, seed: 
         "kl_histogram": histogram(np.log10(np.maximum(np.asarray(tokens["kl_bo"], dtype=np.float64), 1e-8))),
         "attribution": attribution,
         "calibration": calibration_report(tokens),
+        "mechanisms": mechanisms(tokens, vocab, doc_domain, special_ids, n_boot, seed + 50),
         "token_view": token_view(tokens, vocab),
     }
+
+
+def _pair_facts(folder: ComparisonFolder, relative: str) -> dict:
+    """The paired pass's facts, stored in its file's metadata (special_ids, fp32_check, ...); {} for older files."""
+    metadata = pq.read_schema(folder.root / relative).metadata or {}
+    try:
+        return json.loads(metadata.get(b"lossgap", b"{}")).get("facts") or {}
+    except ValueError:
+        return {}
 
 
 def _pair_tokens(folder: ComparisonFolder, relative: str, base: str, other: str) -> dict[str, np.ndarray]:

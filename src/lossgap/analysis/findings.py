@@ -7,6 +7,7 @@ from ..formats.schema import ALL_POSITIONS, ConfigurationRow, Results, main_row,
 from ..matrix import SEED_FIGURES, is_seed_matrix
 from .attribution import confidence_labels_from
 from .calibration import CONFIDENT
+from .mechanisms import mechanism_findings
 from .positions import EARLY_BUCKETS
 from .stats import relative_perplexity_change
 
@@ -165,6 +166,7 @@ def _explanation(results: Results) -> list[str]:
             out.append(_spread(name, base, entry))
         if entry.get("calibration") and attribution:
             out.append(_confidence(name, base, entry))
+        out.extend(mechanism_findings(name, base, entry.get("mechanisms")))
         if entry.get("chat"):
             out.append(_chat(name, entry["chat"]))
         if entry.get("bits_per_byte"):

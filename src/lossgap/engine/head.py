@@ -69,6 +69,21 @@ class OutputHead:
             self._cce = self._cce_loss(required=kernel == "cce")
         self.kernel = "cce" if self._cce is not None else "tiled"
         self.upcast = False  # the float32 check: every tile in float32 (engine/upcast.py), no float32 copy
+        self.special_ids = torch.zeros(0, dtype=torch.int64)  # the control tokens p_special sums (the paired pass's)
+        self._special_local: dict[tuple[int, int], torch.Tensor] = {}
+
+    def set_special_ids(self, ids: list[int]) -> None:
+        """The vocabulary entries whose probability the statistics stream sums as p_special."""
+        self.special_ids = torch.tensor(sorted(set(ids)), dtype=torch.int64)
+        self._special_local = {}
+
+    def special_in(self, lo: int, hi: int) -> torch.Tensor:
+        """The special entries within tile lo..hi, as indices into the tile (on the head's device)."""
+        key = (lo, hi)
+        if key not in self._special_local:
+            ids = self.special_ids[(self.special_ids >= lo) & (self.special_ids < hi)] - lo
+            self._special_local[key] = ids.to(self.proj.weight.device)
+        return self._special_local[key]
 
     @contextlib.contextmanager
     def float32(self) -> Iterator[None]:

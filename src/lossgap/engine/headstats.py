@@ -71,6 +71,7 @@ class LogitStream:
         self.xsum = torch.zeros(n, dtype=acc, device=device) if "entropy" in metrics else None
         self.arg = torch.zeros(n, dtype=torch.int64, device=device) if "argmax" in metrics else None
         self.above = torch.zeros(n, dtype=torch.int64, device=device) if "rank" in metrics else None
+        self.special = torch.zeros(n, dtype=acc, device=device) if "p_special" in metrics else None
         # rank compares every tile with the target's logit, so it is needed before the pass; a projection applied
         # whole is one tile, which holds the target
         self.ref = None
@@ -101,6 +102,9 @@ class LogitStream:
         e = torch.exp(x, out=self.buffers.get(f"e{self.name}", x)) if keep or self.xsum is not None else x.exp_()
         tile_sum = e.sum(1)
         rescale = torch.exp(old - new)
+        if self.special is not None:  # sum of e over the tile's special entries, rescaled as S is
+            ids = self.head.special_in(lo, hi)
+            self.special[rows] = self.special[rows] * rescale + (e.index_select(1, ids).sum(1) if ids.numel() else 0)
         before = self.sum[rows].clone() if keep else self.sum[rows]
         if self.xsum is not None:  # sum e (z - m): moving m to m' adds (m - m') S before rescaling
             shift = (old - new).clamp_min(self.lowest) * before
@@ -127,7 +131,7 @@ class LogitStream:
         nll = lse - self.target  # as head._tiled_nll computes it
         values = {"nll": lambda: nll, "p_target": lambda: torch.exp(-nll), "p_argmax": lambda: 1 / self.sum,
                   "entropy": lambda: log_sum - self.xsum / self.sum, "argmax": lambda: self.arg,
-                  "rank": lambda: self.above}
+                  "rank": lambda: self.above, "p_special": lambda: self.special / self.sum}
         return {name: values[name]() for name in metrics}
 
 

@@ -102,6 +102,9 @@ MODEL_STATS: tuple[Column, ...] = (  # each model's, as <name>_b and <name>_o
     Column("p_argmax", pa.float32(), "probability", "probability of the top-1 prediction", "model"),
     Column("rank", pa.int32(), "entries", "vocabulary entries with a higher logit than the target (0: top-1)",
            "model"),
+    Column("p_special", pa.float32(), "probability", "probability on the tokenizers' special and added control "
+           "tokens (<|im_end|>, <|endoftext|>, ...; the pass's `special_ids`), the target's included when it is one",
+           "model"),
 )
 
 

@@ -18,6 +18,7 @@ from .explanation_tables import (
     top_tokens_table,
 )
 from .figures import EXPLANATION, drawn
+from .mechanisms import mechanism_tables
 from .render import Section
 
 TOKEN_VIEW_CSS = """
@@ -65,6 +66,7 @@ def _add_model(sec: Section, name: str, entry: dict, base: str, explanation: dic
         sec.tables.append(byte_class_table(name, entry["bits_per_byte"]))
     if entry.get("calibration"):
         sec.tables.append(calibration_table(name, entry, base))
+    sec.tables.extend(mechanism_tables(name, base, entry.get("mechanisms")))
     if entry.get("chat"):
         turn = explanation.get("chat_user_turn")
         sec.paragraphs.append(f"Chat format: {name} scored again with each document as its reply to the user turn "

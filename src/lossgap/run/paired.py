@@ -134,6 +134,9 @@ def paired_pass(cfg: ScoreConfig, names: tuple[str, str], base: LoadedModel, oth
     for e in engines:
         e.plan.batch_size = size
     runs = _writable(cfg, engines, runs or {})
+    special_ids = control_token_ids([tokenizer or base.tokenizer, other.tokenizer], engines[0].head.vocab)
+    for e in engines:
+        e.head.set_special_ids(special_ids)
     work = folder.pairs_work(names[1])
     with OutLocks([c.out_dir for cs in runs.values() for c in cs] if dist.main else []):
         output = _open(cfg, engines, names, corpus, work, dist)
@@ -148,7 +151,7 @@ def paired_pass(cfg: ScoreConfig, names: tuple[str, str], base: LoadedModel, oth
         runner = PairRunner(*engines, names, cfg.layout.label_offset, cfg.run.fp32_check)
         done = run_windows(cfg, engines[0], corpus, [output, *pending], dist, runner)
         facts = {**engines[0].facts(), "models": list(names), **done.facts(cfg, corpus, [output], 0.0),
-                 "fp32_check": done.fp32_check.get(cfg.layout.label_offset)}
+                 "fp32_check": done.fp32_check.get(cfg.layout.label_offset), "special_ids": special_ids}
         written = []
         if dist.main and done.error is None:
             try:
@@ -163,6 +166,17 @@ def paired_pass(cfg: ScoreConfig, names: tuple[str, str], base: LoadedModel, oth
     if done.error is not None:
         raise done.error
     return PairedResult(path, facts, written)
+
+
+def control_token_ids(tokenizers: list, vocab: int) -> list[int]:
+    """The special and added control tokens of either model's tokenizer (<|im_end|>, <|endoftext|>, <|eot_id|>, ...)
+    inside the output vocabulary: the entries whose probability p_special sums."""
+    ids: set[int] = set()
+    for tok in tokenizers:
+        ids.update(getattr(tok, "all_special_ids", []) or [])
+        ids.update(i for i, added in (getattr(tok, "added_tokens_decoder", None) or {}).items()
+                   if getattr(added, "special", False))
+    return sorted(i for i in ids if isinstance(i, int) and 0 <= i < vocab)
 
 
 def _writable(cfg: ScoreConfig, engines: list[Engine], runs: dict[str, list[ScoreConfig]]) -> dict:
