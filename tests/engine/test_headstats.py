@@ -189,6 +189,12 @@ def _assert_pair(got: dict, zb, zo, targets, tol: float = 1e-5, special=()) -> N
     assert ((got["top1_agree"] == ref_agree) | near).all()
     p_b_at_o = zb.softmax(1).gather(1, zo.argmax(1)[:, None])[:, 0]  # float64, full vocabulary
     assert (((got["p_b_argmax_o"].double() - p_b_at_o).abs() <= tol) | _near_tie(zo)).all()
+    at = zb.gather(1, zo.argmax(1)[:, None])
+    shift = (zb > at).sum(1).clamp_max(3)  # b's entries above o's top-1, counted up to 3
+    near_b = ((zb - at).abs() <= TIE).sum(1) > 1  # another of b's entries ties o's top-1
+    assert got["rank_b_argmax_o"].dtype == torch.int8
+    assert ((got["rank_b_argmax_o"].long() == shift) | _near_tie(zo) | near_b).all()
+    assert (got["rank_b_argmax_o"] == 0).eq(got["top1_agree"]).logical_or(_near_tie(zo) | _near_tie(zb)).all()
 
 
 def test_the_heads_compute_exactly_the_declared_columns(tiny_models):
@@ -290,6 +296,25 @@ def test_bias_and_scaled_logits_match_float64(model_type, config):
         with torch.no_grad():
             _assert_matches(head_b.token_stats(hidden, targets, METRICS), zb, targets)
             _assert_pair(paired_token_stats(head_b, hidden, head_o, hidden, targets), zb, zo, targets)
+
+
+def test_the_baselines_rank_of_the_others_top1_is_every_shift_urial_names():
+    """A tuned copy of a projection (the baseline's weights plus noise): the other's top-1 is the baseline's own on
+    some tokens, its 2nd or 3rd on others, further down on the rest; counted as float64 counts it, on every tiling."""
+    hidden, targets = _inputs(n=400)
+    proj_b = _proj(seed=3)
+    proj_o = _proj(seed=3)
+    with torch.no_grad():
+        proj_o.weight.add_(0.6 * torch.randn(proj_o.weight.shape, generator=torch.Generator().manual_seed(9)))
+    for chunk, tile in TILINGS:
+        head_b, head_o = _tiled(OutputHead(_Bare(proj_b)), chunk, tile), _tiled(OutputHead(_Bare(proj_o)), chunk, tile)
+        zb, zo = _exact_logits(head_b, hidden), _exact_logits(head_o, hidden)
+        with torch.no_grad():
+            got = paired_token_stats(head_b, hidden, head_o, hidden, targets)
+        _assert_pair(got, zb, zo, targets)
+        shift = (zb > zb.gather(1, zo.argmax(1)[:, None])).sum(1).clamp_max(3)
+        assert torch.equal(got["rank_b_argmax_o"].long(), shift)
+        assert set(shift.tolist()) == {0, 1, 2, 3}
 
 
 def test_bf16_ranks_count_the_logits_the_model_rounds():

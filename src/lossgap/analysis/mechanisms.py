@@ -20,13 +20,14 @@ from collections.abc import Mapping
 import numpy as np
 import pyarrow as pa
 
-from .attribution import contributions, domain_buckets
+from .attribution import contributions, domain_buckets, position_buckets
 from .bootstrap import ratio_interval
 from .textclass import TEXT_CLASSES, class_codes
 
 TOP_INSTEAD = 10  # groups named in each `instead` table; the rest are one bucket
 TARGET_ITSELF = "(its top-1 is the text's token)"
 ANY_OTHER = "(any other prediction)"
+SHIFT_KINDS = ("unshifted", "marginal", "shifted")  # the baseline ranks the other's top-1 1st, 2nd-3rd, lower
 P_FLOOR = 1e-7  # 1 - p_special held at least this (float32's resolution near 1): the renormalised NLL stays finite
 
 
@@ -34,6 +35,8 @@ def mechanisms(tokens: Mapping[str, np.ndarray], vocab: pa.Table, doc_domain: Ma
                special_ids: list[int] | None, n_boot: int, seed: int) -> dict:
     """Both mechanisms for one other model (special_mass only when the pairs file has p_special)."""
     out: dict = {"instead": instead(tokens, vocab, n_boot, seed)}
+    if "rank_b_argmax_o" in tokens:
+        out["shifted"] = shifted(tokens, doc_domain, n_boot, seed + 20)
     if "p_special_b" in tokens and special_ids is not None:
         out["special_mass"] = special_mass(tokens, vocab, doc_domain, special_ids, n_boot, seed + 10)
     return out
@@ -96,6 +99,27 @@ def special_mass(tokens: Mapping[str, np.ndarray], vocab: pa.Table, doc_domain: 
             "share_of_d": removed["value"] / d if d else float("nan"), "per_domain": per_domain}
 
 
+def shifted(tokens: Mapping[str, np.ndarray], doc_domain: Mapping[int, str], n_boot: int, seed: int) -> dict:
+    """URIAL's token distribution shift, teacher-forced on the corpus: the baseline's rank of the other's top-1
+    (unshifted: the baseline's own top-1; marginal: its 2nd or 3rd; shifted: further down). D split by it (adding up to
+    D), and the share of tokens in each kind by domain and by position."""
+    kind = np.digitize(np.asarray(tokens["rank_b_argmax_o"], np.int64), [1, 3])  # rank 0 -> 0, 1-2 -> 1, 3 -> 2
+    result = contributions(tokens["nll_b"], tokens["nll_o"], tokens["doc_id"], kind, list(SHIFT_KINDS), n_boot, seed)
+
+    def shares(bucket: np.ndarray, labels: list[str]) -> dict:
+        out = {}
+        for i, label in enumerate(labels):
+            here = bucket == i
+            if here.any():
+                counts = np.bincount(kind[here], minlength=len(SHIFT_KINDS))
+                out[label] = {"n_tokens": int(here.sum()),
+                              **{k: float(c / here.sum()) for k, c in zip(SHIFT_KINDS, counts, strict=True)}}
+        return out
+
+    return {**result, "by_domain": shares(*domain_buckets(tokens["doc_id"], doc_domain)),
+            "by_position": shares(*position_buckets(tokens["pos"]))}
+
+
 def instead(tokens: Mapping[str, np.ndarray], vocab: pa.Table, n_boot: int, seed: int, k: int = TOP_INSTEAD) -> dict:
     """D split by what the other model predicts where its top-1 is not the text's token: by that token (the k with
     the largest summed Δ, the rest as one bucket), by its text class, and by (text's token -> prediction)."""
@@ -139,6 +163,8 @@ def mechanism_findings(name: str, base: str, mech: dict | None) -> list[str]:
     out = []
     if mech.get("special_mass"):
         out.append(_special_sentence(name, base, mech["special_mass"]))
+    if mech.get("shifted"):
+        out.append(_shift_sentence(name, base, mech["shifted"]))
     sentence = _instead_sentence(name, mech.get("instead") or {})
     if sentence:
         out.append(sentence)
@@ -193,4 +219,20 @@ def _instead_sentence(name: str, ins: dict) -> str | None:
             f"tokens; the predictions that cost it most there are {listed(costly)}")
     if costly_pairs:
         text += f"; by the text's token and the prediction, {listed(costly_pairs)}"
+    return text + "."
+
+
+def _shift_sentence(name: str, base: str, sh: dict) -> str:
+    rows = {b["bucket"]: b for b in sh["buckets"]}
+    parts = {k: rows.get(k, {"share_tokens": 0.0, "share_of_diff": 0.0, "contribution": 0.0}) for k in SHIFT_KINDS}
+    text = (f"Token shift (URIAL's measure, teacher-forced on this corpus): {name}'s top-1 is {base}'s own top-1 on "
+            f"{parts['unshifted']['share_tokens']:.0%} of tokens, {base}'s 2nd or 3rd on "
+            f"{parts['marginal']['share_tokens']:.0%} (marginal) and further down on "
+            f"{parts['shifted']['share_tokens']:.0%} (shifted)")
+    s = rows.get("shifted")
+    if s and sh["diff"] > 0 and s["contribution"] > 0:
+        text += (f"; the shifted tokens carry {s['share_of_diff']:.0%} of D ({s['contribution']:+.4f} nats/token, 95% "
+                 f"CI {s['ci_low']:+.4f} to {s['ci_high']:+.4f})")
+    elif s:
+        text += f"; the shifted tokens contribute {s['contribution']:+.4f} nats/token to D = {sh['diff']:+.4f}"
     return text + "."

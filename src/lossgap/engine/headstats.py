@@ -24,6 +24,7 @@ import torch
 from ..formats.columns import MODEL_STATS
 
 METRICS = tuple(c.name for c in MODEL_STATS)  # what a stream computes for one model (LogitStream.finish)
+SHIFT_CAP = 3  # the baseline's rank of the other's top-1 is counted up to this (URIAL: > 3 is a shifted token)
 ARGMAX_BLOCKS = (128, 64, 32)  # entries per block of the argmax search: the largest that divides the tile
 
 
@@ -182,9 +183,13 @@ def paired_token_stats(head_b, hidden_b: torch.Tensor, head_o, hidden_o: torch.T
     # sum e_b (z_b - z_o) less (m_b - m_o) S_b, and the same for o: the maxima cancel in KL, leaving no large terms
     cross_b, cross_o = torch.zeros_like(sb.sum), torch.zeros_like(so.sum)
     zb_at_top_o = torch.zeros_like(sb.sum)  # b's logit at o's top-1 so far: known once o's top-1 moves into a tile
+    top_b = torch.full((sb.sum.shape[0], SHIFT_CAP), float("-inf"), dtype=sb.acc, device=sb.sum.device)  # b's 3 largest
     for rows, lo, hi in head_b.tiles(targets.shape[0], chunk, tile):
         eb, xb, old_b, new_b, rescale_b, before_b = sb.step(rows, lo, hi, keep=True)
         eo, xo, old_o, new_o, rescale_o, before_o = so.step(rows, lo, hi, keep=True)
+        # each logit as z - m + m of its own tile, as b's logit at o's top-1 is: equal entries compare equal
+        tile_top = xb.topk(min(SHIFT_CAP, hi - lo), dim=1).values + new_b[:, None]
+        top_b[rows] = torch.cat([top_b[rows], tile_top], 1).topk(SHIFT_CAP, dim=1).values
         top_o = so.arg[rows]  # in this tile only if this tile moved it: earlier tiles hold lower ids
         at = xb.gather(1, (top_o - lo).clamp(0, hi - lo - 1)[:, None])[:, 0] + new_b
         zb_at_top_o[rows] = torch.where(top_o >= lo, at, zb_at_top_o[rows])
@@ -197,5 +202,6 @@ def paired_token_stats(head_b, hidden_b: torch.Tensor, head_o, hidden_o: torch.T
     out |= {f"{name}_o": values for name, values in so.finish(metrics).items()}
     log_b, log_o = torch.log(sb.sum), torch.log(so.sum)
     out |= {"kl_bo": cross_b / sb.sum - log_b + log_o, "kl_ob": cross_o / so.sum - log_o + log_b,
-            "top1_agree": sb.arg == so.arg, "p_b_argmax_o": torch.exp(zb_at_top_o - sb.max - log_b)}
+            "top1_agree": sb.arg == so.arg, "p_b_argmax_o": torch.exp(zb_at_top_o - sb.max - log_b),
+            "rank_b_argmax_o": (top_b > zb_at_top_o[:, None]).sum(1).to(torch.int8)}
     return out

@@ -127,6 +127,9 @@ PAIR_STATS: tuple[PairColumn, ...] = (  # the pair's own, comparing the two dist
     PairColumn("top1_agree", "top1_agree", pa.bool_(), "", "the two models' top-1 predictions are the same token"),
     PairColumn("p_b_argmax_o", "p_{b}_argmax_{o}", pa.float32(), "probability",
                "{b}'s probability of {o}'s top-1 prediction (how plausible the baseline found the other's choice)"),
+    PairColumn("rank_b_argmax_o", "rank_{b}_argmax_{o}", pa.int8(), "entries",
+               "{b}'s entries with a higher logit than {o}'s top-1 prediction, counted up to 3 (URIAL's token shift: "
+               "0 unshifted, 1-2 marginal, 3 shifted: three or more above it)"),
 )
 PAIR_KEYS = ("doc_id", "domain", "pos", "target", "truncated")  # as in tokens.parquet
 

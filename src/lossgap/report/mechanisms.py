@@ -25,6 +25,11 @@ def mechanism_tables(name: str, base: str, mech: dict | None) -> list[Table]:
     tables = []
     if mech.get("special_mass"):
         tables.append(special_mass_table(name, base, mech["special_mass"]))
+    if mech.get("shifted"):
+        table = contribution_table(name, "shifted", mech["shifted"])
+        title = f"{name}: D by token shift ({base}'s rank of {name}'s top-1: 1st unshifted, 2nd-3rd marginal, lower)"
+        tables.append(replace(table, csv="shifted.csv", title=title))
+        tables.append(shift_share_table(name, mech["shifted"]))
     for key, title in INSTEAD.items():
         result = (mech.get("instead") or {}).get(key)
         if result:
@@ -69,3 +74,17 @@ def _interval(removed_ci: list[float] | None) -> Interval:
     if removed_ci is None:
         return Interval(None, None, absent=ONE_DOCUMENT)
     return Interval(-removed_ci[1], -removed_ci[0])
+
+
+def shift_share_table(name: str, sh: dict) -> Table:
+    """The share of tokens of each kind of shift, by domain and by the target's position."""
+    kinds = ("unshifted", "marginal", "shifted")
+    headers = ["Where", "Tokens", *(k.capitalize() for k in kinds)]
+    rows: list = []
+    records = []
+    for group, title in (("by_domain", "domain"), ("by_position", "position")):
+        rows.append(f"by {title}")
+        for where, d in sh[group].items():
+            rows.append([Text(where), count(d["n_tokens"]), *(share(d[k]) for k in kinds)])
+            records.append({"model": name, "by": title, "where": where, **d})
+    return Table(headers, rows, records, "shifted_shares.csv", title=f"{name}: token shift by domain and position")
