@@ -12,6 +12,7 @@ from lossgap.analysis.attribution import (
     agreement_buckets,
     attribute,
     best_span_ends,
+    bucket_types,
     byte_class_contributions,
     confidence_buckets,
     contributions,
@@ -124,6 +125,47 @@ def test_the_interval_of_d_is_the_headline_bootstrap():
     delta = np.bincount(idx, weights=t["nll_o"].astype(np.float64) - t["nll_b"].astype(np.float64))
     lo, hi = ratio_interval(delta, np.bincount(idx).astype(np.float64), 300, 3)
     assert res["ci_low"] == pytest.approx(lo, abs=1e-12) and res["ci_high"] == pytest.approx(hi, abs=1e-12)
+
+
+def test_a_bucket_of_one_document_has_no_interval():
+    """Resampling one document shows no spread between documents: its bucket gets NaN (n/a in the report), not the
+    0-to-2x interval that drawing it zero, one or two times gives."""
+    nll_b = np.zeros(7)
+    nll_o = np.array([1.0, 0.5, 0.2, 0.1, 0.3, 0.4, 2.0])
+    res = contributions(nll_b, nll_o, [1, 1, 2, 2, 3, 3, 4], [0, 1, 0, 1, 0, 1, 2], ["a", "b", "one"], n_boot=200)
+    by = {r["bucket"]: r for r in res["buckets"]}
+    assert [by[k]["n_documents"] for k in ("a", "b", "one")] == [3, 3, 1]
+    assert math.isnan(by["one"]["ci_low"]) and math.isnan(by["one"]["ci_high"])
+    assert by["one"]["contribution"] == pytest.approx(2.0 / 7)
+    assert by["a"]["ci_low"] < by["a"]["contribution"] < by["a"]["ci_high"] and res["ci_low"] < res["ci_high"]
+    alone = contributions(nll_b[:2], nll_o[:2], [5, 5], [0, 1], ["a", "b"], n_boot=50)
+    assert math.isnan(alone["ci_low"]) and all(math.isnan(r["ci_low"]) for r in alone["buckets"])
+
+
+def test_bucket_types_count_the_types_and_name_those_that_carry_the_bucket():
+    vocab = pa.table({"text": ["<s>", "Answer", "Question", "x", "y"]})
+    target = np.array([1, 1, 2, 2, 3, 4, 4, 4])
+    nll_b = np.zeros(8)
+    nll_o = np.array([1.0, 1.0, 0.5, 0.5, -0.5, 0.1, 0.1, 0.1])
+    bucket = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    types = bucket_types(target, nll_b, nll_o, bucket, ["rare", "common"], vocab, k=2)
+    assert types["rare"]["n_types"] == 3 and types["common"]["n_types"] == 1
+    answer, question = types["rare"]["top_types"]
+    assert (answer["token_id"], answer["text"], answer["n_tokens"]) == (1, "Answer", 2)
+    assert answer["share_of_bucket"] == pytest.approx(2.0 / 2.5) and question["share_of_bucket"] == pytest.approx(0.4)
+    assert answer["contribution"] == pytest.approx(2.0 / 8)
+    better = bucket_types(target, nll_o, nll_b, bucket, ["rare", "common"], vocab, k=1)  # the bucket's sum < 0
+    assert better["rare"]["top_types"][0]["text"] == "Answer"
+
+
+def test_frequency_buckets_carry_their_types():
+    t, vocab = fake_tokens(3), fake_vocab()
+    res = attribute(t, vocab, n_boot=20, top_k=3)
+    freq = res["dimensions"]["frequency"]["buckets"]
+    assert sum(b["n_types"] for b in freq) == np.unique(t["target"]).size
+    for b in freq:
+        assert 1 <= len(b["top_types"]) <= 3 and all("text" in x for x in b["top_types"])
+    assert "top_types" not in res["dimensions"]["position"]["buckets"][0]
 
 
 def test_frequency_buckets_hold_about_a_tenth_each():

@@ -50,3 +50,11 @@ def test_a_columns_interval_does_not_depend_on_its_neighbours():
     alone = ratio_interval(delta, weights, 300, 7)
     together = ratio_intervals(np.column_stack([rng.normal(size=40), delta, rng.normal(size=40)]), weights, 300, 7)
     assert alone == (together[0][1], together[1][1])
+
+
+def test_each_compared_model_has_one_seed_for_the_headline_and_the_explanation():
+    """results.py (the headline) and explanation.py (the attribution) both take comparison_seed, so D is drawn from
+    the same documents in both places (tests/e2e/test_explain.py checks the two intervals agree)."""
+    models = ["base", "instruct", "chat"]
+    assert bootstrap.comparison_seed(7, models, "instruct") == 7 + bootstrap.MODEL_SEED_STEP
+    assert bootstrap.comparison_seed(7, models, "chat") == 7 + 2 * bootstrap.MODEL_SEED_STEP

@@ -62,6 +62,10 @@ def test_contributions_add_up_to_the_headline_difference(compared):
         assert abs(sum(b["n_tokens"] for b in dim["buckets"]) - dim["n_tokens"]) == 0
     # D from the paired pass equals the headline from the two models' own runs (fp32: the same numbers to 1e-5)
     assert abs(dims["domain"]["diff"] - headline) < 1e-5
+    overall = results["configurations"][0]["comparisons"]["sft"]["overall"]
+    for dim in dims.values():  # one seed (bootstrap.comparison_seed): D has the headline's interval wherever shown
+        assert dim["ci_low"] == pytest.approx(overall["ci_low"], abs=1e-5), dim
+        assert dim["ci_high"] == pytest.approx(overall["ci_high"], abs=1e-5), dim
 
 
 def test_pairs_file_and_the_statistics_it_gives(compared):

@@ -155,6 +155,10 @@ def test_model_against_itself_differs_by_exactly_zero(tmp_path, llama_dir, pile_
     for dom in row["comparisons"]["b"]["per_domain"].values():
         assert dom["diff"] == 0.0
     assert not any("seed" in f for f in results["findings"]), results["findings"]  # its figures: seed matrix only
+    findings = "\n".join(results["findings"])  # the same loss in plain words: no direction, no share of a zero D
+    assert "b and a give the same loss on this corpus (D = +0.0000 nats/token" in findings, findings
+    assert "nan" not in findings.lower() and "% of D" not in findings and "than a" not in findings
+    assert "largest" not in findings and "smallest" not in findings
 
 
 def test_refusals(tmp_path, llama_dir, pile_jsonl, capsys, seed_run):

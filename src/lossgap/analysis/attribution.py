@@ -21,20 +21,24 @@ from .textclass import BYTE_CLASSES, TEXT_CLASSES, class_codes
 CONFIDENCE_EDGES = (0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99)
 CONFIDENCE_LABELS = ("<0.01", "0.01-0.1", "0.1-0.3", "0.3-0.5", "0.5-0.7", "0.7-0.9", "0.9-0.99", ">=0.99")
 AGREEMENT_LABELS = ("agree", "differ")
+TOP_TYPES = 3  # target types named per frequency bucket
 
 
 def confidence_labels_from(p: float) -> tuple[str, ...]:
     """The confidence buckets whose probabilities are all at least `p` (an edge of CONFIDENCE_EDGES)."""
     return CONFIDENCE_LABELS[CONFIDENCE_EDGES.index(p) + 1:]
+
+
 def _ratio(a: float, b: float) -> float:
     return float(a / b) if b else math.nan
 
 
 def contributions(nll_b, nll_o, doc_id, bucket, labels, n_boot: int = 1000, seed: int = 0,
                   level: float = 0.95) -> dict:
-    """D split by `bucket` (an index into `labels` per token): each non-empty bucket's token count and share, mean
-    delta and both mean NLLs, its contribution sum(delta)/N, share of D, and a document-bootstrap interval of the
-    contribution (resampled documents' bucket delta sum / their token count)."""
+    """D split by `bucket` (an index into `labels` per token): each non-empty bucket's token and document counts,
+    token share, mean delta and both mean NLLs, its contribution sum(delta)/N, share of D, and a document-bootstrap
+    interval of the contribution (resampled documents' bucket delta sum / their token count). A bucket (or D) of one
+    document gets no interval (NaN): resampling one document shows no spread between documents."""
     nll_b = np.asarray(nll_b, dtype=np.float64)
     delta = np.asarray(nll_o, dtype=np.float64) - nll_b
     bucket = np.asarray(bucket, dtype=np.int64)
@@ -46,6 +50,7 @@ def contributions(nll_b, nll_o, doc_id, bucket, labels, n_boot: int = 1000, seed
     b_nll_o = np.bincount(bucket, weights=np.asarray(nll_o, dtype=np.float64), minlength=k)
     b_n = np.bincount(bucket, minlength=k)
     sums = np.bincount(doc_idx * k + bucket, weights=delta, minlength=docs.size * k).reshape(docs.size, k)
+    b_docs = (np.bincount(doc_idx * k + bucket, minlength=docs.size * k).reshape(docs.size, k) > 0).sum(axis=0)
     sums = np.column_stack([sums, sums.sum(axis=1)])  # the last column: D itself, from the same resamples
     lo, hi = ratio_intervals(sums, np.bincount(doc_idx, minlength=docs.size), n_boot, seed, level)
     rows = []
@@ -54,13 +59,21 @@ def contributions(nll_b, nll_o, doc_id, bucket, labels, n_boot: int = 1000, seed
             continue
         contribution = b_sum[i] / n
         rows.append({
-            "bucket": str(label), "n_tokens": int(b_n[i]), "share_tokens": float(b_n[i] / n),
-            "mean_nll_base": float(b_nll[i] / b_n[i]), "mean_nll_other": float(b_nll_o[i] / b_n[i]),
-            "mean_delta": float(b_sum[i] / b_n[i]), "contribution": float(contribution),
-            "share_of_diff": _ratio(contribution, diff), "ci_low": float(lo[i]), "ci_high": float(hi[i]),
+            "bucket": str(label), "n_tokens": int(b_n[i]), "n_documents": int(b_docs[i]),
+            "share_tokens": float(b_n[i] / n), "mean_nll_base": float(b_nll[i] / b_n[i]),
+            "mean_nll_other": float(b_nll_o[i] / b_n[i]), "mean_delta": float(b_sum[i] / b_n[i]),
+            "contribution": float(contribution), "share_of_diff": _ratio(contribution, diff),
+            **_interval(lo[i], hi[i], b_docs[i]),
         })
-    return {"n_tokens": int(n), "n_documents": int(docs.size), "diff": diff,
-            "ci_low": float(lo[-1]), "ci_high": float(hi[-1]), "buckets": rows}
+    return {"n_tokens": int(n), "n_documents": int(docs.size), "diff": diff, **_interval(lo[-1], hi[-1], docs.size),
+            "buckets": rows}
+
+
+def _interval(low: float, high: float, n_documents: int) -> dict[str, float]:
+    """A bootstrap interval over documents, or NaN for one document (every resample is that document alone)."""
+    if n_documents == 1:
+        return {"ci_low": math.nan, "ci_high": math.nan}
+    return {"ci_low": float(low), "ci_high": float(high)}
 
 
 def domain_buckets(doc_id, doc_domain: Mapping[int, str]) -> tuple[np.ndarray, list[str]]:
@@ -137,10 +150,38 @@ def attribute(tokens: Mapping[str, np.ndarray], vocab: pa.Table | None = None,
         dims["agreement"] = agreement_buckets(t["top1_agree"])
     out = {"dimensions": {name: contributions(t["nll_b"], t["nll_o"], t["doc_id"], b, labels, n_boot, seed)
                           for name, (b, labels) in dims.items()}}
+    types = bucket_types(t["target"], t["nll_b"], t["nll_o"], *dims["frequency"], vocab)
+    for row in out["dimensions"]["frequency"]["buckets"]:
+        row |= types[row["bucket"]]
     out["top_documents"] = top_documents(t["doc_id"], t["nll_b"], t["nll_o"], top_k, doc_domain)
     out["top_tokens"] = top_tokens(t["target"], t["nll_b"], t["nll_o"], vocab, top_k)
     out["top_spans"] = top_spans(t["doc_id"], t["pos"], t["nll_b"], t["nll_o"], vocab=vocab, k=top_k,
                                  target=t["target"])
+    return out
+
+
+def bucket_types(target, nll_b, nll_o, bucket, labels, vocab: pa.Table | None = None,
+                 k: int = TOP_TYPES) -> dict[str, dict]:
+    """Per non-empty bucket: how many target types it holds and the k types that carry most of its summed delta (in
+    the direction of that sum), each with its count, contribution to D and share of the bucket's contribution. On a
+    small corpus a frequency bucket is a few types, and a finding that names the bucket names them."""
+    delta = np.asarray(nll_o, dtype=np.float64) - np.asarray(nll_b, dtype=np.float64)
+    n_types = max(int(np.max(target, initial=0)) + 1, 1)
+    keys, key_idx = np.unique(np.asarray(bucket, dtype=np.int64) * n_types + np.asarray(target), return_inverse=True)
+    key_sum = np.bincount(key_idx, weights=delta, minlength=keys.size)
+    key_n = np.bincount(key_idx, minlength=keys.size)
+    key_bucket, key_type = keys // n_types, keys % n_types
+    text = vocab.column("text") if vocab is not None else None
+    out = {}
+    for b in np.unique(key_bucket):
+        mine = np.flatnonzero(key_bucket == b)
+        total = key_sum[mine].sum()
+        sign = -1.0 if total < 0 else 1.0
+        top = mine[np.lexsort((key_type[mine], -sign * key_sum[mine]))][:k]
+        out[str(labels[b])] = {"n_types": int(mine.size), "top_types": [
+            {"token_id": int(key_type[j]), **({"text": text[int(key_type[j])].as_py()} if text is not None else {}),
+             "n_tokens": int(key_n[j]), "contribution": float(key_sum[j] / delta.size),
+             "share_of_bucket": _ratio(key_sum[j], total)} for j in top]}
     return out
 
 

@@ -15,6 +15,14 @@ import numpy as np
 
 BUDGET = 20_000_000  # resampled document indices held at once (160 MB of int64)
 LEVEL = 0.95
+MODEL_SEED_STEP = 1000  # seeds apart between the compared models (compare_docs adds 1 + i for domain i)
+
+
+def comparison_seed(seed: int, models: list[str], name: str) -> int:
+    """The bootstrap seed of `name`'s comparison with the baseline, from the run's seed and the model's place in
+    compare.json's models. The headline (documents.compare_docs) and the explanation (attribution) both take it, so
+    the same documents are drawn and D gets one interval wherever the report shows it."""
+    return seed + MODEL_SEED_STEP * list(models).index(name)
 
 
 def ratio_intervals(sums, weights, n_boot: int, seed: int, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ from ..formats.columns import stored_names
 from ..formats.paths import ComparisonFolder
 from ..formats.schema import Manifest
 from .attribution import attribute, byte_class_contributions, top_documents, top_spans
-from .bootstrap import ratio_interval
+from .bootstrap import comparison_seed, ratio_interval
 from .calibration import calibration_report
 from .divergence import divergence_report
 from .documents import RunDocuments
@@ -44,8 +44,8 @@ def build_explanation(folder: ComparisonFolder, m: Manifest,
     table = docs[(main, base)]
     doc_domain = dict(zip(table.doc_id.tolist(), table.domain.tolist(), strict=True))
     models = {}
-    for i, other in enumerate(n for n in m["models"] if n != base):
-        seed = m["seed"] + 7000 + 100 * i
+    for other in (n for n in m["models"] if n != base):
+        seed = comparison_seed(m["seed"], list(m["models"]), other)  # the headline's draws: one interval of D
         entry: dict = {"skipped": e["skipped"].get(other)}
         if other in e["pairs"]:
             entry |= _paired(_pair_tokens(folder, e["pairs"][other], base, other), vocab[base], doc_domain,

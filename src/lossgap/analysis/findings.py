@@ -5,13 +5,10 @@ from __future__ import annotations
 
 from ..formats.schema import ALL_POSITIONS, ConfigurationRow, Results, main_row, tokens_mode, unit
 from ..matrix import SEED_FIGURES, is_seed_matrix
-from .attribution import confidence_labels_from
-from .calibration import CONFIDENT
-from .mechanisms import mechanism_findings
+from .explanation_findings import explanation_sentences
 from .positions import EARLY_BUCKETS
 from .stats import relative_perplexity_change
-
-SPREAD = 0.25  # a median KL at least this share of the mean: the divergence is spread over most tokens
+from .wording import all_shown_equal, interval_text, shown_as_zero
 
 
 def key_findings(results: Results) -> list[str]:
@@ -27,7 +24,7 @@ def key_findings(results: Results) -> list[str]:
     out += _leakage(results)
     out += _packing(results, seed)
     out += _domains(results, main)
-    out += _explanation(results)
+    out += explanation_sentences(results)
     out += _diagnostics(results)
     return out
 
@@ -37,14 +34,18 @@ def _headline(results: Results, main: ConfigurationRow) -> list[str]:
     out = []
     for name, cmp in main["comparisons"].items():
         o = cmp["overall"]
-        direction = "higher" if o["diff"] > 0 else "lower" if o["diff"] < 0 else "the same"
+        if shown_as_zero(o["diff"]):
+            out.append(f"On {main['computes']}, {name} and {results['baseline']} give the same loss on this corpus "
+                       f"(D = {o['diff']:+.4f} {unit(results)}, {interval_text(o)}).")
+            continue
+        direction = "higher" if o["diff"] > 0 else "lower"
         text = (f"On {main['computes']}, {name} has {direction} loss than {results['baseline']}: {o['diff']:+.4f} "
-                f"{unit(results)} (95% CI {o['ci_low']:+.4f} to {o['ci_high']:+.4f})")
+                f"{unit(results)} ({interval_text(o)})")
         if "relative_perplexity_change" in o:
             text += f", a {o['relative_perplexity_change']:+.1%} change in perplexity (exp(diff) - 1)"
         text += (f". {name} is worse on {o['share_docs_worse']:.0%} of {o['n_documents']} documents "
                  f"(Wilcoxon signed-rank p = {o['wilcoxon_p']:.2g}).")
-        if o["ci_low"] <= 0 <= o["ci_high"]:
+        if o["n_documents"] != 1 and o["ci_low"] <= 0 <= o["ci_high"]:
             text += " The interval contains 0: no difference is shown at the 95% level."
         out.append(text)
     return out
@@ -135,13 +136,17 @@ def _packing(results: Results, seed: bool) -> list[str]:
 
 
 def _domains(results: Results, main: ConfigurationRow) -> list[str]:
+    """The domains with the largest and smallest difference; none with one domain, "the same" when all print alike."""
     out = []
     for name, cmp in main["comparisons"].items():
         doms = [(d, c["diff"]) for d, c in cmp["per_domain"].items() if c["n_documents"] > 0]
-        if len(doms) > 1:
+        label = f"By domain ({name} - {results['baseline']})"
+        if len(doms) > 1 and all_shown_equal([d for _, d in doms]):
+            out.append(f"{label}: the same difference on all {len(doms)} domains ({doms[0][1]:+.4f} {unit(results)}).")
+        elif len(doms) > 1:
             hi, lo = max(doms, key=lambda x: x[1]), min(doms, key=lambda x: x[1])
-            out.append(f"By domain ({name} - {results['baseline']}): largest difference on {hi[0]} "
-                       f"({hi[1]:+.4f} {unit(results)}), smallest on {lo[0]} ({lo[1]:+.4f} {unit(results)}).")
+            out.append(f"{label}: largest difference on {hi[0]} ({hi[1]:+.4f} {unit(results)}), smallest on {lo[0]} "
+                       f"({lo[1]:+.4f} {unit(results)}).")
     return out
 
 
@@ -151,103 +156,3 @@ def _diagnostics(results: Results) -> list[str]:
         return [f"Diagnostics: {levels.count('error')} errors and {levels.count('warning')} warnings; "
                 "see the Diagnostics section before trusting a row."]
     return []
-
-
-def _explanation(results: Results) -> list[str]:
-    """Where the difference comes from, in words: each sentence from results.json's `explanation`."""
-    explanation = results.get("explanation") or {}
-    base = results["baseline"]
-    out = []
-    for name, entry in (explanation.get("models") or {}).items():
-        attribution = entry.get("attribution")
-        if attribution:
-            out.append(_where(name, attribution, explanation["configuration"]))
-        if entry.get("distribution"):
-            out.append(_spread(name, base, entry))
-        if entry.get("calibration") and attribution:
-            out.append(_confidence(name, base, entry))
-        out.extend(mechanism_findings(name, base, entry.get("mechanisms")))
-        if entry.get("chat"):
-            out.append(_chat(name, entry["chat"]))
-        if entry.get("bits_per_byte"):
-            out.append(_byte_classes(name, entry["bits_per_byte"]))
-    return out
-
-
-def _largest(dimension: dict, k: int = 2) -> list[dict]:
-    """The buckets carrying the most of D, by the sign of D (the largest positive contributions when D > 0)."""
-    sign = 1.0 if dimension["diff"] >= 0 else -1.0
-    return sorted(dimension["buckets"], key=lambda b: -sign * b["contribution"])[:k]
-
-
-def _parts(dimension: dict) -> str:
-    return " and ".join(f"{b['bucket']} ({b['contribution']:+.4f}, {b['share_of_diff']:.0%} of D, on "
-                        f"{b['share_tokens']:.0%} of tokens)" for b in _largest(dimension))
-
-
-def _where(name: str, attribution: dict, configuration: str) -> str:
-    dims = attribution["dimensions"]
-    any_dim = next(iter(dims.values()))
-    text = f"Where {name}'s difference D = {any_dim['diff']:+.4f} nats/token ({configuration}) comes from: "
-    parts = [f"by {label}, {_parts(dims[key])}" for key, label in
-             (("text_class", "text class"), ("domain", "domain"), ("frequency", "frequency of the target"))
-             if key in dims and dims[key]["buckets"]]
-    text += "; ".join(parts) + "."
-    spans = attribution.get("top_spans", {}).get("other_worse") or []
-    if spans:
-        s = spans[0]
-        snippet = " ".join(s.get("text", "").split())[:60]
-        text += (f" The span where {name} loses most is in document {s['doc_id']} (positions {s['first_pos']}-"
-                 f"{s['last_pos']}, summed Δ {s['delta_sum']:+.2f} nats): {snippet!r}.")
-    return text
-
-
-def _spread(name: str, base: str, entry: dict) -> str:
-    d = entry["distribution"]["overall"]
-    kl, top = d["kl_bo"], d["same_top"]
-    agreement = (entry.get("attribution") or {}).get("dimensions", {}).get("agreement")
-    spread = ("on most tokens, not on a few" if kl["median"] >= SPREAD * kl["mean"] else
-              "mostly on a minority of tokens (the median is far below the mean)")
-    text = (f"The two distributions differ {spread}: mean KL({base} || {name}) = {kl['mean']:.3f} nats (median "
-            f"{kl['median']:.3f}, 99th percentile {kl['p99']:.3f}, max {kl['max']:.2f}); the top-1 predictions agree "
-            f"on {top['share']:.1%} of tokens")
-    if agreement:
-        differ = next((b for b in agreement["buckets"] if b["bucket"] == "differ"), None)
-        if differ:
-            text += f", and the tokens where they differ carry {differ['share_of_diff']:.0%} of D"
-    return text + "."
-
-
-def _confidence(name: str, base: str, entry: dict) -> str:
-    wrong = entry["calibration"]["other_confident_wrong"]
-    conf = entry["attribution"]["dimensions"].get("confidence")
-    text = (f"Confident mistakes: tokens where {name} put more than {wrong['threshold']:.0%} on a wrong top-1 "
-            f"prediction are {wrong['share_tokens']:.1%} of tokens and carry {wrong['share_of_diff']:.0%} of D")
-    if conf:
-        sure = [b for b in conf["buckets"] if b["bucket"] in confidence_labels_from(CONFIDENT)]
-        if sure:
-            share = sum(b["share_of_diff"] for b in sure)
-            text += (f"; where {base} was sure of the target (p >= {CONFIDENT:g}, "
-                     f"{sum(b['share_tokens'] for b in sure):.0%} of tokens) {name} loses {share:.0%} of D, and most "
-                     f"of D comes from tokens {base} gave {_largest(conf, 1)[0]['bucket']} probability")
-    return text + "."
-
-
-def _chat(name: str, chat: dict) -> str:
-    lo, hi = chat["reduction_ci"]
-    change, low, high = -chat["reduction"], -hi, -lo  # chat-formatted minus raw, and its interval
-    text = (f"Chat format: with each document as its reply in its own chat template, {name}'s difference is "
-            f"{chat['chat_diff']:+.4f} instead of {chat['raw_diff']:+.4f} nats/token, a change of {change:+.4f} "
-            f"(95% CI {low:+.4f} to {high:+.4f})")
-    if low <= 0 <= high:
-        return text + ": no effect of the format is shown at the 95% level."
-    if change < 0:
-        return text + f": the format explains {chat['share_of_raw_explained']:.0%} of the raw gap."
-    return text + ": the chat format makes the gap larger, so it is not explained by the raw text's format."
-
-
-def _byte_classes(name: str, result: dict) -> str:
-    parts = _largest({"diff": result["diff"], "buckets": result["classes"]})
-    return (f"By byte class (bits per byte, the tokenizers differ), {name}'s difference D = {result['diff']:+.4f} "
-            "comes mostly from " + " and ".join(f"{c['bucket']} bytes ({c['contribution']:+.4f}, "
-                                                f"{c['share_of_diff']:.0%} of D)" for c in parts) + ".")

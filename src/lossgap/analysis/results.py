@@ -25,6 +25,7 @@ from ..formats.schema import (
     clean,
 )
 from ..matrix import Configuration, leakage_pairs, main_configuration
+from .bootstrap import comparison_seed
 from .documents import RunDocuments, compare_docs, near_uniform
 from .explanation import build_explanation
 from .findings import key_findings
@@ -99,10 +100,10 @@ def _configuration_row(folder: ComparisonFolder, m: Manifest, conf: Configuratio
         row["models"][name] = summary
         run_summary = folder.stored_run(m["runs"][conf.key][name]).read_summary()
         diagnostics += _run_diagnostics(conf, name, summary, run_summary)
-    for i, name in enumerate(names):
+    for name in names:
         if name != base:
             row["comparisons"][name] = compare_docs(docs[(conf.key, base)], docs[(conf.key, name)], m["mode"],
-                                                    m["bootstrap"], m["seed"] + 1000 * i)
+                                                    m["bootstrap"], comparison_seed(m["seed"], names, name))
     return row, diagnostics
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .render import Cell, Interval, NumberFormat, Table, Text, count, loss, share, signed
-from .tables import ONE_DOCUMENT
+from .tables import ONE_DOCUMENT, bootstrap_interval
 
 DIMENSIONS = {  # results key -> what the buckets are
     "domain": "Domain",
@@ -60,14 +60,28 @@ def contribution_table(name: str, dimension: str, result: dict, unit: str = "nat
     headers = ["Bucket", "Tokens", "Share of tokens", "Mean Δ", f"Contribution ({unit})", "95% CI", "Share of D"]
     rows: list[list[Cell] | str] = []
     records = []
+    types = any("top_types" in b for b in result["buckets"])
+    if types:
+        headers.append("Top types (share of the bucket's Δ)")
     for b in result["buckets"]:
-        rows.append([Text(str(b["bucket"])), count(b["n_tokens"]), share(b["share_tokens"]), signed(b["mean_delta"]),
-                     signed(b["contribution"]), Interval(b.get("ci_low"), b.get("ci_high")),
-                     share(b.get("share_of_diff"))])
-        records.append({"model": name, "dimension": dimension, **b})
+        row = [Text(str(b["bucket"])), count(b["n_tokens"]), share(b["share_tokens"]), signed(b["mean_delta"]),
+               signed(b["contribution"]), bootstrap_interval(b, b.get("ci_low"), b.get("ci_high")),
+               share(b.get("share_of_diff"))]
+        rows.append(row + ([Text(_top_types(b))] if types else []))
+        records.append({"model": name, "dimension": dimension, **b} | ({"top_types": _top_types(b)} if types else {}))
     rows.append([Text("all (D)"), count(result["n_tokens"]), share(1.0), signed(result["diff"]),
-                 signed(result["diff"]), Interval(result.get("ci_low"), result.get("ci_high")), share(1.0)])
+                 signed(result["diff"]), bootstrap_interval(result, result.get("ci_low"), result.get("ci_high")),
+                 share(1.0)] + ([Text("")] if types else []))
     return Table(headers, rows, records, "contributions.csv", title=f"{name}: {DIMENSIONS.get(dimension, dimension)}")
+
+
+def _top_types(bucket: dict) -> str:
+    """A bucket's types that carry most of its Δ, e.g. "9 types: 'Answer' 40%, 'Question' 34%"."""
+    top = bucket.get("top_types") or []
+    named = ", ".join(f"{t.get('text', t['token_id'])!r}" + (f" {share.text(t['share_of_bucket'])}"
+                                                            if t.get("share_of_bucket") is not None else "")
+                      for t in top)
+    return f"{bucket.get('n_types', len(top))} types: {named}" if top else ""
 
 
 def byte_class_table(name: str, result: dict) -> Table:
@@ -78,11 +92,12 @@ def byte_class_table(name: str, result: dict) -> Table:
     records = []
     for c in result["classes"]:
         rows.append([Text(c["bucket"]), count(c.get("bytes_base")), loss(c.get("bpb_base")), loss(c.get("bpb_other")),
-                     signed(c["contribution"]), Interval(c.get("ci_low"), c.get("ci_high")),
+                     signed(c["contribution"]), bootstrap_interval(result, c.get("ci_low"), c.get("ci_high")),
                      share(c.get("share_of_diff"))])
         records.append({"model": name, **c})
     rows.append([Text("all (D)"), count(result["n_bytes"]), loss(result["base"]), loss(result["other"]),
-                 signed(result["diff"]), Interval(result.get("ci_low"), result.get("ci_high")), share(1.0)])
+                 signed(result["diff"]), bootstrap_interval(result, result.get("ci_low"), result.get("ci_high")),
+                 share(1.0)])
     return Table(headers, rows, records, "byte_classes.csv", title=f"{name}: bits per byte by byte class")
 
 
@@ -109,8 +124,9 @@ def chat_table(name: str, chat: dict, base: str) -> Table:
     rows = [
         [Text(f"{name}, raw"), signed(chat["raw_diff"]), Text(""), count(any_dim["n_tokens"])],
         [Text(f"{name}, chat-formatted"), signed(chat["chat_diff"]),
-         Interval(any_dim.get("ci_low"), any_dim.get("ci_high")), count(any_dim["n_tokens"])],
-        [Text("taken away by the format"), signed(chat["reduction"]), Interval(*chat["reduction_ci"]),
+         bootstrap_interval(any_dim, any_dim.get("ci_low"), any_dim.get("ci_high")), count(any_dim["n_tokens"])],
+        [Text("taken away by the format"), signed(chat["reduction"]),
+         bootstrap_interval(any_dim, *chat["reduction_ci"]),
          Text(f"{share.text(chat['share_of_raw_explained'])} of the raw D"
               if chat.get("share_of_raw_explained") is not None else "n/a")],
     ]

@@ -1,0 +1,110 @@
+"""The chat-format finding: how D changes when the other model reads each document as its reply in its own chat
+template, worded for every sign of the raw and the chat-formatted D, and from the per-domain changes, so that a
+conclusion never rests on one domain unsaid."""
+
+from __future__ import annotations
+
+import math
+
+from .wording import interval_text, shown_as_zero
+
+
+def chat_finding(name: str, base: str, chat: dict, attribution: dict | None = None) -> str:
+    """The overall change with its interval, what it does to the gap, and on how many domains the format helps."""
+    raw, formatted = chat["raw_diff"], chat["chat_diff"]
+    change = formatted - raw
+    lo, hi = (math.nan if v is None else v for v in chat["reduction_ci"])  # None: NaN read back from results.json
+    dims = (chat.get("attribution") or {}).get("dimensions") or {}
+    any_dim = next(iter(dims.values()), {})
+    ci = interval_text(any_dim, -hi, -lo)  # chat-formatted minus raw: the reduction's interval, negated
+    text = (f"Chat format: with each document as its reply in its own chat template, {name}'s difference is "
+            f"{formatted:+.4f} instead of {raw:+.4f} nats/token, a change of {change:+.4f} ({ci})")
+    domains = per_domain_changes(chat, attribution)
+    if any_dim.get("n_documents") != 1 and -hi <= 0 <= -lo:
+        text += ": no effect of the format is shown at the 95% level"
+    elif not shown_as_zero(change):
+        text += ": " + gap_effect(name, base, raw, formatted) + _conclusion(raw, change, domains)
+    return text + "." + domain_sentence(name, change, domains)
+
+
+def gap_effect(name: str, base: str, raw: float, formatted: float) -> str:
+    """What the format does to the raw difference, for every sign of the raw and the chat-formatted D."""
+    moved = f"the format {'lowers' if formatted < raw else 'raises'} {name}'s loss"
+    if shown_as_zero(raw):
+        side = "worse" if formatted > 0 else "better"
+        return f"{moved}: the models give the same loss on the raw text, and {name} is {side} in its own format"
+    gap = "gap" if raw > 0 else f"advantage of {name}"
+    if shown_as_zero(formatted):
+        return f"{moved} and closes the raw {gap}"
+    if (formatted > 0) != (raw > 0):
+        side = "better" if formatted < 0 else "worse"
+        return f"{moved} past {base}'s: the raw {gap} reverses, and formatted {name} is {side} than {base}"
+    share = abs(formatted - raw) / abs(raw)
+    if abs(formatted) < abs(raw):
+        return f"{moved}, taking away {share:.0%} of the raw {gap}"
+    return f"{moved}, widening the raw {gap} by {share:.0%}"
+
+
+def _conclusion(raw: float, change: float, domains: list[dict]) -> str:
+    """What the raw text's format explains: said only when most domains change the way the whole does."""
+    if not domains or len(_moving(domains, change)) * 2 <= len(domains) or shown_as_zero(raw):
+        return ""
+    if raw > 0 and change > 0:
+        return ", so the gap is not explained by the raw text's format"
+    if raw > 0 > change:
+        return ", so part of the gap is the raw text's format"
+    return ""
+
+
+def per_domain_changes(chat: dict, attribution: dict | None) -> list[dict]:
+    """Per domain: tokens, raw and chat-formatted D and their change; from the chat result's `per_domain` when it
+    has one, else from the raw and chat-formatted attributions' domain buckets (the same tokens)."""
+    if chat.get("per_domain"):
+        return [{"domain": d, **v} for d, v in sorted(chat["per_domain"].items())]
+    raw = ((attribution or {}).get("dimensions") or {}).get("domain")
+    formatted = ((chat.get("attribution") or {}).get("dimensions") or {}).get("domain")
+    if not (raw and formatted):
+        return []
+    chat_by = {b["bucket"]: b for b in formatted["buckets"]}
+    return [{"domain": b["bucket"], "tokens": b["n_tokens"], "d_raw": b["mean_delta"],
+             "d_chat": chat_by[b["bucket"]]["mean_delta"],
+             "change": chat_by[b["bucket"]]["mean_delta"] - b["mean_delta"]}
+            for b in raw["buckets"] if b["bucket"] in chat_by]
+
+
+def _moving(domains: list[dict], change: float) -> list[dict]:
+    """The domains whose change has the sign of the overall change."""
+    return [d for d in domains if not shown_as_zero(d["change"]) and (d["change"] > 0) == (change > 0)]
+
+
+def _on(domains: list[dict], n: int) -> str:
+    """ "on 3 of 4 domains (A -0.0143, ...)", or "on none of the 4 domains"."""
+    if not domains:
+        return f"on none of the {n} domains"
+    return f"on {len(domains)} of {n} domains (" + ", ".join(f"{d['domain']} {d['change']:+.4f}" for d in domains) + ")"
+
+
+def domain_sentence(name: str, change: float, domains: list[dict]) -> str:
+    """On how many domains the format lowers and raises the loss, and the domain that drives the overall change."""
+    if len(domains) < 2:
+        return ""
+    total = sum(d["tokens"] for d in domains)
+    lower = [d for d in domains if d["change"] < 0 and not shown_as_zero(d["change"])]
+    higher = [d for d in domains if d["change"] > 0 and not shown_as_zero(d["change"])]
+    text = (f" By domain, the format lowers {name}'s loss {_on(lower, len(domains))} and raises it "
+            f"{_on(higher, len(domains))}")
+    unchanged = len(domains) - len(lower) - len(higher)
+    if unchanged:
+        text += f"; {unchanged} unchanged"
+    moving = _moving(domains, change)
+    if shown_as_zero(change) or not moving or not total:
+        return text + "."
+    driver = max(moving, key=lambda d: abs(d["tokens"] * d["change"]))
+    weighted = driver["tokens"] * driver["change"] / total
+    text += (f"; {driver['domain']} drives the overall change ({weighted:+.4f} of the {change:+.4f}, weighted by its "
+             f"{driver['tokens'] / total:.0%} of tokens)")
+    if len(moving) * 2 < len(domains):
+        alone = "alone" if len(moving) == 1 else f"and {len(moving) - 1} more"
+        text += (f", so the overall {'rise' if change > 0 else 'fall'} rests on {driver['domain']} {alone}: "
+                 f"{len(domains) - len(moving)} of {len(domains)} domains do not change that way")
+    return text + "."
