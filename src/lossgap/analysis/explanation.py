@@ -15,12 +15,13 @@ import pyarrow as pa
 from ..formats.columns import stored_names
 from ..formats.paths import ComparisonFolder
 from ..formats.schema import Manifest
-from .attribution import attribute, byte_class_contributions, top_documents, top_spans
+from .attribution import attribute, before_in_document, byte_class_contributions, top_documents, top_spans
 from .bootstrap import ratio_interval
 from .calibration import calibration_report
 from .divergence import divergence_report
 from .documents import RunDocuments
 from .stats import histogram
+from .textclass import TokenTexts
 
 VIEW_SPANS = 6  # spans per direction in the token view
 VIEW_CONTEXT = 8  # scored tokens shown before and after a span
@@ -129,19 +130,22 @@ def _byte_classes(folder: ComparisonFolder, m: Manifest, main: str, base: str, o
 def token_view(tokens: dict, vocab: pa.Table, spans: int = VIEW_SPANS, context: int = VIEW_CONTEXT) -> dict:
     """The top spans each way with a few scored tokens around them, and the top documents each way (their first
     VIEW_DOCUMENT_TOKENS tokens), token by token: its text, both NLLs, both top-1 predictions and KL(baseline ||
-    other), for the report's coloured view. Rows: [text, nll_b, nll_o, top1_b, top1_o, kl, highlighted]."""
+    other), for the report's coloured view. Rows: [text, nll_b, nll_o, top1_b, top1_o, kl, highlighted, special].
+    The texts of a block are the block decoded as a whole (TokenTexts.span: no character cut in halves), special
+    tokens by name and flagged, so the view can set them apart."""
     order = np.lexsort((tokens["pos"], tokens["doc_id"]))
     t = {k: np.asarray(v)[order] for k, v in tokens.items()}
-    texts = [b.decode("utf-8", errors="replace") for b in vocab.column("bytes").to_pylist()]
+    texts = TokenTexts.of(vocab)
+    doc_idx = np.unique(t["doc_id"], return_inverse=True)[1]
     doc_start = np.searchsorted(t["doc_id"], np.unique(t["doc_id"]))
     starts = dict(zip(np.unique(t["doc_id"]).tolist(), doc_start.tolist(), strict=True))
     ends = dict(zip(np.unique(t["doc_id"]).tolist(), [*doc_start[1:].tolist(), t["doc_id"].size], strict=True))
 
     def cells(lo: int, hi: int, first: int, last: int) -> list[list]:
-        text = lambda i: texts[i] if 0 <= i < len(texts) else f"<{i}>"  # noqa: E731
-        return [[text(int(t["target"][j])), round(float(t["nll_b"][j]), 4), round(float(t["nll_o"][j]), 4),
-                 text(int(t["argmax_b"][j])), text(int(t["argmax_o"][j])), round(float(t["kl_bo"][j]), 4),
-                 first <= j <= last] for j in range(lo, hi)]
+        shown = texts.span(t["target"][lo:hi], before_in_document(t["target"], doc_idx, lo))
+        return [[shown[j - lo], round(float(t["nll_b"][j]), 4), round(float(t["nll_o"][j]), 4),
+                 texts.alone(int(t["argmax_b"][j])), texts.alone(int(t["argmax_o"][j])), round(float(t["kl_bo"][j]), 4),
+                 first <= j <= last, texts.is_special(int(t["target"][j]))] for j in range(lo, hi)]
 
     view: dict = {}
     for direction, rows in top_spans(t["doc_id"], t["pos"], t["nll_b"], t["nll_o"], k=spans).items():
