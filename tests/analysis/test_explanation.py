@@ -1,10 +1,12 @@
-"""The explanation's token view shows what the report needs to read: whole characters, special tokens by name."""
+"""The explanation's token view shows what the report needs to read (whole characters, special tokens by name) and the
+chat format's change per domain is each domain's own D, raw and chat-formatted."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from lossgap.analysis import explanation
 from lossgap.analysis.explanation import token_view
 from lossgap.analysis.textclass import vocab_table
 
@@ -60,3 +62,19 @@ def test_the_token_view_names_and_flags_special_tokens(demo):
     assert not any(c[7] for c in text) and {c[4] for c in shown["tokens"]} == {"<|im_end|>"}
     assert [c[3] for c in text] == [c[0] for c in text]  # the baseline's top-1 is each target, shown alone
     assert "".join(c[0] for c in shown["tokens"]) == TEXTS[1].removesuffix("\n") + "<|im_end|>"
+
+
+def test_chat_change_per_selection_by_hand():
+    """Two documents of one domain, one of another: each domain's D raw, D chat and the change, from its own
+    tokens."""
+    raw = {"doc_id": np.array([0, 0, 1, 2, 2]), "nll_b": np.array([1.0, 2.0, 1.0, 3.0, 1.0]),
+           "nll_o": np.array([2.0, 2.0, 2.0, 4.0, 1.0])}
+    chat = {"nll_o": np.array([1.5, 2.0, 1.0, 3.0, 2.0])}
+    first = explanation.chat_change(raw, chat, raw["doc_id"] <= 1, 200, 0)
+    assert (first["n_tokens"], first["n_documents"]) == (3, 2)
+    assert first["raw_diff"] == pytest.approx(2 / 3) and first["chat_diff"] == pytest.approx(0.5 / 3)
+    assert first["reduction"] == pytest.approx(1.5 / 3) and first["share_of_raw_explained"] == pytest.approx(0.75)
+    low, high = first["reduction_ci"]
+    assert 0 <= low <= high <= 1.0  # per-document means of the change: 0.25 and 1.0
+    second = explanation.chat_change(raw, chat, raw["doc_id"] == 2, 200, 0)
+    assert (second["raw_diff"], second["chat_diff"], second["reduction"], second["n_documents"]) == (0.5, 0.5, 0.0, 1)

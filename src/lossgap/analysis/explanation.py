@@ -98,20 +98,41 @@ def _run_tokens(folder: ComparisonFolder, m: Manifest, main: str, base: str, oth
 def _chat(folder: ComparisonFolder, m: Manifest, main: str, base: str, other: str, rel: str, vocab: pa.Table,
           doc_domain: dict, seed: int) -> dict:
     """The other model's chat-formatted run paired against the same baseline tokens as its raw run: D by the same
-    dimensions, and how much of the raw difference the format takes away (with a document-bootstrap interval)."""
+    dimensions, and how much of the raw difference the format takes away (with a document-bootstrap interval),
+    overall and per domain."""
     raw = _run_tokens(folder, m, main, base, other)
     chat = _run_tokens(folder, m, main, base, other, rel)
     attribution = attribute(chat, vocab, doc_domain, m["bootstrap"], seed, top_k=10)
-    docs, idx = np.unique(raw["doc_id"], return_inverse=True)
-    gain = np.asarray(raw["nll_o"], np.float64) - np.asarray(chat["nll_o"], np.float64)
-    sums = np.bincount(idx, weights=gain, minlength=docs.size)
-    lo, hi = ratio_interval(sums, np.bincount(idx, minlength=docs.size), m["bootstrap"], seed + 3)
-    raw_diff = float((np.asarray(raw["nll_o"], np.float64) - np.asarray(raw["nll_b"], np.float64)).mean())
-    reduction = float(gain.mean())
-    return {"run": rel, "raw_diff": raw_diff, "chat_diff": attribution["dimensions"]["position"]["diff"],
-            "reduction": reduction, "reduction_ci": [lo, hi],
-            "share_of_raw_explained": reduction / raw_diff if raw_diff else float("nan"),
+    overall = chat_change(raw, chat, np.ones(raw["doc_id"].size, dtype=bool), m["bootstrap"], seed + 3)
+    return {"run": rel, "raw_diff": overall["raw_diff"], "chat_diff": attribution["dimensions"]["position"]["diff"],
+            "reduction": overall["reduction"], "reduction_ci": overall["reduction_ci"],
+            "share_of_raw_explained": overall["share_of_raw_explained"],
+            "per_domain": _chat_per_domain(raw, chat, doc_domain, m["bootstrap"], seed + 4),
             "attribution": attribution}
+
+
+def chat_change(raw: dict, chat: dict, sel: np.ndarray, n_boot: int, seed: int) -> dict:
+    """Over the selected tokens: D of the raw and of the chat-formatted run, what the format takes away (raw - chat)
+    with a document-bootstrap interval, and that as a share of the raw D."""
+    nll_b = np.asarray(raw["nll_b"], np.float64)[sel]
+    nll_raw = np.asarray(raw["nll_o"], np.float64)[sel]
+    nll_chat = np.asarray(chat["nll_o"], np.float64)[sel]
+    docs, idx = np.unique(np.asarray(raw["doc_id"])[sel], return_inverse=True)
+    gain = nll_raw - nll_chat
+    sums = np.bincount(idx, weights=gain, minlength=docs.size)
+    lo, hi = ratio_interval(sums, np.bincount(idx, minlength=docs.size), n_boot, seed)
+    raw_diff, reduction = float((nll_raw - nll_b).mean()), float(gain.mean())
+    return {"n_tokens": int(gain.size), "n_documents": int(docs.size), "raw_diff": raw_diff,
+            "chat_diff": float((nll_chat - nll_b).mean()), "reduction": reduction, "reduction_ci": [lo, hi],
+            "share_of_raw_explained": reduction / raw_diff if raw_diff else float("nan")}
+
+
+def _chat_per_domain(raw: dict, chat: dict, doc_domain: dict, n_boot: int, seed: int) -> dict:
+    """chat_change per domain, domains sorted (domain i gets seed + i)."""
+    docs, idx = np.unique(np.asarray(raw["doc_id"]), return_inverse=True)
+    token_domain = np.array([str(doc_domain[int(d)]) for d in docs], dtype=object)[idx]
+    return {domain: chat_change(raw, chat, token_domain == domain, n_boot, seed + i)
+            for i, domain in enumerate(sorted(set(token_domain.tolist())))}
 
 
 def _byte_classes(folder: ComparisonFolder, m: Manifest, main: str, base: str, other: str, vocab: dict, docs: dict,

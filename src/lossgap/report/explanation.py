@@ -10,6 +10,7 @@ from .explanation_tables import (
     DIMENSIONS,
     byte_class_table,
     calibration_table,
+    chat_domain_table,
     chat_table,
     contribution_table,
     distribution_table,
@@ -72,6 +73,8 @@ def _add_model(sec: Section, name: str, entry: dict, base: str, explanation: dic
         sec.paragraphs.append(f"Chat format: {name} scored again with each document as its reply to the user turn "
                               f"{turn!r} in its own chat template; the same tokens are targets.")
         sec.tables.append(chat_table(name, entry["chat"], base))
+        if entry["chat"].get("per_domain"):
+            sec.tables.append(chat_domain_table(name, entry["chat"]))
     if attribution:
         for direction in ("other_worse", "other_better"):
             sec.tables.append(top_tokens_table(name, attribution["top_tokens"], direction))
