@@ -11,8 +11,10 @@ from lossgap.analysis.textclass import (
     BYTE_CLASS_OF,
     BYTE_CLASSES,
     TEXT_CLASSES,
+    TokenTexts,
     byte_level_decoder,
     class_codes,
+    shown_alone,
     special_ids,
     text_class,
     token_bytes,
@@ -146,6 +148,47 @@ def test_demo_vocab_table(demo):
     assert TEXT_CLASSES[codes[by_text[" the"]["id"]]] == "word_start"
 
 
+def test_demo_vocab_table_names_its_special_tokens(demo):
+    """A special token stands for no bytes but is shown by its name, and flagged; an undefined id gets <id N>."""
+    rows = vocab_table(demo, vocab_size=4100).to_pylist()
+    shown = {i: (rows[i]["text"], rows[i]["special"], rows[i]["bytes"]) for i in (0, 1, 2, 4099)}
+    assert shown == {0: ("<|endoftext|>", True, b""), 1: ("<|im_start|>", True, b""), 2: ("<|im_end|>", True, b""),
+                     4099: ("<id 4099>", True, b"")}
+    assert [r["special"] for r in rows] == [r["text_class"] == "special" for r in rows]
+    texts = TokenTexts.of(vocab_table(demo))
+    assert (texts.alone(2), texts.is_special(2), texts.alone(5000), texts.is_special(5000)) == (
+        "<|im_end|>", True, "<id 5000>", True)
+
+
+def test_a_token_alone_shows_the_bytes_of_a_split_character():
+    assert shown_alone(b"\xe2\x80") == "<0xE2><0x80>" and shown_alone(b"\x9c quote") == "<0x9C> quote"
+    assert shown_alone(" caf\u00e9".encode()) == " caf\u00e9"
+
+
+MULTI_BYTE = "A “pseudo-compiled” naïve café — 日本語 😀 Ångström\n"
+
+
+def test_a_span_decoded_as_a_whole_puts_each_character_on_its_last_token(demo):
+    texts = TokenTexts.of(vocab_table(demo))
+    for text in [MULTI_BYTE, *HARD_TEXTS]:
+        ids = demo(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        parts = texts.span(ids)
+        assert "".join(parts) == text and "\ufffd" not in "".join(parts)
+        data = text.encode()
+        for k in range(len(ids)):  # after each token: every character whose last byte it holds, nothing more
+            upto = b"".join(texts.data[i] for i in ids[:k + 1])
+            assert "".join(parts[:k + 1]) == upto.decode("utf-8", errors="ignore")
+            assert data.startswith(upto)
+    ids = demo(MULTI_BYTE, add_special_tokens=False)["input_ids"]
+    split = next(k for k in range(1, len(ids)) if texts.data[ids[k]][0] & 0xC0 == 0x80)  # starts inside a character
+    before = b"".join(texts.data[i] for i in ids[:split])
+    completed = (before + texts.data[ids[split]]).decode(errors="ignore")[len(before.decode(errors="ignore")):]
+    assert completed and texts.span(ids[split:split + 1], before=ids[:split]) == [completed]
+    assert "\ufffd" not in "".join(texts.span(ids[split:]))  # without what precedes: its bytes are left out
+    im_end = texts.span([*ids[:3], 2, *ids[3:6]])
+    assert im_end == [*texts.span(ids[:3]), "<|im_end|>", *texts.span(ids[3:6], before=ids[:3])]
+
+
 def test_sentencepiece_style_bytes(sentencepiece):
     assert tokenizer_style(sentencepiece) == "sentencepiece"
     data = token_bytes(sentencepiece)
@@ -157,7 +200,7 @@ def test_sentencepiece_style_bytes(sentencepiece):
     assert vocab["<note>"] in sentencepiece("a <note>", add_special_tokens=False)["input_ids"]
     table = vocab_table(sentencepiece)
     row = table.slice(vocab["<0xC3>"], 1).to_pylist()[0]
-    assert row["text_class"] == "non_ascii" and row["bytes_non_ascii"] == 1 and row["text"] == "\ufffd"
+    assert row["text_class"] == "non_ascii" and row["bytes_non_ascii"] == 1 and row["text"] == "<0xC3>"
 
 
 @pytest.mark.slow

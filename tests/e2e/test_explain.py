@@ -98,6 +98,32 @@ def test_chat_formatted_run_pairs_with_the_same_targets(compared):
     assert any("Chat format" in f for f in results["findings"])
 
 
+def test_chat_change_per_domain_recomputed_from_the_stored_runs(compared):
+    """Each domain's D raw, D chat-formatted and the change, from the runs' tokens.parquet files and the domains of
+    documents.parquet; the report shows them."""
+    out, results = compared["out"], compared["results"]
+    chat = results["explanation"]["models"]["sft"]["chat"]
+    runs = out / "runs" / "k1-packed-block"
+    nll = {name: pq.read_table(path / "tokens.parquet").column("nll").to_numpy().astype(np.float64)
+           for name, path in (("base", runs / "base"), ("raw", runs / "sft"), ("chat", out / chat["run"]))}
+    doc_id = pq.read_table(runs / "base" / "tokens.parquet").column("doc_id").to_numpy()
+    docs = pq.read_table(runs / "base" / "documents.parquet", columns=["doc_id", "domain"]).to_pydict()
+    domain = np.array([dict(zip(docs["doc_id"], docs["domain"], strict=True))[d] for d in doc_id.tolist()])
+    assert sorted(chat["per_domain"]) == sorted(set(domain.tolist())) and len(chat["per_domain"]) == 2
+    for name, d in chat["per_domain"].items():
+        sel = domain == name
+        raw_diff = (nll["raw"][sel] - nll["base"][sel]).mean()
+        chat_diff = (nll["chat"][sel] - nll["base"][sel]).mean()
+        assert (d["n_tokens"], d["n_documents"]) == (sel.sum(), np.unique(doc_id[sel]).size)
+        assert (d["raw_diff"], d["chat_diff"], d["reduction"]) == pytest.approx(
+            (raw_diff, chat_diff, raw_diff - chat_diff), abs=1e-9)
+        assert d["reduction_ci"][0] <= d["reduction_ci"][1]
+    md = (out / "report.md").read_text()
+    assert "### sft: the chat format's effect per domain" in md
+    assert all(f"| {name} | {d['n_tokens']:,} | {d['raw_diff']:+.4f} | {d['chat_diff']:+.4f} |" in md
+               for name, d in chat["per_domain"].items())
+
+
 def test_report_rebuilds_the_explanation_byte_for_byte(compared, tmp_path, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(compared["out"], copy)
@@ -191,7 +217,7 @@ def test_token_view_renders_in_headless_chromium(compared, tmp_path):
     blocks = [*view["other_worse"], *view["other_better"], *(d for docs in view["documents"].values() for d in docs)]
     n_tokens = sum(len(b["tokens"]) for b in blocks)
     assert view["documents"]["other_worse"] and len(blocks) == dom.count('class="tokview"')
-    assert len(re.findall(r'<span class="tok( ctx)?"', dom)) == n_tokens > 0
+    assert len(re.findall(r'<span class="tok[ a-z]*"', dom)) == n_tokens > 0
     assert "Where the difference comes from" in dom and 'title="base NLL' in dom
     shot = tmp_path / "shot.png"
     anchor = page.as_uri() + "#where-the-difference-comes-from"

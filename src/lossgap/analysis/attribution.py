@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from .bootstrap import ratio_intervals
 from .positions import bucket_labels, position_bucket
-from .textclass import BYTE_CLASSES, TEXT_CLASSES, class_codes
+from .textclass import BYTE_CLASSES, TEXT_CLASSES, TokenTexts, class_codes
 
 CONFIDENCE_EDGES = (0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99)
 CONFIDENCE_LABELS = ("<0.01", "0.01-0.1", "0.1-0.3", "0.3-0.5", "0.5-0.7", "0.7-0.9", "0.9-0.99", ">=0.99")
@@ -286,15 +286,16 @@ def top_documents(doc_id, nll_b, nll_o, k: int = 20, doc_domain: Mapping[int, st
 
 
 def top_tokens(target, nll_b, nll_o, vocab: pa.Table | None = None, k: int = 20) -> dict:
-    """The target tokens with the largest total contribution each way: count, mean delta, both mean NLLs, text."""
+    """The target tokens with the largest total contribution each way: count, mean delta, both mean NLLs, text (a
+    special token's name)."""
     types, ranked = _grouped(target, nll_b, nll_o, k)
-    text = vocab.column("text") if vocab is not None else None
+    texts = TokenTexts.of(vocab) if vocab is not None else None
     out = {}
     for direction, rows in ranked.items():
         out[direction] = []
         for i, row in rows:
             token = int(types[i])
-            out[direction].append({"token_id": token, **({"text": text[token].as_py()} if text is not None else {}),
+            out[direction].append({"token_id": token, **({"text": texts.alone(token)} if texts is not None else {}),
                                    "count": row.pop("n"), **row})
     return out
 
@@ -347,11 +348,18 @@ def _greedy_spans(values: np.ndarray, doc_idx: np.ndarray, max_len: int, per_doc
     return spans
 
 
+def before_in_document(target: np.ndarray, doc_idx: np.ndarray, first: int, n: int = 4) -> np.ndarray:
+    """The up to `n` targets before index `first` of its document (tokens sorted by document and position): what
+    TokenTexts.span needs to show a character that begins before a span and ends in it."""
+    lo = max(0, first - n)
+    return target[lo:first][doc_idx[lo:first] == doc_idx[first]]
+
+
 def top_spans(doc_id, pos, nll_b, nll_o, max_len: int = 64, per_doc: int = 1, k: int = 20,
               vocab: pa.Table | None = None, target=None) -> dict:
     """Contiguous runs of at most `max_len` scored tokens within a document with the largest summed delta each way
     (at most `per_doc` non-overlapping ones per document): doc_id, first/last pos, summed delta and both models'
-    NLL sums, and the text when `vocab` and `target` are given."""
+    NLL sums, and the text when `vocab` and `target` are given (decoded as a whole, special tokens by name)."""
     doc_id, pos = np.asarray(doc_id), np.asarray(pos)
     order = np.lexsort((pos, doc_id))
     doc_id, pos = doc_id[order], pos[order]
@@ -360,6 +368,7 @@ def top_spans(doc_id, pos, nll_b, nll_o, max_len: int = 64, per_doc: int = 1, k:
     target = np.asarray(target)[order] if target is not None else None
     delta = nll_o - nll_b
     doc_idx = np.unique(doc_id, return_inverse=True)[1]
+    texts = TokenTexts.of(vocab) if vocab is not None and target is not None else None
     out = {}
     for direction, sign in (("other_worse", 1.0), ("other_better", -1.0)):
         spans = [(first, last, float(delta[first:last + 1].sum()))
@@ -371,9 +380,8 @@ def top_spans(doc_id, pos, nll_b, nll_o, max_len: int = 64, per_doc: int = 1, k:
                    "n_tokens": last - first + 1, "delta_sum": total,
                    "nll_sum_base": float(nll_b[first:last + 1].sum()),
                    "nll_sum_other": float(nll_o[first:last + 1].sum())}
-            if vocab is not None and target is not None:
-                data = vocab.column("bytes").take(pa.array(target[first:last + 1])).to_pylist()
-                row["text"] = b"".join(data).decode("utf-8", errors="replace")
+            if texts is not None:
+                row["text"] = "".join(texts.span(target[first:last + 1], before_in_document(target, doc_idx, first)))
             rows.append(row)
         out[direction] = rows
     return out

@@ -18,13 +18,14 @@ import pyarrow.parquet as pq
 from ..formats.columns import stored_names
 from ..formats.paths import ComparisonFolder
 from ..formats.schema import Manifest
-from .attribution import attribute, byte_class_contributions, top_documents, top_spans
+from .attribution import attribute, before_in_document, byte_class_contributions, top_documents, top_spans
 from .bootstrap import comparison_seed, ratio_interval
 from .calibration import calibration_report
 from .divergence import divergence_report
 from .documents import RunDocuments
 from .mechanisms import mechanisms
 from .stats import histogram
+from .textclass import TokenTexts
 
 VIEW_SPANS = 6  # spans per direction in the token view
 VIEW_CONTEXT = 8  # scored tokens shown before and after a span
@@ -112,20 +113,41 @@ def _run_tokens(folder: ComparisonFolder, m: Manifest, main: str, base: str, oth
 def _chat(folder: ComparisonFolder, m: Manifest, main: str, base: str, other: str, rel: str, vocab: pa.Table,
           doc_domain: dict, seed: int) -> dict:
     """The other model's chat-formatted run paired against the same baseline tokens as its raw run: D by the same
-    dimensions, and how much of the raw difference the format takes away (with a document-bootstrap interval)."""
+    dimensions, and how much of the raw difference the format takes away (with a document-bootstrap interval),
+    overall and per domain."""
     raw = _run_tokens(folder, m, main, base, other)
     chat = _run_tokens(folder, m, main, base, other, rel)
     attribution = attribute(chat, vocab, doc_domain, m["bootstrap"], seed, top_k=10)
-    docs, idx = np.unique(raw["doc_id"], return_inverse=True)
-    gain = np.asarray(raw["nll_o"], np.float64) - np.asarray(chat["nll_o"], np.float64)
-    sums = np.bincount(idx, weights=gain, minlength=docs.size)
-    lo, hi = ratio_interval(sums, np.bincount(idx, minlength=docs.size), m["bootstrap"], seed + 3)
-    raw_diff = float((np.asarray(raw["nll_o"], np.float64) - np.asarray(raw["nll_b"], np.float64)).mean())
-    reduction = float(gain.mean())
-    return {"run": rel, "raw_diff": raw_diff, "chat_diff": attribution["dimensions"]["position"]["diff"],
-            "reduction": reduction, "reduction_ci": [lo, hi],
-            "share_of_raw_explained": reduction / raw_diff if raw_diff else float("nan"),
+    overall = chat_change(raw, chat, np.ones(raw["doc_id"].size, dtype=bool), m["bootstrap"], seed + 3)
+    return {"run": rel, "raw_diff": overall["raw_diff"], "chat_diff": attribution["dimensions"]["position"]["diff"],
+            "reduction": overall["reduction"], "reduction_ci": overall["reduction_ci"],
+            "share_of_raw_explained": overall["share_of_raw_explained"],
+            "per_domain": _chat_per_domain(raw, chat, doc_domain, m["bootstrap"], seed + 4),
             "attribution": attribution}
+
+
+def chat_change(raw: dict, chat: dict, sel: np.ndarray, n_boot: int, seed: int) -> dict:
+    """Over the selected tokens: D of the raw and of the chat-formatted run, what the format takes away (raw - chat)
+    with a document-bootstrap interval, and that as a share of the raw D."""
+    nll_b = np.asarray(raw["nll_b"], np.float64)[sel]
+    nll_raw = np.asarray(raw["nll_o"], np.float64)[sel]
+    nll_chat = np.asarray(chat["nll_o"], np.float64)[sel]
+    docs, idx = np.unique(np.asarray(raw["doc_id"])[sel], return_inverse=True)
+    gain = nll_raw - nll_chat
+    sums = np.bincount(idx, weights=gain, minlength=docs.size)
+    lo, hi = ratio_interval(sums, np.bincount(idx, minlength=docs.size), n_boot, seed)
+    raw_diff, reduction = float((nll_raw - nll_b).mean()), float(gain.mean())
+    return {"n_tokens": int(gain.size), "n_documents": int(docs.size), "raw_diff": raw_diff,
+            "chat_diff": float((nll_chat - nll_b).mean()), "reduction": reduction, "reduction_ci": [lo, hi],
+            "share_of_raw_explained": reduction / raw_diff if raw_diff else float("nan")}
+
+
+def _chat_per_domain(raw: dict, chat: dict, doc_domain: dict, n_boot: int, seed: int) -> dict:
+    """chat_change per domain, domains sorted (domain i gets seed + i)."""
+    docs, idx = np.unique(np.asarray(raw["doc_id"]), return_inverse=True)
+    token_domain = np.array([str(doc_domain[int(d)]) for d in docs], dtype=object)[idx]
+    return {domain: chat_change(raw, chat, token_domain == domain, n_boot, seed + i)
+            for i, domain in enumerate(sorted(set(token_domain.tolist())))}
 
 
 def _byte_classes(folder: ComparisonFolder, m: Manifest, main: str, base: str, other: str, vocab: dict, docs: dict,
@@ -144,19 +166,22 @@ def _byte_classes(folder: ComparisonFolder, m: Manifest, main: str, base: str, o
 def token_view(tokens: dict, vocab: pa.Table, spans: int = VIEW_SPANS, context: int = VIEW_CONTEXT) -> dict:
     """The top spans each way with a few scored tokens around them, and the top documents each way (their first
     VIEW_DOCUMENT_TOKENS tokens), token by token: its text, both NLLs, both top-1 predictions and KL(baseline ||
-    other), for the report's coloured view. Rows: [text, nll_b, nll_o, top1_b, top1_o, kl, highlighted]."""
+    other), for the report's coloured view. Rows: [text, nll_b, nll_o, top1_b, top1_o, kl, highlighted, special].
+    The texts of a block are the block decoded as a whole (TokenTexts.span: no character cut in halves), special
+    tokens by name and flagged, so the view can set them apart."""
     order = np.lexsort((tokens["pos"], tokens["doc_id"]))
     t = {k: np.asarray(v)[order] for k, v in tokens.items()}
-    texts = [b.decode("utf-8", errors="replace") for b in vocab.column("bytes").to_pylist()]
+    texts = TokenTexts.of(vocab)
+    doc_idx = np.unique(t["doc_id"], return_inverse=True)[1]
     doc_start = np.searchsorted(t["doc_id"], np.unique(t["doc_id"]))
     starts = dict(zip(np.unique(t["doc_id"]).tolist(), doc_start.tolist(), strict=True))
     ends = dict(zip(np.unique(t["doc_id"]).tolist(), [*doc_start[1:].tolist(), t["doc_id"].size], strict=True))
 
     def cells(lo: int, hi: int, first: int, last: int) -> list[list]:
-        text = lambda i: texts[i] if 0 <= i < len(texts) else f"<{i}>"  # noqa: E731
-        return [[text(int(t["target"][j])), round(float(t["nll_b"][j]), 4), round(float(t["nll_o"][j]), 4),
-                 text(int(t["argmax_b"][j])), text(int(t["argmax_o"][j])), round(float(t["kl_bo"][j]), 4),
-                 first <= j <= last] for j in range(lo, hi)]
+        shown = texts.span(t["target"][lo:hi], before_in_document(t["target"], doc_idx, lo))
+        return [[shown[j - lo], round(float(t["nll_b"][j]), 4), round(float(t["nll_o"][j]), 4),
+                 texts.alone(int(t["argmax_b"][j])), texts.alone(int(t["argmax_o"][j])), round(float(t["kl_bo"][j]), 4),
+                 first <= j <= last, texts.is_special(int(t["target"][j]))] for j in range(lo, hi)]
 
     view: dict = {}
     for direction, rows in top_spans(t["doc_id"], t["pos"], t["nll_b"], t["nll_o"], k=spans).items():

@@ -27,11 +27,18 @@ is inverted exactly; SentencePiece writes a space as "▁" and unknown bytes as 
 space to every text (SentencePiece's dummy prefix, add_prefix_space) gives the first token a space the text lacks;
 a special token's text written in a document ("<|endoftext|>") becomes that token, with no bytes, unless the text
 is tokenized with split_special_tokens=True.
+
+For display a token with no bytes is shown by its name ("<|im_end|>"; "<id N>" for an id the tokenizer does not
+define), and a run of tokens is decoded as a whole (TokenTexts.span): a character split over several byte-level
+tokens appears on the token where it ends, the tokens before show nothing of it.
 """
 
 from __future__ import annotations
 
+import codecs
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -50,6 +57,7 @@ _PUNCTUATION = re.compile(rb" ?[!-/:-@\[-`{-~]+")
 _WORD_START = re.compile(rb" [A-Za-z]+")
 _WORD_CONTINUATION = re.compile(rb"[A-Za-z]+")
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # a byte that did not decode, under errors="surrogateescape"
 
 
 def _byte_class_of_each_byte() -> np.ndarray:
@@ -157,11 +165,33 @@ def token_bytes(tokenizer, vocab_size: int | None = None) -> list[bytes]:
     return out
 
 
+def shown_alone(data: bytes) -> str:
+    """A token's bytes as text when shown alone: a byte that is no whole UTF-8 character alone (part of one split over
+    several tokens) as <0xHH>, so that the parts of different characters do not all read U+FFFD."""
+    text = data.decode("utf-8", errors="surrogateescape")
+    return _ESCAPED_BYTE.sub(lambda m: f"<0x{ord(m.group()) - 0xDC00:02X}>", text)
+
+
+def undefined_name(token_id: int) -> str:
+    """What an id the tokenizer does not define is shown as."""
+    return f"<id {token_id}>"
+
+
+def token_names(tokenizer, n: int) -> list[str]:
+    """Each id's name in the tokenizer's vocabulary ("<|im_end|>", "Ġthe"), the name of a special token being the
+    only way to show it; undefined_name for an id the tokenizer does not define."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
+    return [str(p) if p else undefined_name(i) for i, p in enumerate(pieces)]
+
+
 def vocab_table(tokenizer, vocab_size: int | None = None) -> pa.Table:
-    """One row per token id: id, bytes, text (for display), n_bytes, text_class and bytes_<class> for each byte
-    class. Row i is token id i, so a column indexed by target ids gives per-token values."""
+    """One row per token id: id, bytes, text (for display: shown_alone of the bytes, or the token's name where it
+    stands for no bytes), special (text class special: shown by name), n_bytes, text_class and bytes_<class> for
+    each byte class. Row i is token id i, so a column indexed by target ids gives per-token values."""
     data = token_bytes(tokenizer, vocab_size)
     specials = special_ids(tokenizer)
+    classes = [text_class(b, i in specials) for i, b in enumerate(data)]
+    names = token_names(tokenizer, len(data))
     n_bytes = np.fromiter((len(b) for b in data), dtype=np.int64, count=len(data))
     flat = np.frombuffer(b"".join(data), dtype=np.uint8)
     owner = np.repeat(np.arange(len(data)), n_bytes)
@@ -170,13 +200,68 @@ def vocab_table(tokenizer, vocab_size: int | None = None) -> pa.Table:
     columns = {
         "id": pa.array(np.arange(len(data), dtype=np.int32)),
         "bytes": pa.array(data, type=pa.binary()),
-        "text": pa.array([b.decode("utf-8", errors="replace") for b in data], type=pa.string()),
+        "text": pa.array([name if c == "special" else shown_alone(b)
+                          for b, c, name in zip(data, classes, names, strict=True)], type=pa.string()),
+        "special": pa.array([c == "special" for c in classes], type=pa.bool_()),
         "n_bytes": pa.array(n_bytes.astype(np.int32)),
-        "text_class": pa.array([text_class(b, i in specials) for i, b in enumerate(data)], type=pa.string()),
+        "text_class": pa.array(classes, type=pa.string()),
     }
     for j, name in enumerate(BYTE_CLASSES):
         columns[f"bytes_{name}"] = pa.array(counts[:, j].astype(np.int32))
     return pa.table(columns)
+
+
+_CONTINUATION_BYTES = bytes(range(0x80, 0xC0))
+
+
+@dataclass(frozen=True)
+class TokenTexts:
+    """How the report shows token ids, from a vocabulary table: one token alone, or a run of tokens decoded as a whole
+    so that no character is cut into U+FFFD halves. Special tokens (and ids outside the table) are shown by name."""
+
+    data: list[bytes]
+    names: list[str]  # each id alone: its decoded bytes, or its name where it stands for no bytes
+    special: list[bool]
+
+    @classmethod
+    def of(cls, vocab: pa.Table) -> TokenTexts:
+        """From vocab_table's columns; a table written before the special column had one stored "" as the text of
+        a special token, which is shown as undefined_name then."""
+        classes = vocab.column("text_class").to_pylist()
+        special = (vocab.column("special").to_pylist() if "special" in vocab.column_names
+                   else [c == "special" for c in classes])
+        names = [undefined_name(i) if s and not text else text
+                 for i, (text, s) in enumerate(zip(vocab.column("text").to_pylist(), special, strict=True))]
+        return cls(vocab.column("bytes").to_pylist(), names, special)
+
+    def is_special(self, token_id: int) -> bool:
+        return not 0 <= token_id < len(self.data) or self.special[token_id]
+
+    def alone(self, token_id: int) -> str:
+        return self.names[token_id] if 0 <= token_id < len(self.names) else undefined_name(token_id)
+
+    def bytes_of(self, ids: Sequence[int]) -> bytes:
+        return b"".join(self.data[i] for i in ids if not self.is_special(i))
+
+    def span(self, ids: Sequence[int], before: Sequence[int] = ()) -> list[str]:
+        """Each token's part of the run `ids` decoded as a whole: a character appears on the token holding its last
+        byte. `before` are the tokens preceding the run (a few are enough): a character they begin ends in the run
+        and is shown there; without them the bytes of a character begun before the run are left out, and so are the
+        bytes of a character that ends after it. Special tokens are shown by name."""
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        decoder.decode(self.bytes_of(before)[-3:])  # an unfinished character holds at most 3 bytes
+        orphans = not decoder.getstate()[0]  # leading continuation bytes belong to a character not in view
+        out = []
+        for i in (int(x) for x in ids):
+            if self.is_special(i):
+                out.append(self.alone(i))
+                continue
+            data = self.data[i]
+            if orphans:
+                data = data.lstrip(_CONTINUATION_BYTES)
+                orphans = not data
+            out.append(decoder.decode(data))
+        return out
 
 
 def class_codes(vocab: pa.Table, column: str = "text_class", classes: tuple[str, ...] = TEXT_CLASSES) -> np.ndarray:

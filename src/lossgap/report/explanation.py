@@ -10,6 +10,7 @@ from .explanation_tables import (
     DIMENSIONS,
     byte_class_table,
     calibration_table,
+    chat_domain_table,
     chat_table,
     contribution_table,
     distribution_table,
@@ -26,6 +27,8 @@ TOKEN_VIEW_CSS = """
            white-space: pre-wrap; border: 1px solid #d0d7de; padding: .5em .7em; margin: .4em 0 1em; }
 .tokview .tok { border-radius: 2px; padding: 0 1px; }
 .tokview .ctx { opacity: .45; }
+.tokview .special { font-style: italic; color: #8250df; outline: 1px dashed #8250df; outline-offset: -1px; }
+.tokview .part { display: inline-block; min-width: 3px; height: 1em; vertical-align: middle; }
 .tokview-head { color: #57606a; font-size: .9em; margin-top: .8em; }
 """
 SATURATION = 4.0  # |Δ| in nats at which a token's colour is fully saturated
@@ -72,6 +75,8 @@ def _add_model(sec: Section, name: str, entry: dict, base: str, explanation: dic
         sec.paragraphs.append(f"Chat format: {name} scored again with each document as its reply to the user turn "
                               f"{turn!r} in its own chat template; the same tokens are targets.")
         sec.tables.append(chat_table(name, entry["chat"], base))
+        if entry["chat"].get("per_domain"):
+            sec.tables.append(chat_domain_table(name, entry["chat"]))
     if attribution:
         for direction in ("other_worse", "other_better"):
             sec.tables.append(top_tokens_table(name, attribution["top_tokens"], direction))
@@ -90,23 +95,28 @@ def _colour(delta: float) -> str:
 
 
 def _token(cell: list, base: str, name: str) -> str:
-    text, nll_b, nll_o, top_b, top_o, kl, in_span = cell
+    """One token of the view: its text (a special token's name, set apart by the class "special"; nothing for a
+    token holding only part of a character, which shows on the token where it ends), coloured by Δ, with a tooltip.
+    Cells of results.json written before the special flag have seven entries."""
+    text, nll_b, nll_o, top_b, top_o, kl, in_span = cell[:7]
+    special = len(cell) > 7 and cell[7]
     delta = nll_o - nll_b
     tip = (f"{base} NLL {nll_b:.3f} | {name} NLL {nll_o:.3f} | Δ {delta:+.3f} | top-1 {base} {top_b!r} | top-1 "
-           f"{name} {top_o!r} | KL {kl:.3f}")
-    shown = text.replace("\n", "↵\n").replace("\t", "→\t") or "∅"
-    cls = "tok" if in_span else "tok ctx"
-    return (f'<span class="{cls}" style="background:{_colour(delta)}" title="{html.escape(tip, quote=True)}" '
-            f'data-delta="{delta:.4f}">{html.escape(shown)}</span>')
+           f"{name} {top_o!r} | KL({base} || {name}) {kl:.3f}")
+    shown = text.replace("\n", "↵\n").replace("\t", "→\t")
+    cls = ["tok"] + ["ctx"] * (not in_span) + ["special"] * bool(special) + ["part"] * (not text)
+    return (f'<span class="{" ".join(cls)}" style="background:{_colour(delta)}" '
+            f'title="{html.escape(tip, quote=True)}" data-delta="{delta:.4f}">{html.escape(shown)}</span>')
 
 
 def token_view_html(name: str, base: str, view: dict) -> str:
     """The top spans each way, each token coloured by Δ with both NLLs, both top-1 predictions and KL on hover."""
     e = html.escape
     parts = [f'<h3 id="token-view-{e(name)}">Token view: {e(name)} against {e(base)}</h3>',
-             "<p>Each token is coloured by Δ = NLL(other) - NLL(baseline): red where the other model is worse, blue "
-             "where it is better; hover for both NLLs, both top-1 predictions and the KL. Faded tokens are context "
-             "around the span.</p>"]
+             f"<p>Each token is coloured by Δ = NLL({e(name)}) - NLL({e(base)}): red where {e(name)} is worse, blue "
+             f"where it is better; hover for both NLLs, both top-1 predictions and KL({e(base)} || {e(name)}). Faded "
+             "tokens are context around the span; special tokens are shown by name, in italics and outlined; a "
+             "character split over several tokens shows on the token where it ends.</p>"]
     for direction, label in (("other_worse", "worse"), ("other_better", "better")):
         for span in view.get(direction, []):
             parts.append(f'<div class="tokview-head">Span where {html.escape(name)} is {label}: document '

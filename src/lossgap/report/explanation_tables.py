@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .render import Cell, Interval, NumberFormat, Table, Text, count, loss, share, signed
+from .render import Cell, Interval, Number, NumberFormat, Table, Text, count, loss, share, signed
 from .tables import ONE_DOCUMENT, bootstrap_interval
 
 DIMENSIONS = {  # results key -> what the buckets are
@@ -52,7 +52,8 @@ def distribution_table(name: str, entry: dict, base: str) -> Table:
                         **{f"kl_bo_{k}": v for k, v in kl.items()}, **{f"kl_ob_{k}": v for k, v in d["kl_ob"].items()},
                         **{f"delta_p_{k}": v for k, v in dp.items()}, **{f"same_top_{k}": v for k, v in top.items()},
                         "logprob_correlation": d.get("logprob_correlation")})
-    return Table(headers, rows, records, "distribution.csv", title=f"{name} against {base}")
+    return Table(headers, rows, records, "distribution.csv",
+                 title=f"{name} against {base}: how the two predicted distributions differ")
 
 
 def contribution_table(name: str, dimension: str, result: dict, unit: str = "nats/token") -> Table:
@@ -103,7 +104,7 @@ def byte_class_table(name: str, result: dict) -> Table:
 
 def calibration_table(name: str, entry: dict, base: str) -> Table:
     headers = ["Model", "Mean NLL", "Mean entropy", "Top-1 accuracy", "Mean top-1 probability", "ECE",
-               "Confident (p > 0.9) and wrong: tokens", "their contribution to D", "share of D"]
+               "Confident (p > 0.9) and wrong: share of tokens", "their contribution to D", "share of D"]
     rows: list[list[Cell] | str] = []
     records = []
     cal = entry["calibration"]
@@ -114,26 +115,53 @@ def calibration_table(name: str, entry: dict, base: str) -> Table:
                      signed(wrong["contribution"]), share(wrong["share_of_diff"])])
         records.append({"model": model, **{k: v for k, v in c.items() if k != "bins"},
                         **{f"confident_wrong_{k}": v for k, v in wrong.items()}})
-    return Table(headers, rows, records, "calibration.csv", title=f"{name} against {base}")
+    return Table(headers, rows, records, "calibration.csv",
+                 title=f"{name} against {base}: calibration and confident mistakes")
+
+
+def _share_of_raw(value: float | None, raw: float | None) -> Number:
+    return share(value / raw if value is not None and raw else None)
 
 
 def chat_table(name: str, chat: dict, base: str) -> Table:
-    headers = ["Other model", f"D against {base}", "95% CI", "Tokens"]
+    """D of the raw and the chat-formatted run over the same tokens, and what the format takes away; each as a share
+    of the raw D."""
+    headers = ["Other model", f"D against {base}", "95% CI", "Tokens", "Share of the raw D"]
     dims = chat["attribution"]["dimensions"]
     any_dim = next(iter(dims.values()))
-    rows = [
-        [Text(f"{name}, raw"), signed(chat["raw_diff"]), Text(""), count(any_dim["n_tokens"])],
+    n_tokens = count(any_dim["n_tokens"])
+    raw = chat["raw_diff"]
+    rows: list[list[Cell] | str] = [
+        [Text(f"{name}, raw"), signed(raw), Text(""), n_tokens, _share_of_raw(raw, raw)],
         [Text(f"{name}, chat-formatted"), signed(chat["chat_diff"]),
-         bootstrap_interval(any_dim, any_dim.get("ci_low"), any_dim.get("ci_high")), count(any_dim["n_tokens"])],
-        [Text("taken away by the format"), signed(chat["reduction"]),
-         bootstrap_interval(any_dim, *chat["reduction_ci"]),
-         Text(f"{share.text(chat['share_of_raw_explained'])} of the raw D"
-              if chat.get("share_of_raw_explained") is not None else "n/a")],
+         bootstrap_interval(any_dim, any_dim.get("ci_low"), any_dim.get("ci_high")), n_tokens,
+         _share_of_raw(chat["chat_diff"], raw)],
+        [Text("taken away by the format (raw - chat)"), signed(chat["reduction"]),
+         bootstrap_interval(any_dim, *chat["reduction_ci"]), n_tokens, share(chat.get("share_of_raw_explained"))],
     ]
-    records = [{"model": name, "raw_diff": chat["raw_diff"], "chat_diff": chat["chat_diff"],
+    records = [{"model": name, "raw_diff": raw, "chat_diff": chat["chat_diff"],
                 "reduction": chat["reduction"], "reduction_ci_low": chat["reduction_ci"][0],
                 "reduction_ci_high": chat["reduction_ci"][1], "share_of_raw_explained": chat["share_of_raw_explained"]}]
     return Table(headers, rows, records, "chat_format.csv", title=f"{name}: raw text against chat-formatted")
+
+
+def chat_domain_table(name: str, chat: dict) -> Table:
+    """The chat format's effect per domain: D of the raw and the chat-formatted run over the domain's tokens and what
+    the format takes away there, with a document-bootstrap interval."""
+    headers = ["Domain", "Tokens", "D raw", "D chat-formatted", "Taken away by the format (raw - chat)", "95% CI"]
+    rows: list[list[Cell] | str] = []
+    records = []
+    for domain, d in sorted(chat["per_domain"].items()):
+        ci = {"ci_low": d["reduction_ci"][0], "ci_high": d["reduction_ci"][1]}
+        rows.append([Text(domain), count(d["n_tokens"]), signed(d["raw_diff"]), signed(d["chat_diff"]),
+                     signed(d["reduction"]), _interval(ci, signed, d.get("n_documents") == 1)])
+        records.append({"model": name, "domain": domain, **{k: v for k, v in d.items() if k != "reduction_ci"},
+                        "reduction_ci_low": d["reduction_ci"][0], "reduction_ci_high": d["reduction_ci"][1]})
+    n_tokens = next(iter(chat["attribution"]["dimensions"].values()))["n_tokens"]
+    rows.append([Text("all"), count(n_tokens), signed(chat["raw_diff"]), signed(chat["chat_diff"]),
+                 signed(chat["reduction"]), Interval(*chat["reduction_ci"], signed)])
+    return Table(headers, rows, records, "chat_format_per_domain.csv",
+                 title=f"{name}: the chat format's effect per domain")
 
 
 def top_tokens_table(name: str, top: dict, direction: str, limit: int = 12) -> Table:
