@@ -219,11 +219,17 @@ def test_a_chat_change_whose_interval_holds_zero_shows_no_effect():
     assert text.endswith("(95% CI -0.0600 to +0.0400): no effect of the format is shown at the 95% level.")
 
 
+def _domain(tokens: int, raw: float, formatted: float) -> dict:
+    """chat.per_domain's entry as analysis/explanation.py chat_change stores it (reduction = raw - chat)."""
+    return {"n_tokens": tokens, "n_documents": 5, "raw_diff": raw, "chat_diff": formatted,
+            "reduction": round(raw - formatted, 4), "reduction_ci": [0.0, 0.1], "share_of_raw_explained": None}
+
+
 DOMAINS = {  # the demo's: the format helps on three domains and hurts on DM Mathematics, which drives the whole
-    "DM Mathematics": {"tokens": 7230, "d_raw": 0.9393, "d_chat": 1.1759, "change": 0.2366},
-    "Github": {"tokens": 4572, "d_raw": 0.3330, "d_chat": 0.3187, "change": -0.0143},
-    "Licenses": {"tokens": 3211, "d_raw": 0.4047, "d_chat": 0.3963, "change": -0.0084},
-    "PydocTopics": {"tokens": 4375, "d_raw": -0.0006, "d_chat": -0.0208, "change": -0.0202},
+    "DM Mathematics": _domain(7230, 0.9393, 1.1759),
+    "Github": _domain(4572, 0.3330, 0.3187),
+    "Licenses": _domain(3211, 0.4047, 0.3963),
+    "PydocTopics": _domain(4375, -0.0006, -0.0208),
 }
 
 
@@ -238,7 +244,7 @@ def test_the_chat_finding_counts_domains_and_names_the_one_that_drives_it():
 
 
 def test_the_chat_conclusion_is_drawn_when_most_domains_agree():
-    agreeing = {d: v | {"change": abs(v["change"])} for d, v in DOMAINS.items()}
+    agreeing = {d: v | {"reduction": -abs(v["reduction"])} for d, v in DOMAINS.items()}
     text = chat_finding("instruct", chat(0.4957, 0.5746, per_domain=agreeing))
     assert "widening the raw gap by 16%, so the gap is not explained by the raw text's format." in text
     assert "raises it on 4 of 4 domains" in text and "lowers instruct's loss on none of the 4 domains" in text

@@ -59,8 +59,9 @@ def _conclusion(raw: float, change: float, domains: list[dict]) -> str:
 def per_domain_changes(chat: dict, attribution: dict | None) -> list[dict]:
     """Per domain: tokens, raw and chat-formatted D and their change; from the chat result's `per_domain` when it
     has one, else from the raw and chat-formatted attributions' domain buckets (the same tokens)."""
-    if chat.get("per_domain"):
-        return [{"domain": d, **v} for d, v in sorted(chat["per_domain"].items())]
+    if chat.get("per_domain"):  # analysis/explanation.py chat_change per domain: reduction = raw - chat
+        return [{"domain": d, "tokens": v["n_tokens"], "d_raw": v["raw_diff"], "d_chat": v["chat_diff"],
+                 "change": -v["reduction"]} for d, v in sorted(chat["per_domain"].items())]
     raw = ((attribution or {}).get("dimensions") or {}).get("domain")
     formatted = ((chat.get("attribution") or {}).get("dimensions") or {}).get("domain")
     if not (raw and formatted):
