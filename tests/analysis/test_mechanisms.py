@@ -151,3 +151,48 @@ def test_the_control_token_table_shows_each_domains_change_and_no_interval_for_o
     assert cells["Code"][7] == "n/a (1 document)"
     negative = special_mass_table("instruct", "base", _special(-0.2, 0.05, 0.03, 0.08))
     assert negative.rows[0][-1].display == "n/a"  # no share of a negative D
+
+
+def test_truncation_splits_the_main_figures_by_context_and_says_so():
+    from lossgap.analysis.explanation import truncation
+    from lossgap.analysis.explanation_findings import truncation_finding
+    from lossgap.report.mechanisms import truncation_table
+
+    rng = np.random.default_rng(0)
+    n = 600
+    doc_id = np.repeat(np.arange(6), 100)
+    truncated = np.tile(np.arange(100) >= 70, 6) & (doc_id >= 3)  # documents 3-5 lost their start at a row edge
+    tokens = {"doc_id": doc_id, "truncated": truncated, "nll_b": rng.gamma(2.0, 1.0, n),
+              "nll_o": rng.gamma(2.0, 1.1, n), "kl_bo": rng.gamma(1.0, 0.3, n), "top1_agree": rng.random(n) < 0.5}
+    got = truncation(tokens, n_boot=300, seed=1)
+    delta = tokens["nll_o"] - tokens["nll_b"]
+    assert got["truncated_tokens"] == 90 and got["share_truncated"] == pytest.approx(0.15)
+    whole, cut = got["whole_context"], got["truncated"]
+    assert whole["n_documents"] == 6 and cut["n_documents"] == 3 and cut["n_tokens"] == 90
+    assert whole["d"]["value"] == pytest.approx(delta[~truncated].mean())
+    assert cut["d"]["value"] == pytest.approx(delta[truncated].mean())
+    assert cut["kl_bo"]["value"] == pytest.approx(tokens["kl_bo"][truncated].mean())
+    assert cut["same_top1"]["value"] == pytest.approx(tokens["top1_agree"][truncated].mean())
+    assert whole["d"]["ci_low"] < whole["d"]["value"] < whole["d"]["ci_high"]
+    text = truncation_finding("sft", got)
+    assert text.startswith("Truncated context: 15% of the scored tokens were predicted without their whole document")
+    assert f"{whole['d']['value']:+.4f} nats/token (510 tokens, 95% CI" in text and "(90 tokens, 95% CI" in text
+    table = truncation_table("sft", "base", got)
+    assert [r[1].display for r in table.rows] == ["510", "90"]
+    one = truncation({k: v[:100] if k != "truncated" else np.arange(100) >= 70 for k, v in tokens.items()}, 300, 1)
+    assert one["truncated"]["d"]["ci_low"] is None
+    assert "95% CI n/a: 1 document" in truncation_finding("sft", one)
+    assert truncation_table("sft", "base", one).rows[1][4].display == "n/a (1 document)"
+
+
+def test_the_paired_pass_says_its_dtype_and_float32_check():
+    from lossgap.report.mechanisms import paired_pass_text
+
+    check = {"dtype": "bfloat16", "tokens": 63, "input_tokens": 64, "warn": True,
+             "limits": {"mean_abs_diff": 0.075, "mean_diff": 0.01},
+             "statistics": {"nll_b": {"mean_abs_diff": 0.2, "max_abs_diff": 0.9, "mean_diff": -0.02}}}
+    text = paired_pass_text("sft", "base", {"dtype": {"base": "bfloat16", "sft": "bfloat16"}, "fp32_check": check})
+    assert text.startswith("The paired pass of base and sft ran in bfloat16; its float32 check: bfloat16 against")
+    assert "NLL of base off by 0.2 on average" in text and "past the limits" in text
+    plain = paired_pass_text("sft", "base", {"dtype": {"base": "float32", "sft": "float32"}, "fp32_check": None})
+    assert plain == "The paired pass of base and sft ran in float32 (no float32 check needed)."

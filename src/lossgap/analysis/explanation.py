@@ -49,8 +49,12 @@ def build_explanation(folder: ComparisonFolder, m: Manifest,
         seed = comparison_seed(m["seed"], list(m["models"]), other)  # the headline's draws: one interval of D
         entry: dict = {"skipped": e["skipped"].get(other)}
         if other in e["pairs"]:
+            meta = _pair_metadata(folder, e["pairs"][other])
+            facts = meta.get("facts") or {}
             entry |= _paired(_pair_tokens(folder, e["pairs"][other], base, other), vocab[base], doc_domain,
-                             m["bootstrap"], seed, _pair_facts(folder, e["pairs"][other]).get("special_ids"))
+                             m["bootstrap"], seed, facts.get("special_ids"))
+            entry["paired_pass"] = {"dtype": {n: d.get("dtype") for n, d in (meta.get("models") or {}).items()},
+                                    "plan": facts.get("plan"), "fp32_check": facts.get("fp32_check")}
         elif m["mode"] == "tokens":
             entry["attribution"] = attribute(_run_tokens(folder, m, main, base, other), vocab[base], doc_domain,
                                              m["bootstrap"], seed)
@@ -72,17 +76,43 @@ def _paired(tokens: dict, vocab: pa.Table, doc_domain: dict, n_boot: int, seed: 
         "attribution": attribution,
         "calibration": calibration_report(tokens),
         "mechanisms": mechanisms(tokens, vocab, doc_domain, special_ids, n_boot, seed + 50),
+        "truncation": truncation(tokens, n_boot, seed + 60) if "truncated" in tokens else None,
         "token_view": token_view(tokens, vocab),
     }
 
 
-def _pair_facts(folder: ComparisonFolder, relative: str) -> dict:
-    """The paired pass's facts, stored in its file's metadata (special_ids, fp32_check, ...); {} for older files."""
+def truncation(tokens: dict, n_boot: int, seed: int) -> dict:
+    """How many scored tokens were predicted without their whole document (cut at a row edge), and the main figures
+    (D, mean KL, same top-1) over the tokens with their whole context and over the truncated ones, each a mean over
+    documents' tokens with its document-bootstrap interval."""
+    cut = np.asarray(tokens["truncated"], bool)
+    docs, idx = np.unique(np.asarray(tokens["doc_id"]), return_inverse=True)
+    values = {"d": np.asarray(tokens["nll_o"], np.float64) - np.asarray(tokens["nll_b"], np.float64),
+              "kl_bo": np.asarray(tokens["kl_bo"], np.float64),
+              "same_top1": np.asarray(tokens["top1_agree"], np.float64)}
+    out: dict = {"n_tokens": int(cut.size), "truncated_tokens": int(cut.sum()),
+                 "share_truncated": float(cut.mean()) if cut.size else float("nan")}
+    for label, here in (("whole_context", ~cut), ("truncated", cut)):
+        n = np.bincount(idx, weights=here, minlength=docs.size)
+        present = n > 0
+        figures = {"n_tokens": int(here.sum()), "n_documents": int(present.sum())}
+        for i, (name, v) in enumerate(values.items()):
+            sums = np.bincount(idx, weights=np.where(here, v, 0.0), minlength=docs.size)
+            lo, hi = ratio_interval(sums[present], n[present], n_boot, seed + i) if present.sum() > 1 else (None, None)
+            figures[name] = {"value": float(v[here].mean()) if here.any() else None, "ci_low": lo, "ci_high": hi}
+        out[label] = figures
+    return out
+
+
+def _pair_metadata(folder: ComparisonFolder, relative: str) -> dict:
+    """The paired pass's metadata, stored in its file: the models as loaded and the pass's facts (special_ids,
+    fp32_check, plan, ...); {} where unreadable."""
     metadata = pq.read_schema(folder.root / relative).metadata or {}
     try:
-        return json.loads(metadata.get(b"lossgap", b"{}")).get("facts") or {}
+        found = json.loads(metadata.get(b"lossgap", b"{}"))
     except ValueError:
         return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _pair_tokens(folder: ComparisonFolder, relative: str, base: str, other: str) -> dict[str, np.ndarray]:
@@ -90,7 +120,7 @@ def _pair_tokens(folder: ComparisonFolder, relative: str, base: str, other: str)
     a column declared since the file was written is absent."""
     table = folder.read_stored(relative)
     return {role: table.column(name).to_numpy() for role, name in stored_names(base, other).items()
-            if name in table.column_names and role not in ("domain", "truncated")}
+            if name in table.column_names and role != "domain"}
 
 
 def _tokens(folder: ComparisonFolder, relative: str) -> pa.Table:

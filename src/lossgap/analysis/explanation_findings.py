@@ -9,7 +9,7 @@ from .attribution import confidence_labels_from
 from .calibration import CONFIDENT
 from .chat_findings import chat_finding
 from .mechanisms import mechanism_findings
-from .wording import KL_DIGITS, MOST, portion_of_d, shown_as_zero
+from .wording import KL_DIGITS, MOST, interval_text, portion_of_d, shown_as_zero
 
 SPREAD = 0.25  # a median KL at least this share of the mean: the divergence is spread over the tokens
 MIN_SHARE_TOKENS = 0.02  # a bucket named for its lift holds at least this share of the tokens ...
@@ -33,6 +33,8 @@ def explanation_sentences(results: dict) -> list[str]:
             out.append(spread_finding(name, base, entry))
         if entry.get("calibration") and attribution:
             out.append(confidence_finding(name, base, entry))
+        if entry.get("truncation") and entry["truncation"]["truncated_tokens"]:
+            out.append(truncation_finding(name, entry["truncation"]))
         out.extend(mechanism_findings(name, base, entry.get("mechanisms")))
         if entry.get("chat"):
             out.append(chat_finding(name, base, entry["chat"], attribution))
@@ -178,3 +180,19 @@ def byte_class_finding(name: str, result: dict) -> str:
     return (f"By byte class (bits per byte, the tokenizers differ), {name}'s difference D = {result['diff']:+.4f} "
             f"comes {how} from " + " and ".join(f"{c['bucket']} bytes ({c['contribution']:+.4f}, "
                                                 f"{c['share_of_diff']:.0%} of D)" for c in parts) + ".")
+
+
+def truncation_finding(name: str, tr: dict) -> str:
+    """How many tokens lost their document's beginning at a row edge, and D over each kind apart."""
+    whole, cut = tr["whole_context"], tr["truncated"]
+
+    def d(f: dict) -> str:
+        interval = interval_text({"n_documents": f["n_documents"], **f["d"]})
+        return f"{f['d']['value']:+.4f} nats/token ({f['n_tokens']:,} tokens, {interval})"
+
+    text = (f"Truncated context: {tr['share_truncated']:.0%} of the scored tokens were predicted without their whole "
+            f"document (cut at a row edge); {name}'s difference is {d(whole)} over the tokens with their whole "
+            f"document as context")
+    if cut["n_tokens"]:
+        text += f" and {d(cut)} over the truncated ones"
+    return text + "."

@@ -19,7 +19,7 @@ from .explanation_tables import (
     top_tokens_table,
 )
 from .figures import EXPLANATION, drawn
-from .mechanisms import mechanism_tables
+from .mechanisms import mechanism_tables, paired_pass_text, truncation_table, truncation_text
 from .render import Section
 
 TOKEN_VIEW_CSS = """
@@ -58,6 +58,11 @@ def _intro(explanation: dict, base: str) -> str:
 def _add_model(sec: Section, name: str, entry: dict, base: str, explanation: dict) -> None:
     if entry.get("skipped"):
         sec.paragraphs.append(f"{name}: the distribution statistics are not available: {entry['skipped']}.")
+    if entry.get("paired_pass"):
+        sec.paragraphs.append(paired_pass_text(name, base, entry["paired_pass"]))
+    if entry.get("truncation"):
+        sec.paragraphs.append(truncation_text(entry["truncation"]))
+        sec.tables.append(truncation_table(name, base, entry["truncation"]))
     if entry.get("distribution"):
         sec.tables.append(distribution_table(name, entry, base))
     attribution = entry.get("attribution")

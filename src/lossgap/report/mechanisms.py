@@ -1,16 +1,19 @@
 """The tables of the mechanisms behind the gap (analysis/mechanisms.py), from results.json's
-`explanation.models.<other>.mechanisms`: probability on control tokens and D renormalised without them, and what the
-other model predicts instead where its top-1 is not the text's token."""
+`explanation.models.<other>.mechanisms`: probability on control tokens and D renormalised without them, token shift,
+and what the other model predicts instead where its top-1 is not the text's token; and what the paired pass measured
+on (its dtype and float32 check, the tokens predicted without their whole document)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+from ..analysis.precision import pair_check_text
 from .explanation_tables import contribution_table
 from .render import Interval, NumberFormat, Table, Text, count, share, signed
 from .tables import ONE_DOCUMENT
 
 percent = NumberFormat(".2f", 100, "%")
+small = NumberFormat(".3g")
 INSTEAD = {  # results key -> what the buckets are
     "by_prediction": "what it predicts instead where its top-1 is not the text's token",
     "by_class": "the text class of its top-1 where that is not the text's token",
@@ -88,3 +91,47 @@ def shift_share_table(name: str, sh: dict) -> Table:
             rows.append([Text(where), count(d["n_tokens"]), *(share(d[k]) for k in kinds)])
             records.append({"model": name, "by": title, "where": where, **d})
     return Table(headers, rows, records, "shifted_shares.csv", title=f"{name}: token shift by domain and position")
+
+
+def paired_pass_text(name: str, base: str, paired: dict) -> str:
+    """The dtype the paired pass ran in and how far that moved its statistics from float32."""
+    dtypes = paired.get("dtype") or {}
+    ran = " / ".join(dict.fromkeys(str(d) for d in dtypes.values())) or "an unrecorded dtype"
+    text = f"The paired pass of {base} and {name} ran in {ran}"
+    check = paired.get("fp32_check")
+    if check:
+        return text + f"; its float32 check: {pair_check_text(check, (base, name))}."
+    if set(dtypes.values()) == {"float32"}:
+        return text + " (no float32 check needed)."
+    return text + "; it has no float32 check (turned off, or out of memory)."
+
+
+def truncation_text(tr: dict) -> str:
+    return (f"{tr['truncated_tokens']:,} of {tr['n_tokens']:,} scored tokens ({tr['share_truncated']:.1%}) were "
+            "predicted without their whole document (it was cut at a row edge): the table gives the main figures over "
+            "the tokens with their whole context and over the truncated ones apart.")
+
+
+def truncation_table(name: str, base: str, tr: dict) -> Table:
+    """D, mean KL and same top-1 over the tokens with their whole document as context and over the truncated ones."""
+    headers = ["Tokens", "Count", "Documents", "D", "95% CI", f"Mean KL({base}||{name})", "95% CI", "Same top-1",
+               "95% CI"]
+    rows: list = []
+    records = []
+    for label, title in (("whole_context", "whole document as context"), ("truncated", "truncated context")):
+        f = tr[label]
+        if not f["n_tokens"]:
+            continue
+        rows.append([Text(title), count(f["n_tokens"]), count(f["n_documents"]), signed(f["d"]["value"]),
+                     _ci(f, "d", signed), small(f["kl_bo"]["value"]), _ci(f, "kl_bo", small),
+                     share(f["same_top1"]["value"]), _ci(f, "same_top1", share)])
+        records.append({"model": name, "tokens": label, "n_tokens": f["n_tokens"], "n_documents": f["n_documents"],
+                        **{f"{k}_{x}": f[k][x] for k in ("d", "kl_bo", "same_top1") for x in ("value", "ci_low",
+                                                                                               "ci_high")}})
+    return Table(headers, rows, records, "truncation.csv", title=f"{name} against {base}: whole and truncated context")
+
+
+def _ci(figures: dict, key: str, fmt: NumberFormat) -> Interval:
+    if figures["n_documents"] == 1:
+        return Interval(None, None, fmt, absent=ONE_DOCUMENT)
+    return Interval(figures[key]["ci_low"], figures[key]["ci_high"], fmt)
