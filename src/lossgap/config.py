@@ -247,7 +247,7 @@ class DemoConfig:
     # held-out text per domain: every domain shows, and the run stays in minutes
     chars_per_domain: int = option(16_000, help="held-out text scored per domain (a deterministic subset; a quarter "
                                    "of it with --smollm)")
-    seq_len: int = 1024
+    seq_len: int = 992  # the demo pair's 1024 positions, less room for the chat prefix on every segment
     bootstrap: int = 1000
     overwrite: bool = True  # the demo's folder holds only the demo: re-running replaces it
     quiet: bool = option(False)

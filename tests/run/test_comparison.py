@@ -397,3 +397,14 @@ def test_the_tokenizer_check_of_a_capped_comparison_reads_a_bounded_prefix(tmp_p
     assert capped[0] == "short one" and sum(map(len, capped)) == 1 << 20 and len(capped) == 2
     whole = list(_capped_texts(Corpus(CorpusConfig(str(corpus))), None))
     assert [len(t) for t in whole] == [9, 3 << 20, 5]
+
+
+def test_a_chat_run_whose_rows_would_pass_the_models_positions_is_refused_before_loading(tmp_path, llama_dir,
+                                                                                         instruct_dir, pile_jsonl,
+                                                                                         capsys):
+    """The chat-formatted run puts the template before every segment, so its rows are --seq-len plus the prefix."""
+    code = main(["compare", "--base", str(llama_dir), "--instruct", str(instruct_dir), "--corpus", str(pile_jsonl),
+                 "--out", str(tmp_path / "out"), "--chat-context", "--seq-len", "256", "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--chat-context places instruct's chat template (" in err and "256 positions" in err, err
+    assert "use --seq-len" in err and not (tmp_path / "out" / "runs").exists()

@@ -189,8 +189,9 @@ def test_chat_context_scores_exactly_the_raw_targets(tmp_path, pile_jsonl, layou
     chat = score_run(instruct, pile_jsonl, tmp_path / "chat", layout=layout, mask=mask, seq_len=seq_len,
                      chat_context=True)
     a, b = read_tokens(raw.out_dir), read_tokens(chat.out_dir)
-    for column in ("doc_id", "pos", "target", "domain"):
+    for column in ("doc_id", "pos", "target", "domain", "truncated"):  # the raw run's cuts: the same contexts
         assert (a[column].to_numpy() == b[column].to_numpy()).all(), column
+    assert a["truncated"].any()  # documents were cut at row or window edges
     assert not np.allclose(a["nll"], b["nll"])  # the context changed, so the predictions did
     tok = AutoTokenizer.from_pretrained(instruct)
     prefix = chat_prefix(tok, "Please write a document.", "instruct")
@@ -205,6 +206,27 @@ def test_chat_context_scores_exactly_the_raw_targets(tmp_path, pile_jsonl, layou
     assert len(ids) <= seq_len  # the document fits one row: nothing was cut
     expected = _hf_loss(instruct, ids, [-100] * len(prefix) + ids[len(prefix):])
     assert float(b[b["doc_id"] == doc]["nll"].mean()) == pytest.approx(expected, abs=1e-4)
+    # a document continued in a second row (or window) and no further: its continued targets are predicted from the
+    # prefix and the continued tokens alone, as the raw run predicts them from the continued tokens alone
+    bos = raw.summary["special_tokens"]["bos_id"]
+    for doc, rows in b.groupby("doc_id"):
+        cut = rows[rows["truncated"]]
+        if cut.empty or len(cut) != cut["pos"].max() - cut["pos"].min() + 1 or cut["pos"].max() != rows["pos"].max():
+            continue
+        first = int(cut["pos"].min())
+        if layout == "single" and len(cut) + 1 > seq_len:
+            continue
+        text = json.loads(pile_jsonl.read_text().splitlines()[doc])["text"]
+        raw_ids = ([bos] if bos is not None else []) + tok(text, add_special_tokens=False)["input_ids"] + [
+            tok.eos_token_id]
+        start = first - 1 if layout == "packed" else first - (first - 1) % seq_len - 1
+        ids = prefix + raw_ids[start:]
+        labels = [-100] * (len(prefix) + first - start) + raw_ids[first:]
+        expected = _hf_loss(instruct, ids, labels)
+        assert float(cut["nll"].mean()) == pytest.approx(expected, abs=1e-4)
+        break
+    else:
+        pytest.fail("no document continued in one more row")
 
 
 def test_chat_context_needs_a_chat_template(tmp_path, pile_jsonl):

@@ -28,6 +28,7 @@ class TokenizedDocument:
     ids: np.ndarray  # int64 token ids, BOS/EOS included per policy
     n_bytes: int  # UTF-8 bytes of the text
     context: int = 0  # ids[context] is the raw document's position 0: what precedes it is a chat prefix, never scored
+    prefix: int = 0  # the chat prefix's tokens, ids[:prefix] (the last stands in for BOS when the raw run has one)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,8 @@ class _Encoder:
             )
         n_bytes = len(doc.text.encode("utf-8")) if n_bytes is None else n_bytes
         context = len(start) - self.counted_start
-        return TokenizedDocument(doc.doc_id, doc.domain, doc.source, arr, n_bytes, context)
+        return TokenizedDocument(doc.doc_id, doc.domain, doc.source, arr, n_bytes, context,
+                                 len(start) if self.prefix is not None else 0)
 
     def leading(self, chunk: list[Document], n: int) -> list[tuple[list[int], bool, int]]:
         """(ids, whole, piece) per document, as leading_tokens: short texts are tokenized together, whole."""

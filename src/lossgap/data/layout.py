@@ -5,6 +5,11 @@ k..n-1, each predicted from the position k tokens before it (a document with a c
 c+k..n-1, reported at their position in the raw document). A segment (a run of one document's tokens inside a
 row) scores the targets its positions predict, even when the target itself lies past the row's end, so every
 layout and mask scores exactly the same set of (document, position) pairs (docs/design.md, contract 2).
+
+A chat-formatted document is laid out exactly as its raw document is (the same cuts at row and window edges, in
+raw positions), and every one of its segments carries the chat prefix: for its first, the prefix in place of BOS,
+for a continued one, the prefix before the continued tokens. So each target is predicted from its raw run's context
+plus the prefix, and the truncated flags are the raw run's; rows grow by the prefix per segment.
 """
 
 from __future__ import annotations
@@ -30,6 +35,12 @@ class Segment:
     target_lo: int
     target_hi: int
     position_start: int | None = None  # continuous positions of a segment moved out of its row: its old offset
+    prefix: np.ndarray | None = None  # tokens placed before the document's (a continued chat segment's prefix)
+
+    @property
+    def span(self) -> int:
+        """Positions the segment takes in its row: its prefix and its tokens."""
+        return self.length + (0 if self.prefix is None else len(self.prefix))
 
 
 @dataclass
@@ -39,7 +50,7 @@ class Row:
     @property
     def length(self) -> int:
         last = self.segments[-1]
-        return last.offset + last.length
+        return last.offset + last.span
 
 
 @dataclass
@@ -86,21 +97,35 @@ def synthetic_row(token_arrays: list[np.ndarray], k: int, source: str) -> list[R
     return list(packed_rows(docs, sum(len(ids) for ids in token_arrays), k))
 
 
+def placed(doc: TokenizedDocument, start: int, take: int, offset: int, lo: int, hi: int) -> Segment:
+    """The raw document's tokens [start, start + take), scoring its targets [lo, hi) (raw positions), as a segment of
+    `doc` at `offset`: a chat-formatted document keeps its whole prefix before every segment (see the module's
+    docstring); a raw one is placed as it is."""
+    if not doc.prefix:
+        return Segment(doc, start, take, offset, lo, hi)
+    c = doc.context
+    if start == 0:  # the prefix in place of BOS (or before the text)
+        return Segment(doc, 0, c + take, offset, c + lo, c + hi)
+    return Segment(doc, c + start, take, offset, c + lo, c + hi, prefix=doc.ids[:doc.prefix])
+
+
 def packed_rows(docs: Iterable[TokenizedDocument], seq_len: int, k: int) -> Iterator[Row]:
-    """Concatenate documents into rows of seq_len; a document that does not fit continues in the next row."""
+    """Concatenate documents into rows of seq_len; a document that does not fit continues in the next row. Rows are
+    cut by the raw documents' tokens; a chat-formatted document's segments then take its prefix too."""
     segments: list[Segment] = []
-    fill = 0
+    fill = offset = 0
     for doc in docs:
-        n = len(doc.ids)
+        n = len(doc.ids) - doc.context if doc.prefix else len(doc.ids)  # the raw document's tokens
         start = 0
         while start < n:
             take = min(n - start, seq_len - fill)
-            segments.append(Segment(doc, start, take, fill, max(start, doc.context) + k, min(start + take + k, n)))
+            segments.append(placed(doc, start, take, offset, start + k, min(start + take + k, n)))
             fill += take
+            offset += segments[-1].span
             start += take
             if fill == seq_len:
                 yield Row(segments)
-                segments, fill = [], 0
+                segments, fill, offset = [], 0, 0
     if segments:
         yield Row(segments)
 
@@ -113,15 +138,15 @@ def single_rows(docs: Iterable[TokenizedDocument], seq_len: int, k: int, stride:
     """
     step = stride or seq_len
     for doc in docs:
-        n = len(doc.ids)
-        begin, lo = 0, doc.context + k
+        n = len(doc.ids) - doc.context if doc.prefix else len(doc.ids)  # the raw document's tokens
+        begin, lo = 0, k
         while True:
             end = min(begin + seq_len, n)
             hi = min(end + k, n)
-            yield Row([Segment(doc, begin, end - begin, 0, lo, hi)])
+            yield Row([placed(doc, begin, end - begin, 0, lo, hi)])
             if hi >= n:
                 break
-            begin, lo = begin + step, max(hi, lo)  # a window inside a chat prefix scores nothing
+            begin, lo = begin + step, max(hi, lo)
 
 
 def retarget(rows: list[Row], k_from: int, k_to: int) -> list[Row]:
@@ -151,23 +176,26 @@ def collate(rows: list[Row], k: int, position_mode: str, pad_id: int = 0, pad_mu
         # padding continues the last position: position ids that restart inside a row would make transformers
         # build a document mask of its own when no mask is passed
         last = row.segments[-1]
-        pad_from = (last.length if position_mode == "restart" else
-                    (last.offset if last.position_start is None else last.position_start) + last.length)
+        pad_from = (last.span if position_mode == "restart" else
+                    (last.offset if last.position_start is None else last.position_start) + last.span)
         position_ids[b, row.length:] = np.arange(pad_from, pad_from + length - row.length)
         for s, seg in enumerate(row.segments):
-            sl = slice(seg.offset, seg.offset + seg.length)
-            input_ids[b, sl] = seg.doc.ids[seg.start : seg.start + seg.length]
+            sl = slice(seg.offset, seg.offset + seg.span)
+            before = 0 if seg.prefix is None else len(seg.prefix)
+            if before:
+                input_ids[b, seg.offset : seg.offset + before] = seg.prefix
+            input_ids[b, seg.offset + before : sl.stop] = seg.doc.ids[seg.start : seg.start + seg.length]
             segment_ids[b, sl] = s
             if position_mode == "restart":
-                position_ids[b, sl] = np.arange(seg.length)
+                position_ids[b, sl] = np.arange(seg.span)
             else:
                 first = sl.start if seg.position_start is None else seg.position_start
-                position_ids[b, sl] = np.arange(first, first + seg.length)
+                position_ids[b, sl] = np.arange(first, first + seg.span)
             docs[seg.doc.doc_id] = seg.doc
             if seg.target_hi <= seg.target_lo:
                 continue
             t = np.arange(seg.target_lo, seg.target_hi)
-            flat.append(b * length + seg.offset + (t - k - seg.start))
+            flat.append(b * length + seg.offset + before + (t - k - seg.start))
             targets.append(seg.doc.ids[t])
             doc_ids.append(np.full(t.size, seg.doc.doc_id, dtype=np.int64))
             target_pos.append((t - seg.doc.context).astype(np.int32))
