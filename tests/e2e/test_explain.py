@@ -124,6 +124,38 @@ def test_chat_change_per_domain_recomputed_from_the_stored_runs(compared):
                for name, d in chat["per_domain"].items())
 
 
+def test_the_chat_change_is_sampled_over_several_user_turns(compared):
+    """--chat-turns (3 by default): one chat-formatted run per neutral user turn, each change recomputed from its
+    stored run; the first is the headline chat run, with the same interval; the report and findings give the spread."""
+    from lossgap.config import DEFAULT_CHAT_USER_TURN
+
+    out, results = compared["out"], compared["results"]
+    chat = results["explanation"]["models"]["sft"]["chat"]
+    manifest = json.loads((out / "compare.json").read_text())
+    turns = manifest["explanation"]["chat_user_turns"]
+    assert len(turns) == 3 and turns[0] == DEFAULT_CHAT_USER_TURN and len(set(turns)) == 3
+    runs = manifest["explanation"]["chat_runs_by_turn"]["sft"]
+    assert runs[0] == chat["run"] and len(set(runs)) == 3
+    assert [p.get("user_turn") for p in manifest["passes"] if p.get("chat")] == turns
+    base_dir = out / "runs" / "k1-packed-block"
+    base = pq.read_table(base_dir / "base" / "tokens.parquet").column("nll").to_numpy().astype(np.float64)
+    raw = pq.read_table(base_dir / "sft" / "tokens.parquet").column("nll").to_numpy().astype(np.float64)
+    per = chat["turns"]["per_turn"]
+    changes = []
+    for p, rel in zip(per, runs, strict=True):
+        formatted = pq.read_table(out / rel / "tokens.parquet").column("nll").to_numpy().astype(np.float64)
+        changes.append((formatted - base).mean() - (raw - base).mean())
+        assert -p["reduction"] == pytest.approx(changes[-1], abs=1e-9)
+    assert per[0]["reduction"] == pytest.approx(chat["reduction"]) and per[0]["reduction_ci"] == chat["reduction_ci"]
+    assert chat["turns"]["change_min"] == pytest.approx(min(changes)) and chat["turns"]["change_max"] == pytest.approx(
+        max(changes))
+    assert len(set(np.round(changes, 9))) == 3  # the turn changes the prediction
+    md = (out / "report.md").read_text()
+    assert "### sft: the chat format's change by user turn" in md and f"{turns[1]!r}" in md
+    assert any(f.endswith(f"(mean {chat['turns']['change_mean']:+.4f}), in the same direction after every one.")
+               or "opposite directions depending on the turn" in f for f in results["findings"])
+
+
 def test_report_rebuilds_the_explanation_byte_for_byte(compared, tmp_path, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(compared["out"], copy)

@@ -24,7 +24,19 @@ def chat_finding(name: str, base: str, chat: dict, attribution: dict | None = No
         text += ": no effect of the format is shown at the 95% level"
     elif not shown_as_zero(change):
         text += ": " + gap_effect(name, base, raw, formatted) + _conclusion(raw, change, domains)
-    return text + "." + domain_sentence(name, change, domains)
+    return text + "." + domain_sentence(name, change, domains) + turns_sentence(chat.get("turns"))
+
+
+def turns_sentence(turns: dict | None) -> str:
+    """The spread of the change over the sampled user turns: one turn is one sample of a prompt distribution."""
+    if not turns or len(turns["per_turn"]) < 2:
+        return ""
+    n = len(turns["per_turn"])
+    signs = {(-p["reduction"] > 0) for p in turns["per_turn"] if not shown_as_zero(p["reduction"])}
+    agree = ("the same direction after every one" if len(signs) == 1 else
+             "opposite directions depending on the turn: the sign of the change is not settled")
+    return (f" Over {n} neutral user turns the change ranges from {turns['change_min']:+.4f} to "
+            f"{turns['change_max']:+.4f} nats/token (mean {turns['change_mean']:+.4f}), in {agree}.")
 
 
 def gap_effect(name: str, base: str, raw: float, formatted: float) -> str:

@@ -62,8 +62,30 @@ def build_explanation(folder: ComparisonFolder, m: Manifest,
             entry["bits_per_byte"] = _byte_classes(folder, m, main, base, other, vocab, docs, seed)
         if other in e["chat_runs"] and m["mode"] == "tokens":
             entry["chat"] = _chat(folder, m, main, base, other, e["chat_runs"][other], vocab[base], doc_domain, seed)
+            by_turn = (e.get("chat_runs_by_turn") or {}).get(other) or []
+            if len(by_turn) > 1:
+                entry["chat"]["turns"] = _chat_turns(folder, m, main, base, other, by_turn,
+                                                     e.get("chat_user_turns") or [], seed)
         models[other] = entry
-    return {"configuration": main, "chat_user_turn": e.get("chat_user_turn"), "models": models}
+    return {"configuration": main, "chat_user_turn": e.get("chat_user_turn"),
+            "chat_user_turns": e.get("chat_user_turns"), "models": models}
+
+
+def _chat_turns(folder: ComparisonFolder, m: Manifest, main: str, base: str, other: str, runs: list[str],
+                turns: list[str], seed: int) -> dict:
+    """The format's change of D after each sampled user turn, on the same tokens, and its spread over the turns: one
+    turn is one sample of the prompts a user might give."""
+    raw = _run_tokens(folder, m, main, base, other)
+    every = np.ones(raw["doc_id"].size, dtype=bool)
+    per = []
+    for i, rel in enumerate(runs):
+        # the first turn's seed is _chat's: the same quantity has one interval wherever it is shown
+        change = chat_change(raw, _run_tokens(folder, m, main, base, other, rel), every, m["bootstrap"],
+                             seed + 3 + 17 * i)
+        per.append({"turn": turns[i] if i < len(turns) else None, "run": rel, **change})
+    changes = np.array([-p["reduction"] for p in per])  # chat - raw
+    return {"per_turn": per, "change_mean": float(changes.mean()), "change_min": float(changes.min()),
+            "change_max": float(changes.max()), "change_sd": float(changes.std(ddof=1)) if changes.size > 1 else 0.0}
 
 
 def _paired(tokens: dict, vocab: pa.Table, doc_domain: dict, n_boot: int, seed: int,

@@ -166,9 +166,11 @@ class ComparisonFolder:
     def runs(self) -> Path:
         return self.root / RUNS
 
-    def run(self, configuration: str, model: str, chat: bool = False) -> RunFiles:
-        """Where a model's run of a configuration goes (chat: its chat-formatted run)."""
-        return RunFiles(self.runs / (configuration + (CHAT_SUFFIX if chat else "")) / model)
+    def run(self, configuration: str, model: str, chat: bool = False, turn: int = 0) -> RunFiles:
+        """Where a model's run of a configuration goes (chat: its chat-formatted run after user turn number `turn`;
+        the first keeps the suffix alone)."""
+        suffix = (CHAT_SUFFIX + (f"-{turn + 1}" if turn else "")) if chat else ""
+        return RunFiles(self.runs / (configuration + suffix) / model)
 
     def pairs(self, other: str) -> Path:
         return self.root / PAIRS / f"{other}.parquet"

@@ -255,6 +255,8 @@ class ExplanationManifest(TypedDict):
     skipped: dict[str, str | None]  # other model -> why it has no paired pass
     chat_runs: dict[str, str]  # other model -> its chat-formatted run folder
     chat_user_turn: str | None  # the user turn before each document (None: no chat-formatted runs)
+    chat_user_turns: NotRequired[list[str]]  # every sampled user turn, chat_user_turn first (--chat-turns)
+    chat_runs_by_turn: NotRequired[dict[str, list[str]]]  # other model -> its chat-formatted run per user turn
     memory: dict[str, Any] | None  # engine/memory.py's figures: will both models fit
     vocab: dict[str, str]  # model -> its vocab/<model>.parquet
 

@@ -19,7 +19,7 @@ from .explanation_tables import (
     top_tokens_table,
 )
 from .figures import EXPLANATION, drawn
-from .mechanisms import mechanism_tables, paired_pass_text, truncation_table, truncation_text
+from .mechanisms import chat_turns_table, mechanism_tables, paired_pass_text, truncation_table, truncation_text
 from .render import Section
 
 TOKEN_VIEW_CSS = """
@@ -82,6 +82,8 @@ def _add_model(sec: Section, name: str, entry: dict, base: str, explanation: dic
         sec.tables.append(chat_table(name, entry["chat"], base))
         if entry["chat"].get("per_domain"):
             sec.tables.append(chat_domain_table(name, entry["chat"]))
+        if entry["chat"].get("turns"):
+            sec.tables.append(chat_turns_table(name, entry["chat"]["turns"]))
     if attribution:
         for direction in ("other_worse", "other_better"):
             sec.tables.append(top_tokens_table(name, attribution["top_tokens"], direction))

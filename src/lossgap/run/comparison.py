@@ -179,7 +179,9 @@ class _Runs:
                     self.score_group(name, mcfg, loaded, main_group)
                     from_pass.discard(name)
             if plan.chat:
-                record.chat_runs[name] = self._chat_run(main, name, mcfg, loaded, plan.chat_user_turn)
+                runs = [self._chat_run(main, name, mcfg, loaded, turn, i)
+                        for i, turn in enumerate(plan.chat_user_turns)]
+                record.chat_runs[name], record.chat_runs_by_turn[name] = runs[0], runs
             del loaded
             gc.collect()
         if base_name in from_pass:
@@ -219,14 +221,16 @@ class _Runs:
         self.folders[conf.key][name] = self.folder.relative(files)
         return self._config(conf, name, mcfg, files.folder)
 
-    def _chat_run(self, main: Configuration, name: str, mcfg: ModelConfig, loaded, user_turn: str) -> str:
-        """The main configuration once more, each document as the model's reply in its own chat template."""
-        files = self.folder.run(main.key, name, chat=True)
-        _say(self.cfg, f"{name}: {main.key}, chat-formatted (documents as the assistant's reply)")
+    def _chat_run(self, main: Configuration, name: str, mcfg: ModelConfig, loaded, user_turn: str,
+                  turn: int = 0) -> str:
+        """The main configuration once more, each document as the model's reply in its own chat template after the
+        user turn `user_turn` (number `turn` of those sampled)."""
+        files = self.folder.run(main.key, name, chat=True, turn=turn)
+        _say(self.cfg, f"{name}: {main.key}, chat-formatted (documents as the assistant's reply to {user_turn!r})")
         run = self._config(main, name, mcfg, files.folder)
         run.tokenize = replace(run.tokenize, chat_context=True, chat_user_turn=user_turn)
         score_offsets([run], loaded, self._tokenizer())
-        self.passes.append({"models": [name], "configurations": [main.key], "chat": True})
+        self.passes.append({"models": [name], "configurations": [main.key], "chat": True, "user_turn": user_turn})
         return self.folder.relative(files)
 
     def _tokenizer(self):

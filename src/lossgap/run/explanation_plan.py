@@ -33,6 +33,7 @@ class ExplanationPlan:
     skipped: MappingProxyType  # other model -> why it has no paired pass (None: it has one)
     chat_user_turn: str | None  # --chat-context: the user turn before each document (None: no chat runs)
     memory: MappingProxyType | None  # engine/memory.py's figures for the largest pair
+    chat_user_turns: tuple[str, ...] = ()  # every sampled user turn, chat_user_turn first: one chat run each
 
     @property
     def chat(self) -> bool:
@@ -42,7 +43,9 @@ class ExplanationPlan:
         """compare.json's `explanation`: this plan and what the comparison stored."""
         return {"enabled": self.enabled, "configuration": self.configuration, "pairs": dict(record.pairs),
                 "skipped": dict(self.skipped), "chat_runs": dict(record.chat_runs),
-                "chat_user_turn": self.chat_user_turn, "memory": None if self.memory is None else dict(self.memory),
+                "chat_user_turn": self.chat_user_turn, "chat_user_turns": list(self.chat_user_turns),
+                "chat_runs_by_turn": dict(record.chat_runs_by_turn),
+                "memory": None if self.memory is None else dict(self.memory),
                 "vocab": dict(record.vocab)}
 
 
@@ -51,7 +54,8 @@ class ExplanationRecord:
     """What the comparison stored for the explanation, by paths relative to its folder."""
 
     pairs: dict[str, str] = field(default_factory=dict)  # other model -> pairs/<other>.parquet
-    chat_runs: dict[str, str] = field(default_factory=dict)  # other model -> its chat-formatted run
+    chat_runs: dict[str, str] = field(default_factory=dict)  # other model -> its chat-formatted run (first turn)
+    chat_runs_by_turn: dict[str, list[str]] = field(default_factory=dict)  # other model -> one run per user turn
     vocab: dict[str, str] = field(default_factory=dict)  # model -> vocab/<model>.parquet
 
 
@@ -59,10 +63,11 @@ def plan_explanation(cfg: CompareConfig, models: dict[str, ModelConfig], tokeniz
                      main: Configuration) -> ExplanationPlan:
     """The explanation of a comparison of `models` (baseline first), checked before any model loads."""
     names = list(models)
-    turn = cfg.tokenize.chat_user_turn if cfg.tokenize.chat_context else None
-    if turn is not None:
-        for name in names[1:]:
-            prefix = chat_prefix(tokenizers[name], turn, name)  # refuses a model without a template
+    turns = cfg.chat_user_turns() if cfg.tokenize.chat_context else ()
+    turn = turns[0] if turns else None
+    for name in names[1:]:
+        for each in turns:
+            prefix = chat_prefix(tokenizers[name], each, name)  # refuses a model without a template
             _require_room_for_prefix(cfg, models[name], name, len(prefix))
     enabled = cfg.explain and len(names) > 1
     reason = UNDEFINED_FOR_BYTES if mode != TOKENS else NO_NEXT_TOKEN if main.label_offset != 1 else None
@@ -81,7 +86,7 @@ def plan_explanation(cfg: CompareConfig, models: dict[str, ModelConfig], tokeniz
         if len(paired) > 1:
             memory = MappingProxyType(require_room_for_pair(paired, names[0], shapes))
     paired_names = tuple(n for n in names[1:] if enabled and n not in skipped)
-    return ExplanationPlan(enabled, main.key, paired_names, MappingProxyType(skipped), turn, memory)
+    return ExplanationPlan(enabled, main.key, paired_names, MappingProxyType(skipped), turn, memory, turns)
 
 
 def _require_room_for_prefix(cfg: CompareConfig, model: ModelConfig, name: str, prefix: int) -> None:
