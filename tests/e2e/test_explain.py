@@ -56,7 +56,7 @@ def test_contributions_add_up_to_the_headline_difference(compared):
     entry = results["explanation"]["models"]["sft"]
     headline = results["configurations"][0]["comparisons"]["sft"]["overall"]["diff"]
     dims = entry["attribution"]["dimensions"]
-    assert set(dims) == {"domain", "position", "text_class", "frequency", "confidence", "agreement"}
+    assert set(dims) == {"domain", "position", "context", "text_class", "frequency", "confidence", "agreement"}
     for name, dim in dims.items():
         assert abs(sum(b["contribution"] for b in dim["buckets"]) - dim["diff"]) < 1e-9, name
         assert abs(sum(b["n_tokens"] for b in dim["buckets"]) - dim["n_tokens"]) == 0
@@ -122,6 +122,24 @@ def test_chat_change_per_domain_recomputed_from_the_stored_runs(compared):
     assert "### sft: the chat format's effect per domain" in md
     assert all(f"| {name} | {d['n_tokens']:,} | {d['raw_diff']:+.4f} | {d['chat_diff']:+.4f} |" in md
                for name, d in chat["per_domain"].items())
+
+
+def test_context_is_the_position_less_what_a_row_edge_cut(compared):
+    """The paired pass's context column: for a token of an uncut document its position; for a continued segment the
+    tokens from the segment's first, recomputed from the packed rows (--seq-len 96, documents in order)."""
+    out = compared["out"]
+    pairs = pq.read_table(out / "pairs" / "sft.parquet", columns=["doc_id", "pos", "truncated", "context"]).to_pandas()
+    whole = pairs[~pairs["truncated"]]
+    assert (whole["context"] == whole["pos"]).all()
+    cut = pairs[pairs["truncated"]]
+    assert len(cut) and (cut["context"] < cut["pos"]).all() and (cut["context"] >= 1).all()
+    for _, rows in cut.groupby("doc_id"):  # within a continued segment the context grows by one per token
+        steps = np.diff(rows["context"].to_numpy())
+        assert set(steps.tolist()) <= {1} | {int(x) for x in steps[steps < 0]}  # a new row restarts it
+        assert rows["context"].iloc[0] == 1  # the segment's first target sees its first token only
+    dims = compared["results"]["explanation"]["models"]["sft"]["attribution"]["dimensions"]
+    assert sum(b["n_tokens"] for b in dims["context"]["buckets"]) == len(pairs)
+    assert abs(sum(b["contribution"] for b in dims["context"]["buckets"]) - dims["context"]["diff"]) < 1e-9
 
 
 def test_the_chat_change_is_sampled_over_several_user_turns(compared):

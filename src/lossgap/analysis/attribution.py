@@ -141,6 +141,8 @@ def attribute(tokens: Mapping[str, np.ndarray], vocab: pa.Table | None = None,
     if doc_domain is not None:
         dims["domain"] = domain_buckets(t["doc_id"], doc_domain)
     dims["position"] = position_buckets(t["pos"])
+    if "context" in t:  # the paired pass's: the position less what a row edge cut (untruncated tokens: the same)
+        dims["context"] = position_buckets(t["context"])
     if vocab is not None:
         dims["text_class"] = text_class_buckets(t["target"], vocab)
     dims["frequency"] = frequency_buckets(t["target"])

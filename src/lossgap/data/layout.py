@@ -67,6 +67,7 @@ class Batch:
     truncated: np.ndarray  # [N] bool, the prediction did not see the whole document prefix
     docs: dict[int, TokenizedDocument]
     n_input_tokens: int
+    context: np.ndarray | None = None  # [N] int32, tokens of its document the prediction saw (BOS counted)
 
     @property
     def n_targets(self) -> int:
@@ -81,7 +82,7 @@ class Batch:
         ids = self.input_ids[:1, :n]
         batch = Batch(ids, self.position_ids[:1, :n], self.segment_ids[:1, :n], self.flat_index[keep],
                       self.targets[keep], self.doc_ids[keep], self.target_pos[keep], self.truncated[keep], self.docs,
-                      int((self.segment_ids[0, :n] >= 0).sum()))
+                      int((self.segment_ids[0, :n] >= 0).sum()), None if self.context is None else self.context[keep])
         return batch, keep
 
 
@@ -170,7 +171,7 @@ def collate(rows: list[Row], k: int, position_mode: str, pad_id: int = 0, pad_mu
     input_ids = np.full((len(rows), length), pad_id, dtype=np.int64)
     position_ids = np.zeros((len(rows), length), dtype=np.int64)
     segment_ids = np.full((len(rows), length), -1, dtype=np.int64)
-    flat, targets, doc_ids, target_pos, truncated = [], [], [], [], []
+    flat, targets, doc_ids, target_pos, truncated, context = [], [], [], [], [], []
     docs: dict[int, TokenizedDocument] = {}
     for b, row in enumerate(rows):
         # padding continues the last position: position ids that restart inside a row would make transformers
@@ -200,6 +201,8 @@ def collate(rows: list[Row], k: int, position_mode: str, pad_id: int = 0, pad_mu
             doc_ids.append(np.full(t.size, seg.doc.doc_id, dtype=np.int64))
             target_pos.append((t - seg.doc.context).astype(np.int32))
             truncated.append(np.full(t.size, seg.start > 0))
+            # the document's own tokens up to the predicting position (a chat prefix is not the document's)
+            context.append((t - k - max(seg.start, seg.doc.context) + 1).astype(np.int32))
     cat = _concat_or_empty
     return Batch(
         input_ids=torch.from_numpy(input_ids),
@@ -212,6 +215,7 @@ def collate(rows: list[Row], k: int, position_mode: str, pad_id: int = 0, pad_mu
         truncated=cat(truncated, bool),
         docs=docs,
         n_input_tokens=sum(r.length for r in rows),
+        context=cat(context, np.int32),
     )
 
 

@@ -134,9 +134,14 @@ PAIR_STATS: tuple[PairColumn, ...] = (  # the pair's own, comparing the two dist
 PAIR_KEYS = ("doc_id", "domain", "pos", "target", "truncated")  # as in tokens.parquet
 
 
+PAIR_CONTEXT = PairColumn("context", "context", pa.int32(), "tokens",
+                          "tokens of its document the target was predicted from, BOS counted (its position, less what "
+                          "was cut at a row or window edge; a chat prefix is not counted)")
+
+
 def _pair_columns() -> tuple[PairColumn, ...]:
     keys = tuple(PairColumn(name, name, BY_NAME[name].arrow, BY_NAME[name].unit, BY_NAME[name].meaning)
-                 for name in PAIR_KEYS)
+                 for name in PAIR_KEYS) + (PAIR_CONTEXT,)
     per_model = tuple(PairColumn(f"{c.name}_{role}", f"{c.name}_{{{role}}}", c.arrow, c.unit,
                                  f"{{{role}}}: {c.meaning}") for role in ("b", "o") for c in MODEL_STATS)
     return keys + per_model + PAIR_STATS

@@ -8,6 +8,8 @@ from .tables import ONE_DOCUMENT, bootstrap_interval
 DIMENSIONS = {  # results key -> what the buckets are
     "domain": "Domain",
     "position": "Position of the target in its document",
+    "context": "Context: tokens of its document the target was predicted from (its position, less what a row edge "
+               "cut)",
     "text_class": "Text class of the target token",
     "frequency": "Frequency of the target in the scored corpus (count per type; rarest first)",
     "confidence": "The baseline's probability of the target",

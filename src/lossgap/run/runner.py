@@ -20,7 +20,7 @@ from .store import DocumentSums
 def layout_columns(batch: Batch) -> dict[str, np.ndarray]:
     """The per-token columns the layout decides (columns.py, sources "key" and "document"), but the domain."""
     return {"doc_id": batch.doc_ids, "pos": batch.target_pos, "target": batch.targets.numpy(),
-            "truncated": batch.truncated}
+            "truncated": batch.truncated, "context": batch.context}
 
 
 class WindowRunner:
