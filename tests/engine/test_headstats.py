@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from lossgap.engine.head import CPU_TILE_BYTES, STATS_BYTES_PER_LOGIT, OutputHead
 from lossgap.engine.headstats import METRICS, pair_tiles, paired_token_stats, stream_stats
-from lossgap.formats.columns import MODEL_STATS, PAIR_COLUMNS, PAIR_KEYS
+from lossgap.formats.columns import MODEL_STATS, PAIR_COLUMNS, PAIR_CONTEXT, PAIR_KEYS
 from tests.helpers import ARCHS
 
 TIE = 1e-5  # float64 logits closer than this may swap order in fp32: argmax and rank may differ there only
@@ -206,7 +206,7 @@ def test_the_heads_compute_exactly_the_declared_columns(tiny_models):
     with torch.no_grad():
         assert set(stream_stats(head, hidden, targets)) == {c.name for c in MODEL_STATS}
         got = paired_token_stats(head, hidden, head, hidden, targets)
-    assert set(got) == {c.role for c in PAIR_COLUMNS if c.role not in PAIR_KEYS}
+    assert set(got) == {c.role for c in PAIR_COLUMNS if c.role not in (*PAIR_KEYS, PAIR_CONTEXT.role)}  # the layout's
     assert all(values.shape == targets.shape for values in got.values())
 
 
