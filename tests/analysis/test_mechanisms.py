@@ -191,7 +191,11 @@ def test_the_paired_pass_says_its_dtype_and_float32_check():
     check = {"dtype": "bfloat16", "tokens": 63, "input_tokens": 64, "warn": True,
              "limits": {"mean_abs_diff": 0.075, "mean_diff": 0.01},
              "statistics": {"nll_b": {"mean_abs_diff": 0.2, "max_abs_diff": 0.9, "mean_diff": -0.02}}}
-    text = paired_pass_text("sft", "base", {"dtype": {"base": "bfloat16", "sft": "bfloat16"}, "fp32_check": check})
+    from lossgap.analysis.precision import pair_check_text
+
+    paired = {"dtype": {"base": "bfloat16", "sft": "bfloat16"}, "fp32_check": check,
+              "fp32_check_text": pair_check_text(check, ("base", "sft"))}
+    text = paired_pass_text("sft", "base", paired)
     assert text.startswith("The paired pass of base and sft ran in bfloat16; its float32 check: bfloat16 against")
     assert "NLL of base off by 0.2 on average" in text and "past the limits" in text
     plain = paired_pass_text("sft", "base", {"dtype": {"base": "float32", "sft": "float32"}, "fp32_check": None})

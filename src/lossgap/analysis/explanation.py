@@ -23,7 +23,8 @@ from .bootstrap import comparison_seed, ratio_interval
 from .calibration import calibration_report
 from .divergence import divergence_report
 from .documents import RunDocuments
-from .mechanisms import mechanisms
+from .mechanisms import mechanism_report
+from .precision import pair_check_text
 from .stats import histogram
 from .textclass import TokenTexts
 
@@ -53,8 +54,10 @@ def build_explanation(folder: ComparisonFolder, m: Manifest,
             facts = meta.get("facts") or {}
             entry |= _paired(_pair_tokens(folder, e["pairs"][other], base, other), vocab[base], doc_domain,
                              m["bootstrap"], seed, facts.get("special_ids"))
+            check = facts.get("fp32_check")
             entry["paired_pass"] = {"dtype": {n: d.get("dtype") for n, d in (meta.get("models") or {}).items()},
-                                    "plan": facts.get("plan"), "fp32_check": facts.get("fp32_check")}
+                                    "plan": facts.get("plan"), "fp32_check": check,
+                                    "fp32_check_text": pair_check_text(check, (base, other)) if check else None}
         elif m["mode"] == "tokens":
             entry["attribution"] = attribute(_run_tokens(folder, m, main, base, other), vocab[base], doc_domain,
                                              m["bootstrap"], seed)
@@ -97,7 +100,7 @@ def _paired(tokens: dict, vocab: pa.Table, doc_domain: dict, n_boot: int, seed: 
         "kl_histogram": histogram(np.log10(np.maximum(np.asarray(tokens["kl_bo"], dtype=np.float64), 1e-8))),
         "attribution": attribution,
         "calibration": calibration_report(tokens),
-        "mechanisms": mechanisms(tokens, vocab, doc_domain, special_ids, n_boot, seed + 50),
+        "mechanisms": mechanism_report(tokens, vocab, doc_domain, special_ids, n_boot, seed + 50),
         "truncation": truncation(tokens, n_boot, seed + 60) if "truncated" in tokens else None,
         "token_view": token_view(tokens, vocab),
     }

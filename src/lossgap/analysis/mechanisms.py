@@ -31,7 +31,7 @@ SHIFT_KINDS = ("unshifted", "marginal", "shifted")  # the baseline ranks the oth
 P_FLOOR = 1e-7  # 1 - p_special held at least this (float32's resolution near 1): the renormalised NLL stays finite
 
 
-def mechanisms(tokens: Mapping[str, np.ndarray], vocab: pa.Table, doc_domain: Mapping[int, str],
+def mechanism_report(tokens: Mapping[str, np.ndarray], vocab: pa.Table, doc_domain: Mapping[int, str],
                special_ids: list[int] | None, n_boot: int, seed: int) -> dict:
     """Both mechanisms for one other model (special_mass only when the pairs file has p_special)."""
     out: dict = {"instead": instead(tokens, vocab, n_boot, seed)}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..analysis.precision import pair_check_text
 from .explanation_tables import contribution_table
 from .render import Interval, NumberFormat, Table, Text, count, share, signed
 from .tables import ONE_DOCUMENT
@@ -98,9 +97,8 @@ def paired_pass_text(name: str, base: str, paired: dict) -> str:
     dtypes = paired.get("dtype") or {}
     ran = " / ".join(dict.fromkeys(str(d) for d in dtypes.values())) or "an unrecorded dtype"
     text = f"The paired pass of {base} and {name} ran in {ran}"
-    check = paired.get("fp32_check")
-    if check:
-        return text + f"; its float32 check: {pair_check_text(check, (base, name))}."
+    if paired.get("fp32_check_text"):  # worded by analysis/precision.py
+        return text + f"; its float32 check: {paired['fp32_check_text']}."
     if set(dtypes.values()) == {"float32"}:
         return text + " (no float32 check needed)."
     return text + "; it has no float32 check (turned off, or out of memory)."
