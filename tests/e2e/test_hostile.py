@@ -801,7 +801,7 @@ def test_a_float32_check_out_of_memory_is_skipped_and_said(tmp_path, llama_dir, 
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     assert main(_bf16("score", pile_jsonl, tmp_path / "ref", "--model", str(llama_dir))) == 0
-    monkeypatch.setattr(forward, "float32_nll", out_of_memory)
+    monkeypatch.setattr(forward, "in_float32", out_of_memory)
     assert main(_bf16("score", pile_jsonl, tmp_path / "oom", "--model", str(llama_dir))) == 0
     err = capsys.readouterr().err
     assert "the float32 check of the first batch ran out of memory and was skipped" in err and "Traceback" not in err

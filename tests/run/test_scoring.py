@@ -248,3 +248,31 @@ def test_start_up_costs_are_recorded_step_by_step_and_said(tmp_path, llama_dir, 
     assert list(steps) == ["setup", "load", "head_check", "plan_and_batch_size", "mask_probe"]
     assert all(v >= 0 for v in steps.values()) and abs(sum(steps.values()) - s["load_seconds"]) < 0.01
     assert f"lossgap: {llama_dir}: ready in {s['load_seconds']:.1f} s (setup " in capsys.readouterr().err
+
+
+def test_one_float32_pass_checks_every_label_offset_of_the_same_rows(tmp_path, llama_dir, pile_jsonl, monkeypatch):
+    """score_offsets in bf16: the float32 check of offsets 1 and 2 (the same rows) takes one float32 forward pass,
+    and each offset's check equals what its run alone records on the same slice."""
+    from dataclasses import replace
+
+    from lossgap.engine import forward
+    from lossgap.run.scoring import score_offsets
+
+    passes = []
+    original = forward.in_float32
+
+    def counting(*args, **kwargs):
+        passes.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(forward, "in_float32", counting)
+    cfgs = [_score_config(llama_dir, pile_jsonl, tmp_path / f"k{k}", "packed", "block", k) for k in (1, 2)]
+    for c in cfgs:
+        c.model = replace(c.model, dtype="bfloat16")
+    together = score_offsets(cfgs)
+    assert len(passes) == 1
+    checks = [r.summary["fp32_check"] for r in together]
+    assert all(c["tokens"] > 0 and c["dtype"] == "bfloat16" for c in checks)
+    assert checks[0]["input_tokens"] == checks[1]["input_tokens"]  # the same slice of the same rows
+    alone = score_offsets([replace(cfgs[1], run=replace(cfgs[1].run, out=str(tmp_path / "alone")))])[0]
+    assert alone.summary["fp32_check"]["mean_abs_diff"] == pytest.approx(checks[1]["mean_abs_diff"], abs=1e-7)

@@ -146,16 +146,22 @@ CHECK_MIN_TARGETS = 64  # fewer targets in them (a strided window scores only it
 CHECKED_LAYERS = "every layer and the output head, in float32, one module's weights at a time"
 
 
-def check_slice(batch) -> tuple:
-    """The first row's first CHECK_TOKENS positions (longer if they hold fewer than CHECK_MIN_TARGETS of its
-    targets): what the float32 check scores again, as (batch, mask of this batch's targets it holds)."""
+def check_length(batch) -> int:
+    """The first row's positions the float32 check scores again: CHECK_TOKENS, more if they hold fewer than
+    CHECK_MIN_TARGETS of the batch's targets."""
     flat = np.sort(batch.flat_index.numpy())
     row0 = flat[flat < batch.input_ids.shape[1]]
     tokens = CHECK_TOKENS
     wanted = min(CHECK_MIN_TARGETS, row0.size)
     if wanted and np.searchsorted(row0, tokens) < wanted:
         tokens = int(row0[wanted - 1]) + 1
-    return batch.first_row_prefix(tokens)
+    return tokens
+
+
+def check_slice(batch, tokens: int | None = None) -> tuple:
+    """The first row's first check_length positions (or `tokens`): what the float32 check scores again, as (batch,
+    mask of this batch's targets it holds)."""
+    return batch.first_row_prefix(check_length(batch) if tokens is None else tokens)
 
 
 def _checked(sub, dtypes: list[str]) -> dict:
@@ -167,13 +173,7 @@ def fp32_deviation(plan, head, batch, nll: np.ndarray) -> dict | None:
     """How far the reduced-precision per-token NLL of the run is from float32 on the first tokens of a batch
     (check_slice), and whether that is past the limits (formats/schema.py FP32_LIMITS): summary.json's
     fp32_check. None when the slice holds no target (the next batch is checked)."""
-    sub, keep = check_slice(batch)
-    if not sub.n_targets:
-        return None
-    d = deviation(nll[keep], float32_nll(plan, head, sub))
-    return {**_checked(sub, [dtype_name(plan.dtype)]), "max_abs_diff": d["max_abs_diff"],
-            "mean_abs_diff": d["mean_abs_diff"], "mean_nll_diff": d["mean_diff"],
-            "warn": exceeds_fp32_limits(d["mean_abs_diff"], d["mean_diff"]), "limits": dict(FP32_LIMITS)}
+    return fp32_deviations(plan, head, [batch], [nll])[0]
 
 
 def run_check(pair_check: dict, role: str, dtype: torch.dtype) -> dict:
@@ -183,6 +183,25 @@ def run_check(pair_check: dict, role: str, dtype: torch.dtype) -> dict:
             "layers": pair_check["layers"], "max_abs_diff": d["max_abs_diff"], "mean_abs_diff": d["mean_abs_diff"],
             "mean_nll_diff": d["mean_diff"], "warn": exceeds_fp32_limits(d["mean_abs_diff"], d["mean_diff"]),
             "limits": dict(FP32_LIMITS)}
+
+
+def fp32_deviations(plan, head, batches: list, nlls: list[np.ndarray]) -> list[dict | None]:
+    """fp32_deviation of several label offsets' batches of the same rows from one float32 forward pass: the slice is
+    the longest any of them needs, so each offset's check holds at least its own slice."""
+    tokens = max(check_length(b) for b in batches)
+    slices = [check_slice(b, tokens) for b in batches]
+    with in_float32(plan, head):
+        references = [r["nll"] for r in forward_batches(plan, head, [sub for sub, _ in slices])]
+    out = []
+    for (sub, keep), nll, reference in zip(slices, nlls, references, strict=True):
+        if not sub.n_targets:
+            out.append(None)
+            continue
+        d = deviation(nll[keep], reference)
+        out.append({**_checked(sub, [dtype_name(plan.dtype)]), "max_abs_diff": d["max_abs_diff"],
+                    "mean_abs_diff": d["mean_abs_diff"], "mean_nll_diff": d["mean_diff"],
+                    "warn": exceeds_fp32_limits(d["mean_abs_diff"], d["mean_diff"]), "limits": dict(FP32_LIMITS)})
+    return out
 
 
 def fp32_pair_deviation(plan_b, head_b, plan_o, head_o, batch, stats: dict[str, np.ndarray]) -> dict | None:

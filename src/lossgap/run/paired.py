@@ -84,7 +84,13 @@ class PairRunner(WindowRunner):
         for role, name, plan in zip(("nll_b", "nll_o"), self.names, (self.plan, self.other.plan), strict=True):
             forward.require_finite_loss(columns[self.stored[role]], batch, name, plan.dtype)
 
-    def measure_fp32(self, k: int, batch: Batch, columns: dict) -> dict | None:
+    def measure_fp32(self, todo: list[tuple[int, Batch, dict]]) -> dict:
+        checks: dict = {}
+        for k, batch, columns in todo:
+            checks |= self._measure(k, batch, columns) or {}
+        return checks
+
+    def _measure(self, k: int, batch: Batch, columns: dict) -> dict | None:
         """At the pass's offset: the pair's check, and each model's from it, under (role, k); elsewhere each model's
         own, as its run alone checks it."""
         plans = {"b": (self.plan, self.head), "o": (self.other.plan, self.other.head)}

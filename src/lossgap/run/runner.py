@@ -42,8 +42,8 @@ class WindowRunner:
         parts: dict[int, list[dict]] = {k: [] for k in offsets}
         for group in self.plan.groups(rows):
             for batches, stats in self._score_group(group, offsets):
+                self.check(offsets, batches, stats)
                 for k, batch, columns in zip(offsets, batches, stats, strict=True):
-                    self.check(k, batch, columns)
                     parts[k].append({**layout_columns(batch), **columns})
                 self.input_tokens += batches[0].n_input_tokens
         return [document_order(parts[k], documents, self.columns_for(k)) for k in offsets]
@@ -60,24 +60,26 @@ class WindowRunner:
         """The per-token columns the model computes, one dict per batch (the same rows, one per offset)."""
         return forward.forward_batches(self.plan, self.head, batches, MODEL_METRICS)
 
-    def check(self, k: int, batch: Batch, columns: dict) -> None:
+    def check(self, offsets: list[int], batches: list[Batch], stats: list[dict]) -> None:
         """Refuse a non-finite loss; measure the first batch of each offset against float32 below it, and say so on
         stderr when it is farther than the limits (formats/schema.py FP32_LIMITS)."""
-        self.require_finite(batch, columns)
-        if not (self.want_fp32_check and k not in self.checked and batch.n_targets):
+        for batch, columns in zip(batches, stats, strict=True):
+            self.require_finite(batch, columns)
+        todo = [(k, b, c) for k, b, c in zip(offsets, batches, stats, strict=True)
+                if self.want_fp32_check and k not in self.checked and b.n_targets]
+        if not todo:
             return
         try:
-            checks = self.measure_fp32(k, batch, columns)
+            checks = self.measure_fp32(todo)
         except torch.OutOfMemoryError:  # no check, said, not a crash (the results' fp32_check stays null)
-            self.checked.add(k)
+            self.checked.update(k for k, _, _ in todo)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             print(f"lossgap: warning: {self.model_name}: the float32 check of the first batch ran out of memory "
                   "and was skipped; the results are unchecked against float32", file=sys.stderr, flush=True)
             return
-        if checks is None:  # the slice held no target: the next batch is checked
-            return
-        self.checked.add(k)
+        # an offset whose slice held no target is checked on its next batch
+        self.checked.update(key if isinstance(key, int) else key[1] for key in checks)  # k, or (model role, k)
         self.fp32_check.update(checks)
         for key, check in checks.items():
             if check["warn"]:
@@ -87,10 +89,11 @@ class WindowRunner:
     def require_finite(self, batch: Batch, columns: dict) -> None:
         forward.require_finite_loss(columns["nll"], batch, self.model_name, self.plan.dtype)
 
-    def measure_fp32(self, k: int, batch: Batch, columns: dict) -> dict | None:
-        """Check key -> the deviation from float32 of this offset's first batch (None: its slice held no target)."""
-        check = forward.fp32_deviation(self.plan, self.head, batch, columns["nll"])
-        return None if check is None else {k: check}
+    def measure_fp32(self, todo: list[tuple[int, Batch, dict]]) -> dict:
+        """Check key -> the deviation from float32 of each offset's first batch (offsets whose slice held no target
+        absent): one float32 forward pass serves every offset, the rows being the same."""
+        found = forward.fp32_deviations(self.plan, self.head, [b for _, b, _ in todo], [c["nll"] for _, _, c in todo])
+        return {k: check for (k, _, _), check in zip(todo, found, strict=True) if check is not None}
 
     def fp32_warning(self, key, check: dict) -> str:
         return f"{self.model_name} (label offset {key}): {precision.run_check_text(check)}"
