@@ -5,7 +5,9 @@
   after   the first row's first 512 tokens re-scored in float32, one module's weights upcast at a time
 
 It prints the scoring time of the run, each check's time and its share of that, the deviation each measured, and
-the peak resident memory each check adds (VmHWM after clear_refs; CPU only).
+the peak resident memory each check adds (VmHWM after clear_refs; CPU only). Then the check of two label offsets of
+the same rows (a comparison's score_offsets): one float32 pass per offset, against one pass for both
+(forward.fp32_deviations).
 
   python benchmarks/fp32_check.py                  # SmolLM2, ~32k tokens, bf16, CPU
   python benchmarks/fp32_check.py --tokens 16384 --batch-size 2
@@ -25,8 +27,8 @@ import torch
 
 from lossgap.config import ModelConfig
 from lossgap.data.encode import TokenizedDocument
-from lossgap.data.layout import packed_rows
-from lossgap.engine.forward import eager, fp32_deviation, score_batch
+from lossgap.data.layout import packed_rows, retarget
+from lossgap.engine.forward import eager, fp32_deviation, fp32_deviations, score_batch
 from lossgap.engine.head import OutputHead
 from lossgap.engine.model import load_model
 from lossgap.engine.plans import make_plan
@@ -104,7 +106,9 @@ def main() -> None:
         twin = copy.deepcopy(plan)  # the old check changes the model (rotary buffers): on a copy
         twin.model = copy.deepcopy(model)
         old, old_s, old_mib = peak_rss_during(lambda: old_check(twin, OutputHead(twin.model), batches[0], nlls[0]))
+        offsets = two_offsets(plan, head, rows)
     report = {
+        "offsets_1_and_2": offsets,
         "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
         "tokens": n_tokens, "seq_len": a.seq_len, "batch_size": a.batch_size, "plan": a.plan,
         "scoring_seconds": scoring, "tokens_per_second": n_tokens / scoring,
@@ -118,7 +122,25 @@ def main() -> None:
         r = report[name]
         print(f"{name:>6}: {r['seconds']:.2f} s = {100 * r['share']:.1f} % of scoring, +{r['peak_mib_added']:.0f} MiB "
               f"peak, {r['tokens']} targets, mean |diff| {r['mean_abs_diff']:.4f}, mean diff {r['mean_nll_diff']:+.4f}")
+    o = report["offsets_1_and_2"]
+    print(f"offsets 1 and 2 of the same rows: a float32 pass each {o['per_offset_seconds']:.2f} s, one for both "
+          f"{o['one_pass_seconds']:.2f} s ({o['per_offset_seconds'] / o['one_pass_seconds']:.2f}x)")
     print(json.dumps(report))
+
+
+def two_offsets(plan, head, rows) -> dict:
+    """The float32 check of label offsets 1 and 2 of the first rows: a pass per offset against one for both."""
+    first = [plan.collate(retarget(rows[:1], 1, k), k) for k in (1, 2)]
+    nlls = [score_batch(plan, head, b) for b in first]
+    t = time.perf_counter()
+    apart = [fp32_deviation(plan, head, b, n) for b, n in zip(first, nlls, strict=True)]
+    per_offset = time.perf_counter() - t
+    t = time.perf_counter()
+    together = fp32_deviations(plan, head, first, nlls)
+    one_pass = time.perf_counter() - t
+    return {"per_offset_seconds": per_offset, "one_pass_seconds": one_pass,
+            "mean_abs_diff": [c["mean_abs_diff"] for c in apart],
+            "mean_abs_diff_one_pass": [c["mean_abs_diff"] for c in together]}
 
 
 if __name__ == "__main__":
