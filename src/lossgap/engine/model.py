@@ -171,13 +171,24 @@ def load_model(cfg: ModelConfig, quiet: bool = False, local_rank: int = 0) -> Lo
     model.eval()
     device = next(model.parameters()).device
     config = model.config
-    max_positions = next(
-        (getattr(config, a) for a in ("max_position_embeddings", "n_positions", "max_sequence_length")
-         if isinstance(getattr(config, a, None), int)),
-        None,
-    )
     vocab = model.get_output_embeddings().weight.shape[0]
-    return LoadedModel(model, tokenizer, cfg.name, device, dtype, vocab, max_positions, config._attn_implementation)
+    return LoadedModel(model, tokenizer, cfg.name, device, dtype, vocab, max_positions(config),
+                       config._attn_implementation)
+
+
+def max_positions(config) -> int | None:
+    """The positions a model's config says it takes, under whichever name its architecture uses (None: unstated)."""
+    return next((getattr(config, a) for a in ("max_position_embeddings", "n_positions", "max_sequence_length")
+                 if isinstance(getattr(config, a, None), int)), None)
+
+
+def require_room_for_prefix(name: str, seq_len: int, prefix: int, positions: int | None) -> None:
+    """A chat-formatted run puts the template before every segment (data/layout.py): its rows are seq_len plus the
+    prefix long, which the model's positions must hold."""
+    if positions is not None and seq_len + prefix > positions:
+        raise UsageError(f"--chat-context places {name}'s chat template ({prefix} tokens) before every segment of a "
+                         f"row: rows of --seq-len {seq_len} then exceed its {positions} positions",
+                         f"use --seq-len {positions - prefix} or less")
 
 
 def resolve_seq_len(loaded: LoadedModel, seq_len: int | None) -> int:

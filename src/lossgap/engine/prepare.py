@@ -18,7 +18,7 @@ from .batching import AUTO, BatchSizing, auto_batch_size
 from .compiled import check_compiled, compile_layers
 from .dist import Dist
 from .head import OutputHead
-from .model import LoadedModel, load_model, resolve_seq_len
+from .model import LoadedModel, load_model, require_room_for_prefix, resolve_seq_len
 from .plans import AUTO_FALLBACK, Plan, choose_plan, make_plan
 from .probe import ProbeResult, probe_mask, require_probe
 
@@ -72,10 +72,8 @@ def prepare_engine(cfg: ScoreConfig, dist: Dist, loaded: LoadedModel | None = No
     # the template is the model's own, the documents' tokens the given tokenizer's (a comparison's shared one)
     prefix = chat_prefix(loaded.tokenizer, cfg.tokenize.chat_user_turn, loaded.name) if cfg.tokenize.chat_context \
         else None
-    if prefix and loaded.max_positions is not None and seq_len + len(prefix) > loaded.max_positions:
-        raise UsageError(f"--chat-context places the chat template's {len(prefix)} tokens before every segment of a "
-                         f"row: rows of --seq-len {seq_len} then exceed {loaded.name}'s {loaded.max_positions} "
-                         "positions", f"use --seq-len {loaded.max_positions - len(prefix)} or less")
+    if prefix:
+        require_room_for_prefix(loaded.name, seq_len, len(prefix), loaded.max_positions)
     clock.lap("load")
     head, head_diff, kernel_check = _checked_head(cfg, loaded)
     clock.lap("head_check")

@@ -14,8 +14,7 @@ from types import MappingProxyType
 from ..config import DEFAULT_SEQ_LEN, CompareConfig, ModelConfig
 from ..data.encode import chat_prefix
 from ..engine.memory import model_shape, require_room_for_pair
-from ..engine.model import load_config
-from ..errors import UsageError
+from ..engine.model import load_config, max_positions, require_room_for_prefix
 from ..formats.schema import TOKENS, ExplanationManifest
 from ..matrix import Configuration
 
@@ -65,10 +64,12 @@ def plan_explanation(cfg: CompareConfig, models: dict[str, ModelConfig], tokeniz
     names = list(models)
     turns = cfg.chat_user_turns() if cfg.tokenize.chat_context else ()
     turn = turns[0] if turns else None
-    for name in names[1:]:
-        for each in turns:
-            prefix = chat_prefix(tokenizers[name], each, name)  # refuses a model without a template
-            _require_room_for_prefix(cfg, models[name], name, len(prefix))
+    for name in names[1:] if turns else []:
+        # refused here, before any model loads: a model without a template, rows the model's positions cannot hold
+        longest = max(len(chat_prefix(tokenizers[name], each, name)) for each in turns)
+        positions = max_positions(load_config(models[name]))
+        if positions is not None:
+            require_room_for_prefix(name, cfg.layout.seq_len or min(DEFAULT_SEQ_LEN, positions), longest, positions)
     enabled = cfg.explain and len(names) > 1
     reason = UNDEFINED_FOR_BYTES if mode != TOKENS else NO_NEXT_TOKEN if main.label_offset != 1 else None
     skipped: dict[str, str | None] = {}
@@ -88,17 +89,3 @@ def plan_explanation(cfg: CompareConfig, models: dict[str, ModelConfig], tokeniz
     paired_names = tuple(n for n in names[1:] if enabled and n not in skipped)
     return ExplanationPlan(enabled, main.key, paired_names, MappingProxyType(skipped), turn, memory, turns)
 
-
-def _require_room_for_prefix(cfg: CompareConfig, model: ModelConfig, name: str, prefix: int) -> None:
-    """The chat-formatted run puts the template before every segment: its rows are --seq-len plus the prefix long,
-    which the model's positions must hold (refused here, before any model loads)."""
-    config = load_config(model)
-    positions = next((getattr(config, a) for a in ("max_position_embeddings", "n_positions", "max_sequence_length")
-                      if isinstance(getattr(config, a, None), int)), None)
-    if positions is None:
-        return
-    seq_len = cfg.layout.seq_len or min(DEFAULT_SEQ_LEN, positions)
-    if seq_len + prefix > positions:
-        raise UsageError(f"--chat-context places {name}'s chat template ({prefix} tokens) before every segment of a "
-                         f"row: rows of --seq-len {seq_len} then exceed its {positions} positions",
-                         f"use --seq-len {positions - prefix} or less")
