@@ -117,6 +117,8 @@ class PairedResult:
     path: Path
     facts: dict
     runs: list[ScoreResult] = field(default_factory=list)  # the runs the pass wrote (empty: none asked, or refused)
+    engines: list[Engine] = field(default_factory=list, repr=False)  # both models as the pass scored them
+    corpus: Corpus | None = field(default=None, repr=False)
 
 
 def paired_pass(cfg: ScoreConfig, names: tuple[str, str], base: LoadedModel, other: LoadedModel, tokenizer,
@@ -153,7 +155,7 @@ def paired_pass(cfg: ScoreConfig, names: tuple[str, str], base: LoadedModel, oth
         if facts is not None and not pending:  # --resume: this pass had finished with the same inputs
             if dist.main:
                 output.shards.remove()
-            return PairedResult(path, facts, _finished(run_outputs))
+            return PairedResult(path, facts, _finished(run_outputs), engines, corpus)
         runner = PairRunner(*engines, names, cfg.layout.label_offset, cfg.run.fp32_check)
         done = run_windows(cfg, engines[0], corpus, [output, *pending], dist, runner)
         facts = {**engines[0].facts(), "models": list(names), **done.facts(cfg, corpus, [output], 0.0),
@@ -171,7 +173,7 @@ def paired_pass(cfg: ScoreConfig, names: tuple[str, str], base: LoadedModel, oth
                 shutil.rmtree(work, ignore_errors=True)
     if done.error is not None:
         raise done.error
-    return PairedResult(path, facts, written)
+    return PairedResult(path, facts, written, engines, corpus)
 
 
 def control_token_ids(tokenizers: list, vocab: int) -> list[int]:
