@@ -70,6 +70,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         run=RunConfig(out=str(out / COMPARE_DIR), batch_size=4, overwrite=cfg.overwrite, quiet=cfg.quiet),
         matrix="seed",
         bootstrap=cfg.bootstrap,
+        layers=not cfg.smollm,  # the shipped pair is a fine-tune of one model: which of its layers carry the gap
+        layers_tokens=0,  # every token: D(1) is the headline D
     )
     results = compare(compare_cfg, min_models=1)
     results["demo_wall_seconds"] = time.perf_counter() - started

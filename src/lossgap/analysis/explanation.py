@@ -23,6 +23,7 @@ from .bootstrap import comparison_seed, ratio_interval
 from .calibration import calibration_report
 from .divergence import divergence_report
 from .documents import RunDocuments
+from .layers import layer_report
 from .mechanisms import mechanism_report
 from .precision import pair_check_text
 from .stats import histogram
@@ -69,6 +70,8 @@ def build_explanation(folder: ComparisonFolder, m: Manifest,
             if len(by_turn) > 1:
                 entry["chat"]["turns"] = _chat_turns(folder, m, main, base, other, by_turn,
                                                      e.get("chat_user_turns") or [], seed)
+        if other in (e.get("layers") or {}):
+            entry["layers"] = layer_report(folder, e["layers"][other], m["bootstrap"], seed)
         models[other] = entry
     return {"configuration": main, "chat_user_turn": e.get("chat_user_turn"),
             "chat_user_turns": e.get("chat_user_turns"), "models": models}

@@ -36,6 +36,8 @@ def explanation_sentences(results: dict) -> list[str]:
         if entry.get("truncation") and entry["truncation"]["truncated_tokens"]:
             out.append(truncation_finding(name, entry["truncation"]))
         out.extend(mechanism_findings(name, base, entry.get("mechanisms")))
+        if entry.get("layers"):
+            out.extend(f"By layer ({name} against {base}): {f}" for f in entry["layers"]["findings"][:3])
         if entry.get("chat"):
             out.append(chat_finding(name, base, entry["chat"], attribution))
         if entry.get("bits_per_byte"):

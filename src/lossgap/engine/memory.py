@@ -26,6 +26,8 @@ class ModelShape:
 
     weight_bytes: int  # its weights in the dtype it will run in
     vocab: int  # rows of its output projection: the entries of its predictive distribution
+    architecture: str = ""  # the model's class
+    parameters: tuple[tuple[str, tuple[int, ...]], ...] = ()  # every parameter's name and shape (--layers' check)
 
 
 def model_shape(cfg: ModelConfig) -> ModelShape:
@@ -37,7 +39,8 @@ def model_shape(cfg: ModelConfig) -> ModelShape:
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
     dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
     return ModelShape(sum(p.numel() for p in model.parameters()) * torch.finfo(dtype).bits // 8,
-                      model.get_output_embeddings().weight.shape[0])
+                      model.get_output_embeddings().weight.shape[0], type(model).__name__,
+                      tuple((n, tuple(p.shape)) for n, p in model.named_parameters()))
 
 
 

@@ -15,6 +15,7 @@ A comparison (`lossgap compare`) is a folder:
     runs/<configuration>-chat/<model>/     the chat-formatted run (--chat-context)
     pairs/<other>.parquet                  the paired pass of the baseline and another model
     pairs/.<other>/                        its shards until it finishes
+    pairs/<other>.layers.json, .layers.parquet   --layers: the layer attribution of the pair (run/layers.py)
     vocab/<model>.parquet                  each model's token bytes and classes
 
 compare.json records the runs, pairs and vocabularies by their paths relative to the comparison folder. Every read of
@@ -178,6 +179,14 @@ class ComparisonFolder:
     def pairs_work(self, other: str) -> Path:
         """Where the paired pass keeps its shards until they are merged (the unit of resume)."""
         return self.root / PAIRS / f".{other}"
+
+    def layers(self, other: str) -> Path:
+        """--layers: what the layer attribution of the pair measured, besides per-document sums."""
+        return self.root / PAIRS / f"{other}.layers.json"
+
+    def layer_sums(self, other: str) -> Path:
+        """--layers: per document of the sample, the scored tokens and each hybrid's summed NLL."""
+        return self.root / PAIRS / f"{other}.layers.parquet"
 
     def vocab(self, model: str) -> Path:
         return self.root / VOCAB / f"{model}.parquet"

@@ -259,6 +259,7 @@ class ExplanationManifest(TypedDict):
     chat_runs_by_turn: NotRequired[dict[str, list[str]]]  # other model -> its chat-formatted run per user turn
     memory: dict[str, Any] | None  # engine/memory.py's figures: will both models fit
     vocab: dict[str, str]  # model -> its vocab/<model>.parquet
+    layers: NotRequired[dict[str, str]]  # --layers: other model -> its pairs/<other>.layers.json
 
 
 class Manifest(TypedDict):

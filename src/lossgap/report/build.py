@@ -14,7 +14,8 @@ from ..formats.files import write_text
 from ..formats.paths import ComparisonFolder
 from ..formats.schema import Results, clean, number, others, tokens_mode, unit
 from .explanation import explanation_section
-from .figures import DOMAINS, LEAKAGE, POSITIONS, STATISTICS, drawn, write_figures
+from .figures import DOMAINS, LAYERS, LEAKAGE, POSITIONS, STATISTICS, drawn, write_figures
+from .layers import layers_section
 from .render import NA, Section, count, md_table, render_html, render_markdown, write_csvs
 from .tables import (
     diagnostics_table,
@@ -58,6 +59,9 @@ def sections(results: Results, figures: dict[str, Path | None]) -> list[Section]
     explanation = explanation_section(results, figures)
     if explanation is not None:
         secs.insert(2, explanation)  # right after the seed's table: where the headline difference comes from
+        layer_section = layers_section(results, drawn(LAYERS, figures))
+        if layer_section is not None:
+            secs.insert(3, layer_section)
     return secs + [
         Section("Tokenizers", tables=[tokenizer_table(results)]),
         _diagnostics_section(results),

@@ -12,9 +12,10 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from ..formats.schema import Results
-from . import explanation_plots, plots
+from . import explanation_plots, layers, plots
 
 STATISTICS, DOMAINS, LEAKAGE, POSITIONS, EXPLANATION = "statistics", "domains", "leakage", "positions", "explanation"
+LAYERS = "layers"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ FIGURES: tuple[ReportFigure, ...] = (
                  "Contribution to D by the baseline's probability of the target", EXPLANATION),
     ReportFigure("reliability.png", explanation_plots.reliability,
                  "Reliability diagrams: top-1 probability against top-1 accuracy, per model", EXPLANATION),
+    ReportFigure("layers_interpolation.png", layers.interpolation_figure,
+                 "D along the path between the two weight sets, with 95% bootstrap intervals", LAYERS),
+    ReportFigure("layers_by_depth.png", layers.layer_figure,
+                 "Per decoder layer: relative weight change, and the logit lens's KL between the two models", LAYERS),
 )
 
 

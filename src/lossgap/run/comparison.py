@@ -24,6 +24,7 @@ from ..formats.schema import SCHEMA_VERSION, TOKENS, Manifest
 from ..matrix import SEED_MATRIX, Configuration, main_configuration, single_configuration
 from ..version import library_versions
 from .explanation_plan import ExplanationPlan, ExplanationRecord, plan_explanation
+from .layers import LayerSettings, layer_attribution
 from .lock import OutLocks
 from .paired import paired_pass
 from .scoring import score_offsets
@@ -170,6 +171,8 @@ class _Runs:
                 run = self._config(main, name, mcfg, self.folder.pairs_work(name))
                 done = paired_pass(run, (base_name, name), base, loaded, self.base_tokenizer, self.folder, runs)
                 record.pairs[name] = self.folder.relative(done.path)
+                if name in plan.layers:
+                    self.layers(record, run, (base_name, name), done)
                 written = [models[r] for r in runs] if done.runs else []
                 self.passes.append({"models": [base_name, name], "pairs": record.pairs[name],
                                     "configurations": [c.key for c in main_group] if written else [],
@@ -189,6 +192,13 @@ class _Runs:
         del base
         gc.collect()
         return record
+
+    def layers(self, record: ExplanationRecord, run: ScoreConfig, names: tuple[str, str], done) -> None:
+        """--layers: the pair's layer attribution while both models are resident (run/layers.py)."""
+        settings = LayerSettings(self.cfg.layers_tokens or None, self.cfg.layers_blocks, self.cfg.seed)
+        layer_attribution(run, names, done, self.folder, settings, quiet=self.cfg.run.quiet)
+        record.layers[names[1]] = self.folder.relative(self.folder.layers(names[1]))
+        self.passes.append({"models": list(names), "layers": record.layers[names[1]]})
 
     def score_model(self, name: str, mcfg: ModelConfig, keep: bool = False, but: list[Configuration] = ()):
         """Score every configuration with one model (`but` those); return the loaded model if `keep`, else release

@@ -8,6 +8,7 @@ room for two models at once; `--chat-context` needs each other model's chat temp
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -15,6 +16,7 @@ from ..config import DEFAULT_SEQ_LEN, CompareConfig, ModelConfig
 from ..data.encode import chat_prefix
 from ..engine.memory import model_shape, require_room_for_pair
 from ..engine.model import load_config, max_positions, require_room_for_prefix
+from ..errors import UsageError
 from ..formats.schema import TOKENS, ExplanationManifest
 from ..matrix import Configuration
 
@@ -33,6 +35,7 @@ class ExplanationPlan:
     chat_user_turn: str | None  # --chat-context: the user turn before each document (None: no chat runs)
     memory: MappingProxyType | None  # engine/memory.py's figures for the largest pair
     chat_user_turns: tuple[str, ...] = ()  # every sampled user turn, chat_user_turn first: one chat run each
+    layers: tuple[str, ...] = ()  # --layers: the other models whose layer attribution follows their paired pass
 
     @property
     def chat(self) -> bool:
@@ -45,7 +48,7 @@ class ExplanationPlan:
                 "chat_user_turn": self.chat_user_turn, "chat_user_turns": list(self.chat_user_turns),
                 "chat_runs_by_turn": dict(record.chat_runs_by_turn),
                 "memory": None if self.memory is None else dict(self.memory),
-                "vocab": dict(record.vocab)}
+                "vocab": dict(record.vocab), "layers": dict(record.layers)}
 
 
 @dataclass
@@ -56,6 +59,7 @@ class ExplanationRecord:
     chat_runs: dict[str, str] = field(default_factory=dict)  # other model -> its chat-formatted run (first turn)
     chat_runs_by_turn: dict[str, list[str]] = field(default_factory=dict)  # other model -> one run per user turn
     vocab: dict[str, str] = field(default_factory=dict)  # model -> vocab/<model>.parquet
+    layers: dict[str, str] = field(default_factory=dict)  # other model -> pairs/<other>.layers.json (--layers)
 
 
 def plan_explanation(cfg: CompareConfig, models: dict[str, ModelConfig], tokenizers: dict, mode: str,
@@ -86,6 +90,34 @@ def plan_explanation(cfg: CompareConfig, models: dict[str, ModelConfig], tokeniz
         paired = {name: m for name, m in models.items() if name not in skipped}
         if len(paired) > 1:
             memory = MappingProxyType(require_room_for_pair(paired, names[0], shapes))
+    if cfg.layers:
+        require_fine_tunes(cfg, models, names, skipped, enabled)
     paired_names = tuple(n for n in names[1:] if enabled and n not in skipped)
-    return ExplanationPlan(enabled, main.key, paired_names, MappingProxyType(skipped), turn, memory, turns)
+    layers = paired_names if cfg.layers else ()
+    return ExplanationPlan(enabled, main.key, paired_names, MappingProxyType(skipped), turn, memory, turns, layers)
+
+
+def require_fine_tunes(cfg: CompareConfig, models: dict[str, ModelConfig], names: list[str], skipped: dict,
+                       enabled: bool) -> None:
+    """--layers: refuse, before any model loads, a pair whose architectures or parameter shapes differ (no hybrid of
+    the two exists), that has no paired pass, or that runs in several processes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("--layers runs in one process: its hybrids are built inside one copy of the baseline",
+                         "run it without torchrun, or drop --layers")
+    if not enabled:
+        raise UsageError("--layers needs the paired pass, which " + ("--no-explain turns off" if not cfg.explain
+                         else "a comparison of one model does not run"), "drop --layers")
+    shapes = {name: model_shape(models[name]) for name in names}
+    base = shapes[names[0]]
+    for name in names[1:]:
+        if name in skipped:
+            raise UsageError(f"--layers: {name} has no paired pass with {names[0]} ({skipped[name]})",
+                             "drop --layers")
+        if (shapes[name].architecture, shapes[name].parameters) != (base.architecture, base.parameters):
+            differ = sorted(set(base.parameters) ^ set(shapes[name].parameters))[:2]
+            what = (f"{base.architecture} against {shapes[name].architecture}"
+                    if shapes[name].architecture != base.architecture else f"parameters differ: {differ}")
+            raise UsageError(f"--layers: {names[0]} and {name} are not one architecture with the same shapes "
+                             f"({what}), so no hybrid of the two can be built",
+                             "drop --layers, or compare a model with its own fine-tune")
 

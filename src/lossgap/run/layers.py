@@ -1,0 +1,169 @@
+"""--layers: which weights carry the gap of a fine-tuned pair, measured right after its paired pass while both models
+are resident. On a seeded sample of the main configuration's rows (run/sample.py) the baseline's plan and head score
+hybrids built inside the baseline's model (engine/hybrid.py): the interpolation path θ_b + α(θ_o − θ_b), each block
+taken alone from the other model, each block kept alone from the baseline; the logit lens (engine/lens.py) on the
+first tokens of the sample. Stored per document (pairs/<other>.layers.parquet) with the weight change and the plan
+of passes (pairs/<other>.layers.json); analysis/layers.py turns them into D per hybrid with intervals.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..config import ScoreConfig
+from ..engine import forward, hybrid, lens
+from ..formats.columns import stored_names
+from ..formats.files import atomic_path, write_json
+from ..formats.paths import ComparisonFolder, read_parquet
+from .paired import PairedResult
+from .sample import RowSample, sample_rows
+
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # points of the interpolation path; 0 and 1 check the pair's own losses
+LENS_TOKENS = 2048  # scored tokens of the sample the logit lens reads (a full distribution per layer and model)
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    tokens: int | None  # scored tokens the sample holds at most (None: every token of the main configuration)
+    groups: int  # contiguous groups the decoder layers are split into
+    seed: int
+
+
+@dataclass(frozen=True)
+class Hybrid:
+    """One model scored on the sample: its column in the sums table, what it is, and how to build it."""
+
+    column: str
+    kind: str  # "alpha", "only" (the block from the other model, the rest baseline), "kept" (the reverse)
+    value: float | str
+    build: Callable
+
+
+def hybrids(base, other, head, parts: list[hybrid.Block]) -> list[Hybrid]:
+    """The interpolation points, then per block the block alone from the other model and alone kept from the
+    baseline."""
+    everything = tuple(hybrid.parameters(base))
+    out = [Hybrid(f"alpha_{a:g}", "alpha", a, lambda a=a: hybrid.interpolated(base, other, a, head)) for a in ALPHAS]
+    for i, block in enumerate(parts):
+        rest = tuple(n for n in everything if n not in set(block.params))
+        out.append(Hybrid(f"only_{i}", "only", block.name, lambda b=block: hybrid.swapped(base, other, b.params)))
+        out.append(Hybrid(f"kept_{i}", "kept", block.name, lambda r=rest: hybrid.swapped(base, other, r)))
+    return out
+
+
+def layer_attribution(cfg: ScoreConfig, names: tuple[str, str], paired: PairedResult, folder: ComparisonFolder,
+                      settings: LayerSettings, quiet: bool = False) -> dict:
+    """Measure, store and return the record of the pair's layer attribution (what compare.json keeps)."""
+    started = time.perf_counter()
+    base_e, other_e = paired.engines
+    base, other = base_e.loaded.model, other_e.loaded.model
+    hybrid.require_same_shapes(base, other, names)
+    total = pq.ParquetFile(paired.path).metadata.num_rows
+    sample = sample_rows(cfg, base_e, paired.corpus, total, settings.tokens, settings.seed)
+    parts = hybrid.blocks(base, settings.groups)
+    todo = hybrids(base, other, base_e.head.proj, parts)
+    n_layers = base.config.num_hidden_layers
+    if not quiet:
+        print(f"layers: {len(todo)} forward passes of {names[0]}'s model over {sample.targets} scored tokens "
+              f"({sample.rows} of {sample.rows_seen} rows), and the logit lens of {n_layers} layers of both models "
+              f"on up to {LENS_TOKENS} of them", file=sys.stderr, flush=True)
+    sums, ends = _doc_sums(sample, base_e, todo)
+    lens_sums, lens_tokens = _lens_sums(sample, base_e, other_e)
+    check = _check(paired, names, sample, ends)
+    table = _table(sums, lens_sums)
+    with atomic_path(folder.layer_sums(names[1])) as tmp:
+        pq.write_table(table, tmp)
+    record = {"models": list(names), "sample": sample.describe(), "alphas": list(ALPHAS),
+              "blocks": [{"name": b.name, "layers": b.layers, "params": len(b.params),
+                          "numel": sum(hybrid.parameters(base)[p].numel() for p in b.params),
+                          "only": f"only_{i}", "kept": f"kept_{i}"} for i, b in enumerate(parts)],
+              "hybrids": [{"column": h.column, "kind": h.kind, "value": h.value} for h in todo],
+              "weight_change": hybrid.weight_change(base, other), "n_layers": n_layers,
+              "lens": {"tokens": lens_tokens, "layers": n_layers}, "check": check,
+              "dtype": forward.dtype_name(base_e.plan.dtype),
+              "cost": {"forward_passes": len(todo), "lens_passes": 2, "tokens_per_pass": sample.targets,
+                       "seconds": time.perf_counter() - started},
+              "sums": folder.relative(folder.layer_sums(names[1]))}
+    write_json(folder.layers(names[1]), record)
+    return record
+
+
+def _score(engine, batch) -> np.ndarray:
+    return forward.forward_batches(engine.plan, engine.head, [batch])[0]["nll"].astype(np.float64)
+
+
+def _doc_sums(sample: RowSample, engine, todo: list[Hybrid]) -> tuple[dict[str, dict[int, float]], dict]:
+    """Per hybrid, per document: the summed NLL of its sampled tokens ("tokens": their count); and the per-token NLL
+    of the interpolation's ends, by α, for the check against the paired pass."""
+    out: dict[str, dict[int, float]] = {"tokens": {}}
+    ends: dict[float, list[np.ndarray]] = {}
+    for batch in sample.batches:
+        _add(out["tokens"], batch.doc_ids, np.ones(batch.doc_ids.size))
+    with engine.plan.attention():
+        for h in todo:
+            out[h.column] = {}
+            with h.build():
+                for batch in sample.batches:
+                    nll = _score(engine, batch)
+                    _add(out[h.column], batch.doc_ids, nll)
+                    if h.kind == "alpha" and h.value in (0.0, 1.0):
+                        ends.setdefault(h.value, []).append(nll)
+    return out, ends
+
+
+def _lens_sums(sample: RowSample, base_e, other_e) -> tuple[dict[str, dict[int, float]], int]:
+    """Per layer, per document of the lens's batches (the sample's first, up to LENS_TOKENS): summed KL(b || o) and
+    each model's lens NLL; "lens_tokens": their count."""
+    out: dict[str, dict[int, float]] = {"lens_tokens": {}}
+    seen = 0
+    with base_e.plan.attention(), other_e.plan.attention():
+        for batch in sample.batches:
+            if seen >= LENS_TOKENS:
+                break
+            stats = lens.lens_stats(base_e.plan, base_e.head, other_e.plan, other_e.head, batch)
+            _add(out["lens_tokens"], batch.doc_ids, np.ones(batch.doc_ids.size))
+            for key, values in stats.items():
+                for layer, row in enumerate(values.numpy()):
+                    _add(out.setdefault(f"lens_{key}_{layer}", {}), batch.doc_ids, row)
+            seen += batch.doc_ids.size
+    return out, seen
+
+
+def _add(into: dict[int, float], doc_ids: np.ndarray, values: np.ndarray) -> None:
+    ids, where = np.unique(doc_ids, return_inverse=True)
+    for doc, total in zip(ids.tolist(), np.bincount(where, weights=values, minlength=ids.size), strict=True):
+        into[doc] = into.get(doc, 0.0) + float(total)
+
+
+def _table(sums: dict, lens_sums: dict) -> pa.Table:
+    docs = sorted(sums["tokens"])
+    columns = {"doc_id": pa.array(docs, pa.int64())}
+    for key, values in {**sums, **lens_sums}.items():
+        columns[key] = pa.array([values.get(d, 0.0) for d in docs], pa.float64())
+    return pa.table(columns)
+
+
+def _check(paired: PairedResult, names: tuple[str, str], sample: RowSample, ends: dict) -> dict:
+    """The interpolation's ends against the paired pass on the same tokens: α = 0 is the baseline, α = 1 the other
+    model (the largest per-token difference in NLL; D on the sample from the pair's own columns and from the ends)."""
+    roles = stored_names(*names)
+    pairs = read_parquet(paired.path, ["doc_id", "pos", roles["nll_b"], roles["nll_o"]])
+    key = pairs["doc_id"].to_numpy().astype(np.int64) << 32 | pairs["pos"].to_numpy().astype(np.int64)
+    order = np.argsort(key)
+    got = [np.concatenate(ends[a]) if ends[a] else np.zeros(0) for a in (0.0, 1.0)]
+    k = np.concatenate([b.doc_ids.astype(np.int64) << 32 | b.target_pos.astype(np.int64) for b in sample.batches]) \
+        if sample.batches else np.zeros(0, np.int64)
+    at = order[np.searchsorted(key, k, sorter=order)]
+    ref = [pairs[roles[r]].to_numpy()[at].astype(np.float64) for r in ("nll_b", "nll_o")]
+    n = max(k.size, 1)
+    return {"max_token_diff_alpha_0": float(np.abs(got[0] - ref[0]).max(initial=0)),
+            "max_token_diff_alpha_1": float(np.abs(got[1] - ref[1]).max(initial=0)),
+            "d_pairs_on_sample": float((ref[1] - ref[0]).sum() / n),
+            "d_ends_on_sample": float((got[1] - got[0]).sum() / n)}
