@@ -75,6 +75,12 @@ def require_same_shapes(base: torch.nn.Module, other: torch.nn.Module, names: tu
         differ = sorted(set(shapes_a.items()) ^ set(shapes_b.items()))[:3]
         raise UsageError(f"--layers: {names[0]} and {names[1]} differ in their parameters ({differ}...), so no "
                          "hybrid of the two can be built", "drop --layers, or compare a model with its own fine-tune")
+    theirs = parameters(other)
+    moved = [n for n, p in parameters(base).items() if p.device != theirs[n].device or p.dtype != theirs[n].dtype]
+    if moved:
+        raise UsageError(f"--layers: {names[0]}'s and {names[1]}'s copies of {moved[0]} (and {len(moved) - 1} more) "
+                         "are on different devices or in different dtypes, so one cannot stand in for the other",
+                         "load both on one device (drop --device-map), or drop --layers")
 
 
 def blocks(model: torch.nn.Module, groups: int) -> list[Block]:

@@ -4,6 +4,7 @@ fallback to one model at a time, which would change what is computed)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -53,15 +54,23 @@ def available_bytes(cfg: ModelConfig) -> int:
     return free_on(device)
 
 
+def head_bytes(shape: ModelShape) -> int:
+    """The output head's weight in the run dtype: the first parameter with a row per vocabulary entry."""
+    numel = sum(math.prod(dims) for _, dims in shape.parameters) or 1
+    rows = next((math.prod(dims) for _, dims in shape.parameters if dims and dims[0] == shape.vocab), 0)
+    return rows * shape.weight_bytes // numel
+
+
 def require_room_for_pair(models: dict[str, ModelConfig], baseline: str,
-                          shapes: dict[str, ModelShape] | None = None) -> dict:
+                          shapes: dict[str, ModelShape] | None = None, layers: bool = False) -> dict:
     """Refuse a paired pass whose baseline and largest other model do not fit in memory together (checked before any
-    model loads; `shapes`: model_shape of each, if known). Returns the figures, for the comparison's record."""
+    model loads; `shapes`: model_shape of each, if known). With `layers` (--layers) one more output head is held,
+    the interpolated one. Returns the figures, for the comparison's record."""
     shapes = shapes or {name: model_shape(cfg) for name, cfg in models.items()}
     sizes = {name: shapes[name].weight_bytes for name in models}
     largest = max((n for n in sizes if n != baseline), key=sizes.get)
     weights = sizes[baseline] + sizes[largest]
-    need = weights + max(WORKING_MIN, int(WORKING_SHARE * weights))
+    need = weights + max(WORKING_MIN, int(WORKING_SHARE * weights)) + (head_bytes(shapes[baseline]) if layers else 0)
     free = available_bytes(models[baseline])
     if need > free:
         raise ModelError(

@@ -89,7 +89,7 @@ def plan_explanation(cfg: CompareConfig, models: dict[str, ModelConfig], tokeniz
                                  "distributions cannot be compared entry by entry")
         paired = {name: m for name, m in models.items() if name not in skipped}
         if len(paired) > 1:
-            memory = MappingProxyType(require_room_for_pair(paired, names[0], shapes))
+            memory = MappingProxyType(require_room_for_pair(paired, names[0], shapes, cfg.layers))
     if cfg.layers:
         require_fine_tunes(cfg, models, names, skipped, enabled)
     paired_names = tuple(n for n in names[1:] if enabled and n not in skipped)
@@ -101,7 +101,7 @@ def require_fine_tunes(cfg: CompareConfig, models: dict[str, ModelConfig], names
                        enabled: bool) -> None:
     """--layers: refuse, before any model loads, a pair whose architectures or parameter shapes differ (no hybrid of
     the two exists), that has no paired pass, or that runs in several processes."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or cfg.model.tp:
         raise UsageError("--layers runs in one process: its hybrids are built inside one copy of the baseline",
                          "run it without torchrun, or drop --layers")
     if not enabled:
