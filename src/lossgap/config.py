@@ -228,6 +228,8 @@ class CompareConfig:
     layers_tokens: int | None = option(16384, help="--layers: scored tokens of the seeded sample each hybrid is "
                                        "scored on (0: every token of the main configuration)")
     layers_blocks: int = option(4, help="--layers: contiguous groups the decoder layers are split into")
+    layers_bisect: int = option(6, help="--layers: forward passes for bisecting the group of layers that carries "
+                                "most of D, two per halving (0: none)")
 
     def chat_user_turns(self) -> tuple[str, ...]:
         """The user turns of the chat-formatted runs: --chat-user-turn, then the built-in ones, --chat-turns in all."""
@@ -248,8 +250,8 @@ class CompareConfig:
             raise UsageError(f"--matrix: {self.matrix!r} is not one of {', '.join(MATRICES)}")
         if self.bootstrap < 100:
             raise UsageError("--bootstrap must be at least 100 resamples")
-        if self.layers_blocks < 1 or (self.layers_tokens is not None and self.layers_tokens < 0):
-            raise UsageError("--layers-blocks must be at least 1 and --layers-tokens at least 0")
+        if self.layers_blocks < 1 or self.layers_bisect < 0 or (self.layers_tokens or 0) < 0:
+            raise UsageError("--layers-blocks must be at least 1, --layers-tokens and --layers-bisect at least 0")
         if not 1 <= self.chat_turns <= 1 + len(MORE_CHAT_USER_TURNS):
             raise UsageError(f"--chat-turns must be between 1 and {1 + len(MORE_CHAT_USER_TURNS)}")
         self.corpus.validate()

@@ -126,8 +126,12 @@ def test_report_shows_the_layers_and_rebuilds_them(attributed, tmp_path, capsys)
 
 def test_a_token_budget_samples_rows_and_says_so(tmp_path, fine_tune, attributed):
     out = tmp_path / "sampled"
-    assert _compare(out, fine_tune["base"], fine_tune["sft"], attributed["corpus"], "--layers-tokens", "150") == 0
+    assert _compare(out, fine_tune["base"], fine_tune["sft"], attributed["corpus"], "--layers-tokens", "150",
+                    "--layers-blocks", "2") == 0
     layers = json.loads((out / "results.json").read_text())["explanation"]["models"]["sft"]["layers"]
+    # two groups of two layers: the group holding the changed layer is halved, and its changed layer carries all of D
+    assert [(h["name"], h["d"] == pytest.approx(layers["d"] if h["name"] == f"layer {CHANGED}" else 0, abs=1e-12))
+            for h in layers["bisect"]] == [(f"layer {CHANGED}", True), (f"layer {CHANGED + 1}", True)]
     sample = layers["sample"]
     assert not sample["whole"] and 150 <= sample["tokens"] < attributed["layers"]["sample"]["tokens"]
     assert layers["check"]["d_ends_on_sample"] == pytest.approx(layers["check"]["d_pairs_on_sample"], abs=1e-6)

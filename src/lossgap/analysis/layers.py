@@ -37,7 +37,8 @@ def layer_report(folder: ComparisonFolder, relative: str, n_boot: int, seed: int
     out = {"sample": record["sample"], "dtype": record["dtype"], "cost": record["cost"], "check": record["check"],
            "d": d_one, "weight_change": weight_change(record["weight_change"], record["n_layers"]),
            "interpolation": interpolation(record, d), "blocks": block_effects(record, d, d_one),
-           "logit_lens": logit_lens(table, record), "lens": record["lens"]}
+           "logit_lens": logit_lens(table, record), "lens": record["lens"],
+           "bisect": [{"name": h["value"], **d[h["column"]]} for h in record["hybrids"] if h["kind"] == "bisect"]}
     out["interaction"] = d_one - sum(b["only"]["d"] for b in out["blocks"])
     out["findings"] = layer_findings(out)
     return out
@@ -110,6 +111,9 @@ def layer_findings(r: dict) -> list[str]:
     out.append(f"Keeping {kept['name']} from the baseline in the other model moves D the most towards zero: from "
                f"{d:+.4f} to {kept['kept']['d']:+.4f}.")
     out.append(path_finding(r["interpolation"], d))
+    if r.get("bisect"):
+        halves = "; ".join(f"{h['name']} alone {h['d']:+.4f}" for h in r["bisect"])
+        out.append(f"Halving the group of layers that moves D the most: {halves} (of D {d:+.4f}).")
     lens = r["logit_lens"]
     if lens:
         peak = max(lens, key=lambda row: row["kl"])

@@ -85,6 +85,11 @@ def block_table(name: str, base: str, layers: dict) -> Table:
     whole = next(p for p in layers["interpolation"]["points"] if p["alpha"] == 1)
     rows.append([Text(f"all of {name}"), Text(""), signed(d), _ci(whole), share(1.0 if d else None),
                  Text(""), Interval(None, None), Text("")])
+    for h in layers.get("bisect") or []:
+        rows.append([Text(f"bisected: {h['name']}"), Text(""), signed(h["d"]), _ci(h),
+                     share(h["d"] / d if d else None), Text(""), Interval(None, None), Text("")])
+        records.append({"model": name, "block": f"bisected: {h['name']}", "only_d": h["d"],
+                        "only_ci_low": h["ci"][0], "only_ci_high": h["ci"][1]})
     return Table(headers, rows, records, "layers_blocks.csv",
                  f"{name}: D with one block swapped ({base} elsewhere), and with one block kept from {base} "
                  f"({name} elsewhere); Removed = D − the second")

@@ -195,7 +195,8 @@ class _Runs:
 
     def layers(self, record: ExplanationRecord, run: ScoreConfig, names: tuple[str, str], done) -> None:
         """--layers: the pair's layer attribution while both models are resident (run/layers.py)."""
-        settings = LayerSettings(self.cfg.layers_tokens or None, self.cfg.layers_blocks, self.cfg.seed)
+        settings = LayerSettings(self.cfg.layers_tokens or None, self.cfg.layers_blocks, self.cfg.seed,
+                                 self.cfg.layers_bisect)
         layer_attribution(run, names, done, self.folder, settings, quiet=self.cfg.run.quiet)
         record.layers[names[1]] = self.folder.relative(self.folder.layers(names[1]))
         self.passes.append({"models": list(names), "layers": record.layers[names[1]]})

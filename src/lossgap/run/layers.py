@@ -34,6 +34,7 @@ class LayerSettings:
     tokens: int | None  # scored tokens the sample holds at most (None: every token of the main configuration)
     groups: int  # contiguous groups the decoder layers are split into
     seed: int
+    bisect: int = 0  # forward passes for bisecting the group of layers that carries most of D (two per step)
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,12 @@ def layer_attribution(cfg: ScoreConfig, names: tuple[str, str], paired: PairedRe
     todo = hybrids(base, other, base_e.head.proj, parts)
     n_layers = base.config.num_hidden_layers
     if not quiet:
-        print(f"layers: {len(todo)} forward passes of {names[0]}'s model over {sample.targets} scored tokens "
+        print(f"layers: {len(todo)} forward passes of {names[0]}'s model over {sample.targets} scored tokens (and up "
+              f"to {settings.bisect - settings.bisect % 2} more to bisect the layers that carry most of D) "
               f"({sample.rows} of {sample.rows_seen} rows), and the logit lens of {n_layers} layers of both models "
               f"on up to {LENS_TOKENS} of them", file=sys.stderr, flush=True)
     sums, ends = _doc_sums(sample, base_e, todo)
+    todo += _bisect(base, other, parts, sums, sample, base_e, settings.bisect)
     lens_sums, lens_tokens = _lens_sums(sample, base_e, other_e)
     check = _check(paired, names, sample, ends)
     table = _table(sums, lens_sums)
@@ -93,6 +96,36 @@ def layer_attribution(cfg: ScoreConfig, names: tuple[str, str], paired: PairedRe
               "sums": folder.relative(folder.layer_sums(names[1]))}
     write_json(folder.layers(names[1]), record)
     return record
+
+
+def _bisect(base, other, parts: list[hybrid.Block], sums: dict, sample: RowSample, engine, passes: int) -> list[Hybrid]:
+    """Halve the group of decoder layers whose change alone moves D the most, score each half alone from the other
+    model, and go on into the half that moves it more, while `passes` allow two more (added to `sums`)."""
+    n = max(sum(sums["tokens"].values()), 1.0)
+
+    def moved(column: str) -> float:
+        return abs(sum(sums[column].values()) - sum(sums["alpha_0"].values())) / n
+
+    groups = [(i, b) for i, b in enumerate(parts) if b.layers and b.layers[1] > b.layers[0]]
+    if not groups or passes < 2:
+        return []
+    i, block = max(groups, key=lambda ib: moved(f"only_{ib[0]}"))
+    (lo, hi), done = block.layers, []
+    by_layer = {}
+    for name in hybrid.parameters(base):
+        by_layer.setdefault(hybrid.layer_of(name), []).append(name)
+    while hi > lo and passes >= 2:
+        mid = (lo + hi + 1) // 2
+        halves = [Hybrid(f"bisect_{a}_{b}", "bisect", f"layers {a}-{b}" if b > a else f"layer {a}",
+                         lambda a=a, b=b: hybrid.swapped(base, other, tuple(p for k in range(a, b + 1)
+                                                                             for p in by_layer.get(k, []))))
+                  for a, b in ((lo, mid - 1), (mid, hi))]
+        found, _ = _doc_sums(sample, engine, halves)
+        sums.update({h.column: found[h.column] for h in halves})
+        done += halves
+        passes -= 2
+        lo, hi = max(((lo, mid - 1), (mid, hi)), key=lambda ab: moved(f"bisect_{ab[0]}_{ab[1]}"))
+    return done
 
 
 def _score(engine, batch) -> np.ndarray:
