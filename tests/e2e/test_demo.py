@@ -35,3 +35,8 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
     assert all(rows[k]["models"]["base"]["near_uniform"] is False for k in rows if k.startswith("next"))
     for name in ("report.md", "report.html", "seed_table.csv", "per_domain_difference.png"):
         assert (out / "compare" / name).stat().st_size > 0
+    # the shipped pair is a fine-tune of one model: the layer attribution runs on every token, its ends the pair's own
+    layers = results["explanation"]["models"]["instruct"]["layers"]
+    assert layers["sample"]["whole"] and layers["d"] == pytest.approx(main["diff"], abs=1e-6)
+    assert layers["check"]["max_token_diff_alpha_0"] == 0 and layers["check"]["max_token_diff_alpha_1"] == 0
+    assert "## Which weights carry the gap" in (out / "compare" / "report.md").read_text()
