@@ -14,8 +14,9 @@ import numpy as np
 from ..config import ScoreConfig
 from ..data.corpus import Corpus
 from ..data.encode import encode_documents
-from ..data.layout import Batch, Row, make_rows
+from ..data.layout import Batch, Row, make_rows, windows
 from ..engine.prepare import Engine
+from .scoring import window_size
 
 
 @dataclass
@@ -48,25 +49,28 @@ def row_targets(row: Row) -> int:
 def sample_rows(cfg: ScoreConfig, engine: Engine, corpus: Corpus, total_targets: int, budget: int | None,
                 seed: int) -> RowSample:
     """Rows of cfg's layout drawn with probability budget/total_targets each (all of them with no budget or a budget
-    of at least `total_targets`), in corpus order, stopping once the budget is reached; collated by the engine's plan.
-    Only the sampled rows are kept in memory."""
+    of at least `total_targets`), in corpus order, stopping once the budget is reached; collated by the engine's plan
+    window by window, as a scoring pass batches them (so a whole sample's batches are the pass's own). Only the
+    sampled rows are kept in memory."""
     share = 1.0 if budget is None or budget >= total_targets else budget / max(total_targets, 1)
     rng = np.random.default_rng(seed)
-    taken: list[Row] = []
-    seen = targets = 0
-    for row in _rows(cfg, engine, corpus):
-        seen += 1
-        if budget is not None and targets >= budget:
-            continue  # count the corpus's rows, keep no more
-        if share >= 1.0 or rng.random() < share:
-            taken.append(row)
-            targets += row_targets(row)
-    batches = [engine.plan.collate(group) for group in engine.plan.groups(taken)] if taken else []
-    docs = {seg.doc.doc_id for row in taken for seg in row.segments if seg.target_hi > seg.target_lo}
-    return RowSample(batches, len(taken), seen, targets, len(docs), budget, seed)
+    batches: list[Batch] = []
+    seen = targets = taken = 0
+    docs: set[int] = set()
+    for window in _windows(cfg, engine, corpus):
+        kept = []
+        for row in window:
+            seen += 1
+            if (budget is None or targets < budget) and (share >= 1.0 or rng.random() < share):
+                kept.append(row)
+                targets += row_targets(row)
+                docs.update(seg.doc.doc_id for seg in row.segments if seg.target_hi > seg.target_lo)
+        taken += len(kept)
+        batches += [engine.plan.collate(group) for group in engine.plan.groups(kept)] if kept else []
+    return RowSample(batches, taken, seen, targets, len(docs), budget, seed)
 
 
-def _rows(cfg: ScoreConfig, engine: Engine, corpus: Corpus) -> Iterator[Row]:
+def _windows(cfg: ScoreConfig, engine: Engine, corpus: Corpus) -> Iterator[list[Row]]:
     docs = encode_documents(iter(Corpus(corpus.config)), engine.tokenizer, engine.special, engine.loaded.vocab_size,
                             cfg.corpus.max_tokens, prefix=engine.prefix)
-    yield from make_rows(docs, cfg.layout)
+    yield from windows(make_rows(docs, cfg.layout), window_size(cfg, engine))
