@@ -68,5 +68,5 @@ def sample_rows(cfg: ScoreConfig, engine: Engine, corpus: Corpus, total_targets:
 
 def _rows(cfg: ScoreConfig, engine: Engine, corpus: Corpus) -> Iterator[Row]:
     docs = encode_documents(iter(Corpus(corpus.config)), engine.tokenizer, engine.special, engine.loaded.vocab_size,
-                            cfg.corpus.max_tokens, prefix=engine.prefix)
+                            cfg.corpus.max_tokens, prefix=engine.prefix, end_of_turn=engine.end_of_turn)
     yield from make_rows(docs, cfg.layout)
