@@ -82,6 +82,8 @@ def test_usage_errors_exit_2(capsys, tmp_path, llama_dir, pile_jsonl):
     assert code == 2 and "--batch-size" in err
     code, _, err = run_cli(capsys, *base, "--out", tmp_path / "e", "--attn", "flex")
     assert code == 2 and "CUDA only" in err
+    code, _, err = run_cli(capsys, *base, "--out", tmp_path / "f", "--chat-end-of-turn")
+    assert code == 2 and "--chat-end-of-turn applies to chat-formatted documents only" in err and "add --chat" in err
 
 
 def test_missing_inputs(capsys, tmp_path, llama_dir, pile_jsonl):

@@ -83,6 +83,18 @@ class TokenizeConfig:
                                 "template, after --chat-user-turn; only the document's tokens are targets (compare: "
                                 "score the other models this way too, beside the raw text)")
     chat_user_turn: str = option(DEFAULT_CHAT_USER_TURN, help="the user turn before each document under --chat-context")
+    chat_end_of_turn: bool = option(False, help="--chat-context: end each whole document with the template's "
+                                    "end-of-turn token (<|im_end|>, <|eot_id|>: what follows the reply) instead of "
+                                    "EOS, as an instruct model is trained to end a reply; one target per whole "
+                                    "document then differs from the raw run's")
+
+    def validate(self) -> None:
+        if self.chat_end_of_turn and not self.chat_context:
+            raise UsageError("--chat-end-of-turn applies to chat-formatted documents only",
+                             "add --chat-context, or drop --chat-end-of-turn")
+        if self.chat_end_of_turn and not self.add_eos:
+            raise UsageError("--chat-end-of-turn puts the end-of-turn token in place of each whole document's EOS: "
+                             "with --no-eos there is none to replace", "drop --no-eos or --chat-end-of-turn")
 
 
 @dataclass
@@ -189,7 +201,7 @@ class ScoreConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> ScoreConfig:
-        for part in (self.model, self.corpus, self.layout, self.run):
+        for part in (self.model, self.corpus, self.tokenize, self.layout, self.run):
             part.validate()
         if self.run.compile and self.model.tp:
             raise UsageError("--compile with --tp is not supported: tensor-parallel layers hold DTensor weights",
@@ -255,6 +267,7 @@ class CompareConfig:
         if not 1 <= self.chat_turns <= 1 + len(MORE_CHAT_USER_TURNS):
             raise UsageError(f"--chat-turns must be between 1 and {1 + len(MORE_CHAT_USER_TURNS)}")
         self.corpus.validate()
+        self.tokenize.validate()
         self.layout.validate()
         self.run.validate()
         replace(self.model, name="x").validate()

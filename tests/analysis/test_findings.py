@@ -195,25 +195,6 @@ def chat(raw: float, formatted: float, ci_width: float = 0.01, per_domain: dict 
     return out
 
 
-@pytest.mark.parametrize(("raw", "formatted", "words"), [
-    (0.5, 0.4, "the format lowers sft's loss, taking away 20% of the raw gap"),
-    (0.5, 0.6, "the format raises sft's loss, widening the raw gap by 20%"),
-    (0.5, -0.1, "the format lowers sft's loss past base's: the raw gap reverses, and formatted sft is better than "
-                "base"),
-    (0.5, 0.0, "the format lowers sft's loss and closes the raw gap"),
-    (-0.1, -0.2, "the format lowers sft's loss, widening the raw advantage of sft by 100%"),
-    (-0.2, -0.1, "the format raises sft's loss, taking away 50% of the raw advantage of sft"),
-    (-0.1, 0.1, "the format raises sft's loss past base's: the raw advantage of sft reverses, and formatted sft is "
-                "worse than base"),
-    (0.0, 0.1, "the format raises sft's loss: the models give the same loss on the raw text, and sft is worse in its "
-               "own format"),
-])
-def test_the_chat_finding_is_worded_for_every_sign(raw, formatted, words):
-    text = chat_finding("sft", chat(raw, formatted))
-    assert words in text, text
-    assert "-100%" not in text and "explains" not in text
-
-
 def test_a_chat_change_whose_interval_holds_zero_shows_no_effect():
     text = chat_finding("sft", chat(0.5, 0.49, ci_width=0.05))
     assert text.endswith("(95% CI -0.0600 to +0.0400): no effect of the format is shown at the 95% level.")

@@ -79,3 +79,12 @@ def test_the_deadline_puts_back_a_timer_already_running():
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_cli_a_template_with_no_end_of_turn_token_is_refused_under_chat_end_of_turn(tmp_path, llama_dir, pile_jsonl,
+                                                                                   capsys):
+    source = model_with_template(llama_dir, tmp_path / "m", "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    code, _, err = run_cli(capsys, "--model", tmp_path / "m", "--corpus", pile_jsonl, "--out", tmp_path / "o",
+                           "--seq-len", 64, "--chat-context", "--chat-end-of-turn")
+    assert code == 1 and f"{source}: the chat template puts nothing after the assistant's reply" in err, err
+    assert "fix: drop --chat-end-of-turn for this model" in err and not (tmp_path / "o" / "tokens.parquet").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -10,11 +11,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from tokenizers import AddedToken
 from transformers import PreTrainedTokenizerFast
 
 from lossgap.config import CorpusConfig, TokenizeConfig
 from lossgap.data.corpus import Corpus, Document
-from lossgap.data.encode import SpecialTokens, TokenizedDocument, encode_documents, resolve_special_tokens
+from lossgap.data.encode import (
+    SpecialTokens,
+    TokenizedDocument,
+    chat_end_of_turn,
+    chat_prefix,
+    encode_documents,
+    resolve_special_tokens,
+)
 from lossgap.errors import ModelError, UsageError
 from tests.helpers import read_summary, read_tokens, run_cli, write_jsonl
 
@@ -342,3 +351,68 @@ def test_a_50_mb_line_under_a_small_cap_stays_within_memory(tmp_path, llama_dir,
     big_peak = peak_rss_mb(*common, "--corpus", big, "--out", tmp_path / "big")
     assert read_summary(tmp_path / "big")["max_tokens"]["tokens"] == 100
     assert big_peak - small_peak < 150, (small_peak, big_peak)
+
+
+# --- the chat template's end-of-turn token (--chat-end-of-turn) ---
+
+SMOLLM2_TEMPLATE = (  # SmolLM2-Instruct's ChatML template
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou "
+    "are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + "
+    "message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}")
+LLAMA3_TEMPLATE = (  # Llama-3-Instruct's template
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+
+
+def with_template(tokenizer, template: str, special: list[str], listed: bool = True):
+    """The conftest tokenizer with chat tokens added (`listed`: as additional special tokens, as SmolLM2 has them;
+    else as added tokens marked special, as Llama 3 has them) and a chat template."""
+    tok = copy.deepcopy(tokenizer)
+    if listed:
+        tok.add_special_tokens({"additional_special_tokens": special})
+    else:
+        tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in special])
+    tok.chat_template = template
+    return tok
+
+
+def test_the_end_of_turn_token_is_what_the_template_puts_after_the_reply(tokenizer):
+    smollm2 = with_template(tokenizer, SMOLLM2_TEMPLATE, ["<|im_start|>", "<|im_end|>"])
+    assert chat_end_of_turn(smollm2, "Please write a document.", "smollm2") == 385
+    assert smollm2.convert_ids_to_tokens(385) == "<|im_end|>"
+    assert smollm2.decode(chat_prefix(smollm2, "Hi", "smollm2")).endswith("<|im_start|>user\nHi<|im_end|>\n"
+                                                                          "<|im_start|>assistant\n")
+    llama3 = with_template(tokenizer, LLAMA3_TEMPLATE, ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+                           listed=False)
+    assert llama3.convert_tokens_to_ids("<|eot_id|>") not in llama3.all_special_ids  # special, but not listed
+    assert chat_end_of_turn(llama3, "Please write a document.", "llama3") == 386
+    assert llama3.convert_ids_to_tokens(386) == "<|eot_id|>"
+
+
+@pytest.mark.parametrize(("template", "says"), [
+    ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% endfor %}", "puts nothing after the assistant's"),
+    ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n\n{% endfor %}",
+     "puts '\\n\\n', which does not begin with a special token, after the assistant's reply"),
+], ids=["nothing", "plain-text"])
+def test_a_template_with_no_end_of_turn_token_is_refused_naming_the_model_and_the_fix(tokenizer, template, says):
+    tok = with_template(tokenizer, template, [])
+    with pytest.raises(ModelError, match="no end-of-turn token") as refused:
+        chat_end_of_turn(tok, "Please write a document.", "sft")
+    assert says in refused.value.message and refused.value.message.startswith("sft (its chat template): ")
+    assert refused.value.fix.startswith("drop --chat-end-of-turn for this model")
+
+
+def test_the_end_of_turn_token_replaces_the_eos_of_whole_documents_only(tokenizer):
+    """Whole documents end with the end-of-turn id in place of EOS; the document the cap cuts has neither, and the
+    same documents are cut at the same token."""
+    for cap in (None, 20):
+        raw = list(encode_documents(docs_of(), tokenizer, BOTH, VOCAB, cap, prefix=[5, 6, 1]))
+        ended = list(encode_documents(docs_of(), tokenizer, BOTH, VOCAB, cap, prefix=[5, 6, 1], end_of_turn=9))
+        assert [d.ids.size for d in raw] == [d.ids.size for d in ended]
+        for a, b in zip(raw, ended, strict=True):
+            whole = a.ids[-1] == 2
+            assert b.ids[:-1].tolist() == a.ids[:-1].tolist() and b.ids[-1] == (9 if whole else a.ids[-1])
+        assert (cap is None) == all(d.ids[-1] == 9 for d in ended)  # the cap cuts the last document taken

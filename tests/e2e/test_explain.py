@@ -3,6 +3,7 @@ chat-formatted run, the bits-per-byte fallback, the memory check, and the report
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -172,6 +173,62 @@ def test_the_chat_change_is_sampled_over_several_user_turns(compared):
     assert "### sft: the chat format's change by user turn" in md and f"{turns[1]!r}" in md
     assert any(f.endswith(f"(mean {chat['turns']['change_mean']:+.4f}), in the same direction after every one.")
                or "opposite directions depending on the turn" in f for f in results["findings"])
+
+
+@pytest.fixture(scope="module")
+def ended(tmp_path_factory, pile_records) -> dict:
+    """The shipped demo pair with --chat-end-of-turn: its instruct model's ChatML template closes a reply with
+    <|im_end|> (id 2), the raw documents end with <|endoftext|> (id 0)."""
+    from lossgap.demo import DEMO_MODELS
+
+    root = tmp_path_factory.mktemp("ended")
+    corpus = write_jsonl(root / "pile.jsonl", pile_records[:16])
+    out = root / "cmp"
+    assert main(["compare", "--base", str(DEMO_MODELS / "base"), "--instruct", str(DEMO_MODELS / "instruct"),
+                 "--corpus", str(corpus), "--out", str(out), "--matrix", "single", "--seq-len", "96", "--batch-size",
+                 "2", "--device", "cpu", "--dtype", "float32", "--chat-context", "--chat-end-of-turn", "--chat-turns",
+                 "2", "--bootstrap", "200", "--quiet"]) == 0
+    return {"out": out, "results": json.loads((out / "results.json").read_text())}
+
+
+def test_an_end_of_turn_final_target_is_recorded_counted_and_set_apart(ended):
+    """The chat-formatted run differs from the raw one in each whole document's final target alone (<|im_end|>
+    against <|endoftext|>), with the raw run's truncated flags; the change is over the tokens both share, and apart
+    over all tokens and over the final targets, each recomputed from the stored runs; the report and the findings
+    say which final target each run has and how many differ."""
+    out, results = ended["out"], ended["results"]
+    manifest = json.loads((out / "compare.json").read_text())
+    e = manifest["explanation"]
+    assert e["chat_end_of_turn"] is True and e["chat_end_of_turn_ids"] == {"instruct": 2}
+    assert manifest["config"]["tokenize"]["chat_end_of_turn"] is True
+    chat = results["explanation"]["models"]["instruct"]["chat"]
+    runs = out / "runs" / "k1-packed-block"
+    base, raw, formatted = (pq.read_table(path / "tokens.parquet").to_pandas()
+                            for path in (runs / "base", runs / "instruct", out / chat["run"]))
+    assert (raw["truncated"].to_numpy() == formatted["truncated"].to_numpy()).all() and raw["truncated"].any()
+    last = raw.groupby("doc_id")["pos"].transform("max").to_numpy() == raw["pos"].to_numpy()
+    differ = raw["target"].to_numpy() != formatted["target"].to_numpy()
+    assert (differ == last).all()  # every document is whole: each one's final target, and nothing else, differs
+    assert set(raw["target"][last]) == {0} and set(formatted["target"][last]) == {2}
+    final = chat["final_targets"]
+    assert final["raw"] == {"id": 0, "text": "<|endoftext|>"} and final["chat"] == {"id": 2, "text": "<|im_end|>"}
+    assert (final["n_tokens"], final["n_differ"], final["n_shared"]) == (len(raw), last.sum(), (~last).sum())
+    nll = {k: t["nll"].to_numpy(np.float64) for k, t in (("b", base), ("raw", raw), ("chat", formatted))}
+    for sel, got in ((~last, chat), (np.ones(len(raw), bool), final["all_tokens"]), (last, final["final"])):
+        d_raw, d_chat = (nll["raw"][sel] - nll["b"][sel]).mean(), (nll["chat"][sel] - nll["b"][sel]).mean()
+        assert (got["raw_diff"], got["chat_diff"], got["reduction"]) == pytest.approx((d_raw, d_chat, d_raw - d_chat),
+                                                                                       abs=1e-9)
+    assert sum(d["n_tokens"] for d in chat["per_domain"].values()) == final["n_shared"]
+    assert [t["n_tokens"] for t in chat["turns"]["per_turn"]] == [final["n_shared"]] * 2
+    md = html.unescape((out / "report.md").read_text()).replace("\\|", "|")  # as Markdown escapes them
+    assert ("the targets are the raw run's but for each whole document's final target: <|endoftext|> in the raw "
+            f"run, <|im_end|> (its template's end-of-turn token, --chat-end-of-turn) in the chat-formatted run, "
+            f"{final['n_differ']:,} of {final['n_tokens']:,} targets.") in md
+    assert (f"the {final['n_differ']:,} final targets alone: <|endoftext|> in the raw run, <|im_end|> in the "
+            "chat-formatted run") in md
+    (finding,) = [f for f in results["findings"] if f.startswith("Chat format")]
+    assert (f"Its chat-formatted run ends each whole document with <|im_end|>, its end-of-turn token, where the raw "
+            f"run has <|endoftext|>: {final['n_differ']:,} of {final['n_tokens']:,} targets differ") in finding
 
 
 def test_report_rebuilds_the_explanation_byte_for_byte(compared, tmp_path, capsys):

@@ -15,7 +15,13 @@ import pytest
 
 from lossgap.report.build import write_report
 from lossgap.report.explanation import token_view_html
-from lossgap.report.explanation_tables import calibration_table, chat_domain_table, chat_table, distribution_table
+from lossgap.report.explanation_tables import (
+    calibration_table,
+    chat_domain_table,
+    chat_table,
+    chat_text,
+    distribution_table,
+)
 from tests.results_example import make_results
 
 
@@ -35,6 +41,7 @@ VIEW = {"other_worse": [{"doc_id": 25, "first_pos": 1, "last_pos": 5, "delta_sum
 CHAT = {
     "run": "runs/next-batch-block-chat/instruct", "raw_diff": 0.4957, "chat_diff": 0.5746, "reduction": -0.0789,
     "reduction_ci": [-0.1528, -0.0401], "share_of_raw_explained": -0.0789 / 0.4957,
+    "effect": "the format raises instruct's loss, widening the raw gap by 16%",
     "per_domain": {
         "Licenses": {"n_tokens": 3211, "n_documents": 1, "raw_diff": 0.4047, "chat_diff": 0.3963, "reduction": 0.0084,
                      "reduction_ci": [0.0084, 0.0084], "share_of_raw_explained": 0.0084 / 0.4047},
@@ -111,21 +118,79 @@ def test_the_confident_and_wrong_column_is_a_share_of_tokens():
     assert [row[column].display for row in table.rows] == ["0.1%", "0.6%"]
 
 
-def test_the_chat_table_counts_tokens_and_gives_shares_of_the_raw_d_apart():
+def test_the_chat_table_counts_tokens_and_words_the_change_from_its_number():
     table = chat_table("instruct", CHAT, "base")
-    assert table.headers == ["Other model", "D against base", "95% CI", "Tokens", "Share of the raw D"]
+    assert table.headers == ["Run", "D against base", "95% CI", "Tokens", "What the format does"]
     assert [[c.display for c in row] for row in table.rows] == [
-        ["instruct, raw", "+0.4957", "", "10,441", "100.0%"],
-        ["instruct, chat-formatted", "+0.5746", "+0.3989 to +0.8555", "10,441", "115.9%"],
-        ["taken away by the format (raw - chat)", "-0.0789", "-0.1528 to -0.0401", "10,441", "-15.9%"]]
+        ["instruct, raw", "+0.4957", "", "10,441", ""],
+        ["instruct, chat-formatted", "+0.5746", "+0.3989 to +0.8555", "10,441", ""],
+        ["change (chat - raw)", "+0.0789", "+0.0401 to +0.1528", "10,441",
+         "the format raises instruct's loss, widening the raw gap by 16%"]]
 
 
 def test_the_chat_change_per_domain():
     table = chat_domain_table("instruct", CHAT)
+    assert table.headers[4] == "Change (chat - raw)"
     assert [[c.display for c in row] for row in table.rows] == [
-        ["DM Mathematics", "7,230", "+0.9393", "+1.1759", "-0.2366", "-0.2827 to -0.1919"],
-        ["Licenses", "3,211", "+0.4047", "+0.3963", "+0.0084", "n/a (1 document)"],
-        ["all", "10,441", "+0.4957", "+0.5746", "-0.0789", "-0.1528 to -0.0401"]]
+        ["DM Mathematics", "7,230", "+0.9393", "+1.1759", "+0.2366", "+0.1919 to +0.2827"],
+        ["Licenses", "3,211", "+0.4047", "+0.3963", "-0.0084", "n/a (1 document)"],
+        ["all", "10,441", "+0.4957", "+0.5746", "+0.0789", "+0.0401 to +0.1528"]]
+
+
+# --chat-end-of-turn: the chat-formatted run ends each whole document with <|im_end|> where the raw run has
+# <|endoftext|>; 40 final targets differ, the headline is over the 10,401 tokens both share
+END_OF_TURN = {"end_of_turn": True, "raw": {"id": 0, "text": "<|endoftext|>"}, "chat": {"id": 2, "text": "<|im_end|>"},
+               "n_tokens": 10441, "n_shared": 10401, "n_differ": 40,
+               "all_tokens": {"n_tokens": 10441, "n_documents": 40, "raw_diff": 0.4957, "chat_diff": 0.5546,
+                              "reduction": -0.0589, "reduction_ci": [-0.1328, -0.0201],
+                              "effect": "the format raises instruct's loss, widening the raw gap by 12%"},
+               "final": {"n_tokens": 40, "n_documents": 40, "raw_diff": 0.25, "chat_diff": -4.75, "reduction": 5.0,
+                         "reduction_ci": [4.5, 5.5], "effect": "the format lowers instruct's loss past base's: the "
+                         "raw gap reverses, and formatted instruct is better than base"}}
+
+
+def test_with_an_end_of_turn_final_target_the_chat_table_gives_the_shared_tokens_all_tokens_and_the_final_ones():
+    table = chat_table("instruct", CHAT | {"final_targets": END_OF_TURN}, "base")
+    rows = [row if isinstance(row, str) else [c.display for c in row] for row in table.rows]
+    assert rows == [
+        "over the 10,401 tokens both runs share (all but the final targets)",
+        ["instruct, raw", "+0.4957", "", "10,441", ""],
+        ["instruct, chat-formatted", "+0.5746", "+0.3989 to +0.8555", "10,441", ""],
+        ["change (chat - raw)", "+0.0789", "+0.0401 to +0.1528", "10,441",
+         "the format raises instruct's loss, widening the raw gap by 16%"],
+        "over all 10,441 tokens, each run with its own final target",
+        ["instruct, raw", "+0.4957", "", "10,441", ""],
+        ["instruct, chat-formatted", "+0.5546", "", "10,441", ""],
+        ["change (chat - raw)", "+0.0589", "+0.0201 to +0.1328", "10,441",
+         "the format raises instruct's loss, widening the raw gap by 12%"],
+        "the 40 final targets alone: <|endoftext|> in the raw run, <|im_end|> in the chat-formatted run",
+        ["instruct, raw", "+0.2500", "", "40", ""],
+        ["instruct, chat-formatted", "-4.7500", "", "40", ""],
+        ["change (chat - raw)", "-5.0000", "-5.5000 to -4.5000", "40",
+         "the format lowers instruct's loss past base's: the raw gap reverses, and formatted instruct is better than "
+         "base"]]
+    assert [(r["tokens"], r["n_tokens"], r["change"]) for r in table.records] == [
+        ("shared", 10441, pytest.approx(0.0789)), ("all", 10441, pytest.approx(0.0589)), ("final", 40, -5.0)]
+
+
+def test_the_chat_paragraph_states_the_final_target_of_each_run():
+    turn = "Please write a document."
+    assert chat_text("instruct", turn, CHAT | {"final_targets": END_OF_TURN}) == (
+        "Chat format: instruct scored again with each document as its reply to the user turn 'Please write a "
+        "document.' in its own chat template; the targets are the raw run's but for each whole document's final "
+        "target: <|endoftext|> in the raw run, <|im_end|> (its template's end-of-turn token, --chat-end-of-turn) in "
+        "the chat-formatted run, 40 of 10,441 targets. The change is given over the 10,401 tokens both runs share, "
+        "everything else equal, and apart over all tokens (each run with its own final target) and over the final "
+        "targets alone.")
+    eos = {"end_of_turn": False, "raw": {"id": 0, "text": "<|endoftext|>"}, "chat": {"id": 0, "text": "<|endoftext|>"},
+           "n_tokens": 10441, "n_shared": 10441, "n_differ": 0}
+    assert chat_text("instruct", turn, CHAT | {"final_targets": eos}).endswith(
+        "in its own chat template; the same tokens are targets, and each whole document ends with <|endoftext|> in "
+        "both runs.")
+    itself = eos | {"end_of_turn": True}
+    assert chat_text("instruct", turn, CHAT | {"final_targets": itself}).endswith(
+        "the same tokens are targets, and each whole document ends with <|endoftext|> in both runs "
+        "(--chat-end-of-turn: the template ends a reply with <|endoftext|>, the EOS itself).")
 
 
 @pytest.fixture

@@ -3,14 +3,16 @@ what ran kept apart) and the tokenization every model's input gets."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from lossgap.config import CompareConfig, CorpusConfig, ModelConfig, TokenizeConfig
+from lossgap.config import CompareConfig, CorpusConfig, LayoutConfig, ModelConfig, TokenizeConfig
 from lossgap.data.encode import SpecialTokens
+from lossgap.errors import ModelError, UsageError
 from lossgap.formats.schema import BITS_PER_BYTE, TOKENS, ExplanationManifest
 from lossgap.matrix import SEED_MATRIX, main_configuration, single_configuration
 from lossgap.run.comparison import shared_tokenization
@@ -25,8 +27,21 @@ def _cfg(models: dict, **kw) -> CompareConfig:
                          model=ModelConfig("", dtype="float32", device="cpu"), **kw)
 
 
+def _chat_cfg(models: dict, **tokenize) -> CompareConfig:
+    """--chat-context (rows of 128, room for the prefix in the tiny models' 256 positions)."""
+    return _cfg(models, tokenize=TokenizeConfig(chat_context=True, **tokenize), layout=LayoutConfig(seq_len=128))
+
+
 def _model_cfgs(models: dict) -> dict:
     return {name: ModelConfig(path, dtype="float32", device="cpu") for name, path in models.items()}
+
+
+@pytest.fixture(scope="module")
+def bare_tokenizer(tokenizer):
+    """The conftest tokenizer without BOS or EOS."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, pad_token="<pad>")
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +99,55 @@ def test_every_model_gets_the_baselines_bos_and_eos_in_a_token_level_comparison(
     assert SpecialTokens(tokens.bos_id, tokens.eos_id) == SpecialTokens(tokenizer.bos_token_id, tokenizer.eos_token_id)
     by_bytes = shared_tokenization(cfg, tokenizer, BITS_PER_BYTE)  # each model's own tokenizer decides
     assert by_bytes.bos_id is None and by_bytes.add_bos is None and not by_bytes.chat_context
+
+
+def _with_template(tokenizer, template: str, special: list[str] = ()):
+    tok = copy.deepcopy(tokenizer)
+    if special:
+        tok.add_special_tokens({"additional_special_tokens": list(special)})
+    tok.chat_template = template
+    return tok
+
+
+CHATML = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+
+
+def test_the_end_of_turn_token_is_planned_and_recorded_before_any_model_loads(llama_dir, tokenizer, monkeypatch):
+    monkeypatch.setattr("lossgap.engine.model.load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    models = {"base": str(llama_dir), "other": str(llama_dir)}
+    tokenizers = {"base": tokenizer, "other": _with_template(tokenizer, CHATML, ["<|im_start|>", "<|im_end|>"])}
+    cfg = _chat_cfg(models, chat_end_of_turn=True)
+    plan = plan_explanation(cfg, _model_cfgs(models), tokenizers, TOKENS, MAIN)
+    manifest = plan.manifest(ExplanationRecord())
+    assert manifest["chat_end_of_turn"] is True and manifest["chat_end_of_turn_ids"] == {"other": 385}
+    off = plan_explanation(_chat_cfg(models), _model_cfgs(models), tokenizers, TOKENS, MAIN).manifest(
+        ExplanationRecord())
+    assert off["chat_end_of_turn"] is False and off["chat_end_of_turn_ids"] == {}
+    tokens = shared_tokenization(cfg, tokenizer, TOKENS)  # the configurations end with the EOS, as the raw text
+    assert not tokens.chat_end_of_turn and not tokens.chat_context and tokens.eos_id == 2
+
+
+def test_a_template_without_an_end_of_turn_token_or_documents_without_eos_are_refused_before_loading(
+        llama_dir, tokenizer, bare_tokenizer, monkeypatch):
+    monkeypatch.setattr("lossgap.engine.model.load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    models = {"base": str(llama_dir), "other": str(llama_dir)}
+    cfg = _chat_cfg(models, chat_end_of_turn=True)
+    plain = {"base": tokenizer, "other": _with_template(tokenizer, "{% for m in messages %}{{ m['content'] }}\n"
+                                                                   "{% endfor %}")}
+    with pytest.raises(ModelError, match=r"other \(its chat template\): the chat template puts '\\n', which does "
+                                         "not begin with a special token, after the assistant's reply") as refused:
+        plan_explanation(cfg, _model_cfgs(models), plain, TOKENS, MAIN)
+    assert "drop --chat-end-of-turn" in refused.value.fix
+    no_eos = {"base": bare_tokenizer, "other": _with_template(tokenizer, CHATML, ["<|im_start|>", "<|im_end|>"])}
+    with pytest.raises(UsageError, match="the documents' tokenizer defines no EOS") as refused:
+        plan_explanation(cfg, _model_cfgs(models), no_eos, TOKENS, MAIN)
+    assert "--eos-id" in refused.value.fix
+
+
+@pytest.mark.parametrize(("tokenize", "says"), [
+    (TokenizeConfig(chat_end_of_turn=True), "--chat-end-of-turn applies to chat-formatted documents only"),
+    (TokenizeConfig(chat_context=True, chat_end_of_turn=True, add_eos=False), "with --no-eos there is none to replace"),
+], ids=["no-chat-context", "no-eos"])
+def test_the_end_of_turn_option_needs_chat_context_and_an_eos(tokenize, says):
+    with pytest.raises(UsageError, match=says):
+        _cfg({"base": "a", "other": "b"}, tokenize=tokenize).validate()

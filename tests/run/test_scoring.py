@@ -229,6 +229,42 @@ def test_chat_context_scores_exactly_the_raw_targets(tmp_path, pile_jsonl, layou
         pytest.fail("no document continued in one more row")
 
 
+@pytest.mark.parametrize("layout,mask,seq_len", [("packed", "block", 96), ("single", "causal", 48)])
+def test_an_end_of_turn_final_target_changes_only_each_whole_documents_last_target(tmp_path, pile_jsonl, layout, mask,
+                                                                                  seq_len):
+    """--chat-end-of-turn: the chat-formatted run's targets are the raw run's but for the final target of each whole
+    document, the template's <|im_end|> in place of <|endoftext|>; the document --max-tokens cuts keeps its last text
+    token, and every truncated flag is the raw run's. The end-of-turn target is scored as the model sees it after
+    the prefix and the whole document."""
+    from lossgap.data.encode import chat_prefix
+    from lossgap.demo import DEMO_MODELS
+
+    instruct = DEMO_MODELS / "instruct"
+    tok = AutoTokenizer.from_pretrained(instruct)
+    im_end, eos = tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id
+    kw = {"layout": layout, "mask": mask, "seq_len": seq_len, "max_tokens": 1000}
+    raw = score_run(instruct, pile_jsonl, tmp_path / "raw", **kw)
+    chat = score_run(instruct, pile_jsonl, tmp_path / "chat", chat_context=True, chat_end_of_turn=True, **kw)
+    a, b = read_tokens(raw.out_dir), read_tokens(chat.out_dir)
+    for column in ("doc_id", "pos", "domain", "truncated"):
+        assert (a[column].to_numpy() == b[column].to_numpy()).all(), column
+    assert a["truncated"].any() and chat.summary["max_tokens"]["last_document_cut"]
+    last = a.groupby("doc_id")["pos"].transform("max").to_numpy() == a["pos"].to_numpy()
+    whole = last & (a["target"].to_numpy() == eos)
+    assert whole.sum() == last.sum() - 1  # every document but the one the cap cut ends with EOS in the raw run
+    assert (b["target"].to_numpy()[whole] == im_end).all()
+    assert (b["target"].to_numpy()[~whole] == a["target"].to_numpy()[~whole]).all()
+    assert chat.summary["chat_end_of_turn_id"] == im_end and raw.summary["chat_end_of_turn_id"] is None
+    assert chat.summary["special_tokens"]["eos_id"] == eos  # the EOS it replaces, as the raw run's
+    prefix = chat_prefix(tok, "Please write a document.", "instruct")
+    cut = b.groupby("doc_id")["truncated"].any()
+    doc = int(cut[~cut].index[0])  # a document in one row: its loss is the model's own on prefix + document
+    text = json.loads(pile_jsonl.read_text().splitlines()[doc])["text"]
+    ids = prefix + tok(text, add_special_tokens=False)["input_ids"] + [im_end]
+    expected = _hf_loss(instruct, ids, [-100] * len(prefix) + ids[len(prefix):])
+    assert float(b[b["doc_id"] == doc]["nll"].mean()) == pytest.approx(expected, abs=1e-4)
+
+
 def test_chat_context_needs_a_chat_template(tmp_path, pile_jsonl):
     from lossgap.demo import DEMO_MODELS
     from lossgap.errors import ModelError

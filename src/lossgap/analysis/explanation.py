@@ -10,6 +10,7 @@ with different tokenizers get the byte-class attribution in bits per byte instea
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +22,7 @@ from ..formats.schema import Manifest
 from .attribution import attribute, before_in_document, byte_class_contributions, top_documents, top_spans
 from .bootstrap import comparison_seed, ratio_interval
 from .calibration import calibration_report
+from .chat_findings import change_effect
 from .divergence import divergence_report
 from .documents import RunDocuments
 from .layers import layer_report
@@ -65,7 +67,7 @@ def build_explanation(folder: ComparisonFolder, m: Manifest,
         else:
             entry["bits_per_byte"] = _byte_classes(folder, m, main, base, other, vocab, docs, seed)
         if other in e["chat_runs"] and m["mode"] == "tokens":
-            entry["chat"] = _chat(folder, m, main, base, other, e["chat_runs"][other], vocab[base], doc_domain, seed)
+            entry["chat"] = _chat(folder, m, main, (base, other), e["chat_runs"][other], vocab, doc_domain, seed)
             by_turn = (e.get("chat_runs_by_turn") or {}).get(other) or []
             if len(by_turn) > 1:
                 entry["chat"]["turns"] = _chat_turns(folder, m, main, base, other, by_turn,
@@ -79,15 +81,14 @@ def build_explanation(folder: ComparisonFolder, m: Manifest,
 
 def _chat_turns(folder: ComparisonFolder, m: Manifest, main: str, base: str, other: str, runs: list[str],
                 turns: list[str], seed: int) -> dict:
-    """The format's change of D after each sampled user turn, on the same tokens, and its spread over the turns: one
-    turn is one sample of the prompts a user might give."""
+    """The format's change of D after each sampled user turn, on the tokens the raw and that turn's chat-formatted
+    run share, and its spread over the turns: one turn is one sample of the prompts a user might give."""
     raw = _run_tokens(folder, m, main, base, other)
-    every = np.ones(raw["doc_id"].size, dtype=bool)
     per = []
     for i, rel in enumerate(runs):
+        chat, shared, _ = _chat_tokens(folder, raw, other, rel)
         # the first turn's seed is _chat's: the same quantity has one interval wherever it is shown
-        change = chat_change(raw, _run_tokens(folder, m, main, base, other, rel), every, m["bootstrap"],
-                             seed + 3 + 17 * i)
+        change = chat_change(raw, chat, shared, m["bootstrap"], seed + 3 + 17 * i)
         per.append({"turn": turns[i] if i < len(turns) else None, "run": rel, **change})
     changes = np.array([-p["reduction"] for p in per])  # chat - raw
     return {"per_turn": per, "change_mean": float(changes.mean()), "change_min": float(changes.min()),
@@ -168,20 +169,82 @@ def _run_tokens(folder: ComparisonFolder, m: Manifest, main: str, base: str, oth
             "nll_o": b.column("nll").to_numpy()}
 
 
-def _chat(folder: ComparisonFolder, m: Manifest, main: str, base: str, other: str, rel: str, vocab: pa.Table,
+def _chat(folder: ComparisonFolder, m: Manifest, main: str, names: tuple[str, str], rel: str, vocab: dict,
           doc_domain: dict, seed: int) -> dict:
     """The other model's chat-formatted run paired against the same baseline tokens as its raw run: D by the same
-    dimensions, and how much of the raw difference the format takes away (with a document-bootstrap interval),
-    overall and per domain."""
+    dimensions, and the change the format makes (with a document-bootstrap interval), overall and per domain, over
+    the tokens both runs share: all of them, but under --chat-end-of-turn each whole document's final target, which
+    `final_targets` names and gives apart (and with all tokens)."""
+    base, other = names
     raw = _run_tokens(folder, m, main, base, other)
-    chat = _run_tokens(folder, m, main, base, other, rel)
-    attribution = attribute(chat, vocab, doc_domain, m["bootstrap"], seed, top_k=10)
-    overall = chat_change(raw, chat, np.ones(raw["doc_id"].size, dtype=bool), m["bootstrap"], seed + 3)
-    return {"run": rel, "raw_diff": overall["raw_diff"], "chat_diff": attribution["dimensions"]["position"]["diff"],
+    chat, shared, ends = _chat_tokens(folder, raw, other, rel)
+    attribution = attribute(_where(chat, shared), vocab[base], doc_domain, m["bootstrap"], seed, top_k=10)
+    overall = chat_change(raw, chat, shared, m["bootstrap"], seed + 3)
+    whole = attribution["dimensions"]["position"]
+    effect = _effect(names, overall | {"chat_diff": whole["diff"], "n_documents": whole.get("n_documents")})
+    final = final_targets(raw, chat, shared, ends, (vocab[base], vocab.get(other, vocab[base])), m["bootstrap"],
+                          seed + 80, names)  # past the per-domain seeds (seed + 4 + i)
+    return {"run": rel, "raw_diff": overall["raw_diff"], "chat_diff": whole["diff"],
             "reduction": overall["reduction"], "reduction_ci": overall["reduction_ci"],
-            "share_of_raw_explained": overall["share_of_raw_explained"],
-            "per_domain": _chat_per_domain(raw, chat, doc_domain, m["bootstrap"], seed + 4),
+            "share_of_raw_explained": overall["share_of_raw_explained"], "effect": effect, "final_targets": final,
+            "per_domain": _chat_per_domain(raw, chat, doc_domain, m["bootstrap"], seed + 4, shared),
             "attribution": attribution}
+
+
+def _chat_tokens(folder: ComparisonFolder, raw: dict, other: str, rel: str) -> tuple[dict, np.ndarray, tuple]:
+    """A chat-formatted run joined with the baseline's tokens as `raw` (_run_tokens) is; which tokens it shares with
+    the raw run (the same target); and (EOS id, end-of-turn id) from its summary. Only each whole document's final
+    target may differ, the raw run's EOS against the end-of-turn token (--chat-end-of-turn)."""
+    t = _tokens(folder, rel)
+    if not all(np.array_equal(t.column(c).to_numpy(), raw[c]) for c in ("doc_id", "pos")):
+        raise ValueError(f"{other}'s chat-formatted run {rel} scored other tokens than its raw run")
+    summary = folder.stored_run(rel).read_summary()
+    ends = ((summary.get("special_tokens") or {}).get("eos_id"), summary.get("chat_end_of_turn_id"))
+    target = t.column("target").to_numpy()
+    shared = target == raw["target"]
+    final = np.zeros(shared.size, dtype=bool) if None in ends else (
+        _last_of_document(raw["doc_id"], raw["pos"]) & (raw["target"] == ends[0]) & (target == ends[1]))
+    if (~shared & ~final).any():
+        raise ValueError(f"{other}'s chat-formatted run {rel} scored other targets than its raw run, not only each "
+                         "whole document's final one")
+    return {**raw, "target": target, "nll_o": t.column("nll").to_numpy()}, shared, ends
+
+
+def _last_of_document(doc_id: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Whether each token is its document's last scored one."""
+    order = np.lexsort((pos, doc_id))
+    ordered = np.asarray(doc_id)[order]
+    last = np.empty(ordered.size, dtype=bool)
+    last[order] = np.r_[ordered[1:] != ordered[:-1], True] if ordered.size else np.zeros(0, dtype=bool)
+    return last
+
+
+def _where(tokens: dict, sel: np.ndarray) -> dict:
+    return {k: np.asarray(v)[sel] for k, v in tokens.items()}
+
+
+def _effect(names: tuple[str, str], change: dict) -> str:
+    """What the format does to D, worded by chat_findings.change_effect from the change's numbers."""
+    low, high = (math.nan if v is None else v for v in change["reduction_ci"])
+    return change_effect(names[1], names[0], change["raw_diff"], change["chat_diff"], (-high, -low),
+                         change.get("n_documents") == 1)
+
+
+def final_targets(raw: dict, chat: dict, shared: np.ndarray, ends: tuple, vocabs: tuple, n_boot: int, seed: int,
+                  names: tuple[str, str]) -> dict:
+    """Each whole document's final target in the raw and in the chat-formatted run (the EOS; under
+    --chat-end-of-turn the template's end-of-turn token in the chat-formatted run), how many targets differ between
+    the runs, and where they do, the change over all tokens and over those final targets alone."""
+    eos, end = ends
+    named = [None if i is None else {"id": int(i), "text": TokenTexts.of(v).alone(int(i))}
+             for i, v in ((eos, vocabs[0]), (eos if end is None else end, vocabs[1]))]
+    out = {"end_of_turn": end is not None, "raw": named[0], "chat": named[1], "n_tokens": int(shared.size),
+           "n_shared": int(shared.sum()), "n_differ": int((~shared).sum())}
+    if not shared.all():
+        for key, sel, s in (("all_tokens", np.ones(shared.size, dtype=bool), seed), ("final", ~shared, seed + 1)):
+            change = chat_change(raw, chat, sel, n_boot, s)
+            out[key] = change | {"effect": _effect(names, change)}
+    return out
 
 
 def chat_change(raw: dict, chat: dict, sel: np.ndarray, n_boot: int, seed: int) -> dict:
@@ -200,12 +263,14 @@ def chat_change(raw: dict, chat: dict, sel: np.ndarray, n_boot: int, seed: int) 
             "share_of_raw_explained": reduction / raw_diff if raw_diff else float("nan")}
 
 
-def _chat_per_domain(raw: dict, chat: dict, doc_domain: dict, n_boot: int, seed: int) -> dict:
-    """chat_change per domain, domains sorted (domain i gets seed + i)."""
+def _chat_per_domain(raw: dict, chat: dict, doc_domain: dict, n_boot: int, seed: int,
+                     sel: np.ndarray | None = None) -> dict:
+    """chat_change per domain over the selected tokens (default all), domains sorted (domain i gets seed + i)."""
+    sel = np.ones(np.asarray(raw["doc_id"]).size, dtype=bool) if sel is None else sel
     docs, idx = np.unique(np.asarray(raw["doc_id"]), return_inverse=True)
     token_domain = np.array([str(doc_domain[int(d)]) for d in docs], dtype=object)[idx]
-    return {domain: chat_change(raw, chat, token_domain == domain, n_boot, seed + i)
-            for i, domain in enumerate(sorted(set(token_domain.tolist())))}
+    return {domain: chat_change(raw, chat, (token_domain == domain) & sel, n_boot, seed + i)
+            for i, domain in enumerate(sorted(set(token_domain[sel].tolist())))}
 
 
 def _byte_classes(folder: ComparisonFolder, m: Manifest, main: str, base: str, other: str, vocab: dict, docs: dict,

@@ -1,7 +1,9 @@
 """Tokenization with an explicit BOS/EOS policy, and each document's UTF-8 byte count (for bits per byte).
 
 With a chat context (`--chat-context`) each document follows the model's own chat template up to the assistant's
-reply, in place of BOS; the prefix is context only, so the scored targets are exactly those of the raw document.
+reply, in place of BOS; the prefix is context only, so the scored targets are exactly those of the raw document. With
+`--chat-end-of-turn` a whole document ends with the template's end-of-turn token (`<|im_end|>`, `<|eot_id|>`: what
+follows the reply) in place of its EOS, so exactly one target per whole document differs from the raw run's.
 
 `--max-tokens` bounds the work as well as the result: documents are read and tokenized only until the cap is reached,
 the document that reaches it is cut at the cap, and a long text is tokenized by growing prefixes, never whole.
@@ -69,6 +71,29 @@ CHAT_MARKER = "LOSSGAPDOCUMENT"  # stands for the document while the chat templa
 def chat_prefix(tokenizer, user_turn: str, model_name: str) -> list[int]:
     """The token ids the model's chat template puts before the assistant's reply to `user_turn` (the template is
     rendered as untrusted input: chat.py)."""
+    before, _ = _around_reply(tokenizer, user_turn, model_name)
+    return list(tokenizer(before, add_special_tokens=False)["input_ids"])
+
+
+def chat_end_of_turn(tokenizer, user_turn: str, model_name: str) -> int:
+    """The id of the token the model's chat template puts right after the assistant's reply, its end-of-turn token
+    (`<|im_end|>`, `<|eot_id|>`); refused unless what follows the reply begins with a special token."""
+    _, after = _around_reply(tokenizer, user_turn, model_name)
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    special = set(tokenizer.all_special_ids) | {
+        i for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items() if t.special}
+    if not ids or ids[0] not in special:
+        said = "nothing" if not after else f"{after[:40]!r}, which does not begin with a special token,"
+        raise ModelError(f"{template_source(tokenizer, model_name)}: the chat template puts {said} after the "
+                         "assistant's reply, so it has no end-of-turn token (such as <|im_end|> or <|eot_id|>) to end "
+                         "each document with",
+                         "drop --chat-end-of-turn for this model: its chat-formatted documents then end with the EOS, "
+                         "as the raw ones do")
+    return int(ids[0])
+
+
+def _around_reply(tokenizer, user_turn: str, model_name: str) -> tuple[str, str]:
+    """The rendered chat template before and after the assistant's reply to `user_turn`."""
     if not getattr(tokenizer, "chat_template", None):
         raise ModelError(f"{model_name} has no chat template, so --chat-context cannot place documents as its replies",
                          "drop --chat-context, or use a model whose tokenizer_config.json has a chat_template")
@@ -77,7 +102,8 @@ def chat_prefix(tokenizer, user_turn: str, model_name: str) -> list[int]:
     if not isinstance(text, str) or CHAT_MARKER not in text:
         raise ModelError(f"{template_source(tokenizer, model_name)}: the chat template does not show the assistant's "
                          "reply verbatim", "drop --chat-context for this model")
-    return list(tokenizer(text[: text.index(CHAT_MARKER)], add_special_tokens=False)["input_ids"])
+    before, after = text.split(CHAT_MARKER, 1)
+    return before, after
 
 
 def encode_documents(
@@ -88,13 +114,16 @@ def encode_documents(
     max_tokens: int | None = None,
     batch_docs: int = 64,
     prefix: list[int] | None = None,
+    end_of_turn: int | None = None,
 ) -> Iterator[TokenizedDocument]:
     """Tokenize in small batches (fast tokenizers parallelise a batch). A `prefix` (chat_prefix) replaces BOS as
-    the context of every document; positions stay those of the raw document.
+    the context of every document; positions stay those of the raw document. An `end_of_turn` id (chat_end_of_turn)
+    replaces the EOS of every whole document: the same number of tokens, so the same documents are cut, at the same
+    token.
 
     `max_tokens` caps the documents' tokens (BOS, text and EOS; a chat prefix is context, not counted): the document
     that reaches the cap is cut there, without EOS, and nothing after it is read or tokenized (`capped`)."""
-    encoder = _Encoder(tokenizer, special, vocab_size, prefix)
+    encoder = _Encoder(tokenizer, special, vocab_size, prefix, end_of_turn)
     if max_tokens is not None:
         yield from capped(encoder, iter(docs), max_tokens, batch_docs)
         return
@@ -105,12 +134,14 @@ def encode_documents(
 
 @dataclass
 class _Encoder:
-    """Token ids of documents under one BOS/EOS policy (and chat prefix), checked against the vocabulary."""
+    """Token ids of documents under one BOS/EOS policy (and chat prefix and end-of-turn token), checked against the
+    vocabulary."""
 
     tokenizer: object
     special: SpecialTokens
     vocab_size: int
     prefix: list[int] | None
+    end_of_turn: int | None = None  # what a whole document ends with in place of its EOS (--chat-end-of-turn)
 
     @property
     def start(self) -> list[int]:
@@ -129,11 +160,12 @@ class _Encoder:
         return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
 
     def document(self, doc: Document, ids: list[int], whole: bool, n_bytes: int | None = None) -> TokenizedDocument:
-        """start + ids (+ EOS when `whole`: the ids are all of the document's text)."""
+        """start + ids (+ EOS, or the end-of-turn token in its place, when `whole`: the ids are all of the
+        document's text)."""
         start = self.start
         parts = start + list(ids)
         if whole and self.special.eos_id is not None:
-            parts.append(self.special.eos_id)
+            parts.append(self.special.eos_id if self.end_of_turn is None else self.end_of_turn)
         arr = np.asarray(parts, dtype=np.int64)
         if arr.size and int(arr.max()) >= self.vocab_size:
             raise ModelError(

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from ..config import ScoreConfig
-from ..data.encode import SpecialTokens, chat_prefix, resolve_special_tokens
+from ..data.encode import SpecialTokens, chat_end_of_turn, chat_prefix, resolve_special_tokens
 from ..errors import ModelError, UsageError
 from .batching import AUTO, BatchSizing, auto_batch_size
 from .compiled import check_compiled, compile_layers
@@ -41,6 +41,7 @@ class Engine:
     load_seconds: float
     prefix: list[int] | None = None  # --chat-context: the chat template's tokens before each document
     startup: dict[str, float] | None = None  # seconds per start-up step (the fixed cost of a run)
+    end_of_turn: int | None = None  # --chat-end-of-turn: what ends each whole document in place of its EOS
 
     def facts(self) -> dict:
         """The start-up choices and checks, as summary.json records them."""
@@ -54,6 +55,7 @@ class Engine:
             "compile": self.compile_check,
             "mask_probe": self.probe.to_dict() if self.probe else None,
             "chat_prefix_tokens": None if self.prefix is None else len(self.prefix),
+            "chat_end_of_turn_id": self.end_of_turn,
             "startup_seconds": self.startup,
         }
 
@@ -74,6 +76,7 @@ def prepare_engine(cfg: ScoreConfig, dist: Dist, loaded: LoadedModel | None = No
         else None
     if prefix:
         require_room_for_prefix(loaded.name, seq_len, len(prefix), loaded.max_positions)
+    end_of_turn = _end_of_turn(cfg, loaded, special)
     clock.lap("load")
     head, head_diff, kernel_check = _checked_head(cfg, loaded)
     clock.lap("head_check")
@@ -91,7 +94,18 @@ def prepare_engine(cfg: ScoreConfig, dist: Dist, loaded: LoadedModel | None = No
     if not cfg.run.quiet and dist.main:
         print(f"lossgap: {loaded.name}: ready in {clock.total():.1f} s ({clock.text()})", file=sys.stderr, flush=True)
     return Engine(loaded, tokenizer, seq_len, special, head, plan, head_diff, kernel_check, sizing, compile_check,
-                  probe, clock.total(), prefix, clock.laps)
+                  probe, clock.total(), prefix, clock.laps, end_of_turn)
+
+
+def _end_of_turn(cfg: ScoreConfig, loaded: LoadedModel, special: SpecialTokens) -> int | None:
+    """--chat-end-of-turn: the model's own end-of-turn token, which takes the place of each whole document's EOS."""
+    if not (cfg.tokenize.chat_context and cfg.tokenize.chat_end_of_turn):
+        return None
+    if special.eos_id is None:
+        raise UsageError(f"--chat-end-of-turn puts {loaded.name}'s end-of-turn token in place of each whole "
+                         "document's EOS, but the tokenizer defines no EOS: there is none to replace",
+                         "name one with --eos-id N, or drop --chat-end-of-turn")
+    return chat_end_of_turn(loaded.tokenizer, cfg.tokenize.chat_user_turn, loaded.name)
 
 
 class _Stopwatch:

@@ -257,6 +257,10 @@ class ExplanationManifest(TypedDict):
     chat_user_turn: str | None  # the user turn before each document (None: no chat-formatted runs)
     chat_user_turns: NotRequired[list[str]]  # every sampled user turn, chat_user_turn first (--chat-turns)
     chat_runs_by_turn: NotRequired[dict[str, list[str]]]  # other model -> its chat-formatted run per user turn
+    # --chat-end-of-turn: whole documents of the chat-formatted runs end with each other model's end-of-turn token
+    # (other model -> its id) in place of the EOS
+    chat_end_of_turn: NotRequired[bool]
+    chat_end_of_turn_ids: NotRequired[dict[str, int]]
     memory: dict[str, Any] | None  # engine/memory.py's figures: will both models fit
     vocab: dict[str, str]  # model -> its vocab/<model>.parquet
     layers: NotRequired[dict[str, str]]  # --layers: other model -> its pairs/<other>.layers.json

@@ -12,6 +12,7 @@ from .explanation_tables import (
     calibration_table,
     chat_domain_table,
     chat_table,
+    chat_text,
     contribution_table,
     distribution_table,
     top_documents_table,
@@ -76,14 +77,7 @@ def _add_model(sec: Section, name: str, entry: dict, base: str, explanation: dic
         sec.tables.append(calibration_table(name, entry, base))
     sec.tables.extend(mechanism_tables(name, base, entry.get("mechanisms")))
     if entry.get("chat"):
-        turn = explanation.get("chat_user_turn")
-        sec.paragraphs.append(f"Chat format: {name} scored again with each document as its reply to the user turn "
-                              f"{turn!r} in its own chat template; the same tokens are targets.")
-        sec.tables.append(chat_table(name, entry["chat"], base))
-        if entry["chat"].get("per_domain"):
-            sec.tables.append(chat_domain_table(name, entry["chat"]))
-        if entry["chat"].get("turns"):
-            sec.tables.append(chat_turns_table(name, entry["chat"]["turns"]))
+        _add_chat(sec, name, entry["chat"], base, explanation.get("chat_user_turn"))
     if attribution:
         for direction in ("other_worse", "other_better"):
             sec.tables.append(top_tokens_table(name, attribution["top_tokens"], direction))
@@ -92,6 +86,18 @@ def _add_model(sec: Section, name: str, entry: dict, base: str, explanation: dic
     if entry.get("token_view"):
         sec.html.append(token_view_html(name, base, entry["token_view"]))
         sec.style = TOKEN_VIEW_CSS
+
+
+def _add_chat(sec: Section, name: str, chat: dict, base: str, turn: str | None) -> None:
+    """The chat-formatted run against the raw one: what it is, its final targets, and the change the format makes."""
+    sec.paragraphs.append(chat_text(name, turn, chat))
+    sec.tables.append(chat_table(name, chat, base))
+    if chat.get("per_domain"):
+        sec.tables.append(chat_domain_table(name, chat))
+    if chat.get("turns"):
+        final = chat.get("final_targets") or {}
+        over = " (over the tokens each chat-formatted run shares with the raw one)" if final.get("n_differ") else ""
+        sec.tables.append(chat_turns_table(name, chat["turns"], over))
 
 
 def _colour(delta: float) -> str:

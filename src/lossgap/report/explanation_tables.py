@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .render import Cell, Interval, Number, NumberFormat, Table, Text, count, loss, share, signed
+from .render import Cell, Interval, NumberFormat, Table, Text, count, loss, share, signed
 from .tables import ONE_DOCUMENT, bootstrap_interval
 
 DIMENSIONS = {  # results key -> what the buckets are
@@ -121,49 +121,92 @@ def calibration_table(name: str, entry: dict, base: str) -> Table:
                  title=f"{name} against {base}: calibration and confident mistakes")
 
 
-def _share_of_raw(value: float | None, raw: float | None) -> Number:
-    return share(value / raw if value is not None and raw else None)
+def chat_text(name: str, turn: str | None, chat: dict) -> str:
+    """What the chat-formatted run is, and what the final target of a whole document is in each run."""
+    text = (f"Chat format: {name} scored again with each document as its reply to the user turn {turn!r} in its own "
+            "chat template")
+    final = chat.get("final_targets") or {}
+    raw, formatted = (final.get(k) or {} for k in ("raw", "chat"))
+    if not final.get("end_of_turn") or raw.get("id") == formatted.get("id"):
+        ends = f", and each whole document ends with {raw['text']} in both runs" if raw.get("text") else ""
+        said = (f" (--chat-end-of-turn: the template ends a reply with {formatted.get('text')}, the EOS itself)"
+                if final.get("end_of_turn") else "")
+        return text + f"; the same tokens are targets{ends}{said}."
+    text += (f"; the targets are the raw run's but for each whole document's final target: {raw.get('text')} in the "
+             f"raw run, {formatted.get('text')} (its template's end-of-turn token, --chat-end-of-turn) in the "
+             f"chat-formatted run, {final['n_differ']:,} of {final['n_tokens']:,} targets.")
+    if not final["n_differ"]:
+        return text + " No document was scored whole, so every target is the same."
+    return text + (f" The change is given over the {final['n_shared']:,} tokens both runs share, everything else "
+                   "equal, and apart over all tokens (each run with its own final target) and over the final targets "
+                   "alone.")
 
 
 def chat_table(name: str, chat: dict, base: str) -> Table:
-    """D of the raw and the chat-formatted run over the same tokens, and what the format takes away; each as a share
-    of the raw D."""
-    headers = ["Other model", f"D against {base}", "95% CI", "Tokens", "Share of the raw D"]
+    """D of the raw and the chat-formatted run over the tokens both share, and the change the format makes, with
+    what it does to the raw D in words (worded in results.json by the analysis, from the same numbers); under
+    --chat-end-of-turn, the same over all tokens and over the final targets, which differ between the runs."""
+    headers = ["Run", f"D against {base}", "95% CI", "Tokens", "What the format does"]
     dims = chat["attribution"]["dimensions"]
     any_dim = next(iter(dims.values()))
-    n_tokens = count(any_dim["n_tokens"])
-    raw = chat["raw_diff"]
-    rows: list[list[Cell] | str] = [
-        [Text(f"{name}, raw"), signed(raw), Text(""), n_tokens, _share_of_raw(raw, raw)],
-        [Text(f"{name}, chat-formatted"), signed(chat["chat_diff"]),
-         bootstrap_interval(any_dim, any_dim.get("ci_low"), any_dim.get("ci_high")), n_tokens,
-         _share_of_raw(chat["chat_diff"], raw)],
-        [Text("taken away by the format (raw - chat)"), signed(chat["reduction"]),
-         bootstrap_interval(any_dim, *chat["reduction_ci"]), n_tokens, share(chat.get("share_of_raw_explained"))],
-    ]
-    records = [{"model": name, "raw_diff": raw, "chat_diff": chat["chat_diff"],
-                "reduction": chat["reduction"], "reduction_ci_low": chat["reduction_ci"][0],
-                "reduction_ci_high": chat["reduction_ci"][1], "share_of_raw_explained": chat["share_of_raw_explained"]}]
+    final = chat.get("final_targets") or {}
+    rows: list[list[Cell] | str] = []
+    records: list[dict] = []
+    blocks = [("shared", "", chat | {"n_tokens": any_dim["n_tokens"]},
+               bootstrap_interval(any_dim, any_dim.get("ci_low"), any_dim.get("ci_high")))]
+    if final.get("n_differ"):
+        raw, formatted = final["raw"]["text"], final["chat"]["text"]
+        rows.append(f"over the {final['n_shared']:,} tokens both runs share (all but the final targets)")
+        blocks += [("all", f"over all {final['n_tokens']:,} tokens, each run with its own final target",
+                    final["all_tokens"], Text("")),
+                   ("final", f"the {final['n_differ']:,} final targets alone: {raw} in the raw run, {formatted} in "
+                             "the chat-formatted run", final["final"], Text(""))]
+    for tokens, title, figures, chat_ci in blocks:
+        if title:
+            rows.append(title)
+        rows.extend(_chat_rows(name, figures, chat_ci, any_dim if tokens == "shared" else figures))
+        low, high = figures["reduction_ci"]
+        records.append({"model": name, "tokens": tokens, "n_tokens": figures["n_tokens"],
+                        "raw_diff": figures["raw_diff"], "chat_diff": figures["chat_diff"],
+                        "change": -figures["reduction"], "change_ci_low": None if high is None else -high,
+                        "change_ci_high": None if low is None else -low, "effect": figures.get("effect")})
     return Table(headers, rows, records, "chat_format.csv", title=f"{name}: raw text against chat-formatted")
 
 
+def _chat_rows(name: str, figures: dict, chat_ci: Cell, stats: dict) -> list[list[Cell]]:
+    """The raw run's D, the chat-formatted run's, and the change (chat - raw) with its interval and its words."""
+    n = count(figures["n_tokens"])
+    low, high = figures["reduction_ci"]
+    return [[Text(f"{name}, raw"), signed(figures["raw_diff"]), Text(""), n, Text("")],
+            [Text(f"{name}, chat-formatted"), signed(figures["chat_diff"]), chat_ci, n, Text("")],
+            [Text("change (chat - raw)"), signed(-figures["reduction"]),
+             bootstrap_interval(stats, None if high is None else -high, None if low is None else -low), n,
+             Text(figures.get("effect") or "")]]
+
+
 def chat_domain_table(name: str, chat: dict) -> Table:
-    """The chat format's effect per domain: D of the raw and the chat-formatted run over the domain's tokens and what
-    the format takes away there, with a document-bootstrap interval."""
-    headers = ["Domain", "Tokens", "D raw", "D chat-formatted", "Taken away by the format (raw - chat)", "95% CI"]
+    """The chat format's effect per domain: D of the raw and the chat-formatted run over the domain's tokens (those
+    both runs share) and the change the format makes there, with a document-bootstrap interval."""
+    headers = ["Domain", "Tokens", "D raw", "D chat-formatted", "Change (chat - raw)", "95% CI"]
     rows: list[list[Cell] | str] = []
     records = []
     for domain, d in sorted(chat["per_domain"].items()):
-        ci = {"ci_low": d["reduction_ci"][0], "ci_high": d["reduction_ci"][1]}
+        low, high = d["reduction_ci"]
+        ci = {"ci_low": None if high is None else -high, "ci_high": None if low is None else -low}
         rows.append([Text(domain), count(d["n_tokens"]), signed(d["raw_diff"]), signed(d["chat_diff"]),
-                     signed(d["reduction"]), _interval(ci, signed, d.get("n_documents") == 1)])
+                     signed(-d["reduction"]), _interval(ci, signed, d.get("n_documents") == 1)])
         records.append({"model": name, "domain": domain, **{k: v for k, v in d.items() if k != "reduction_ci"},
-                        "reduction_ci_low": d["reduction_ci"][0], "reduction_ci_high": d["reduction_ci"][1]})
+                        "reduction_ci_low": low, "reduction_ci_high": high, "change": -d["reduction"],
+                        "change_ci_low": ci["ci_low"], "change_ci_high": ci["ci_high"]})
     n_tokens = next(iter(chat["attribution"]["dimensions"].values()))["n_tokens"]
+    low, high = chat["reduction_ci"]
     rows.append([Text("all"), count(n_tokens), signed(chat["raw_diff"]), signed(chat["chat_diff"]),
-                 signed(chat["reduction"]), Interval(*chat["reduction_ci"], signed)])
+                 signed(-chat["reduction"]), Interval(None if high is None else -high, None if low is None else -low,
+                                                      signed)])
+    final = chat.get("final_targets") or {}
+    over = f" (over the {final['n_shared']:,} tokens both runs share)" if final.get("n_differ") else ""
     return Table(headers, rows, records, "chat_format_per_domain.csv",
-                 title=f"{name}: the chat format's effect per domain")
+                 title=f"{name}: the chat format's effect per domain{over}")
 
 
 def top_tokens_table(name: str, top: dict, direction: str, limit: int = 12) -> Table:

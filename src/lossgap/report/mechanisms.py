@@ -135,18 +135,20 @@ def _ci(figures: dict, key: str, fmt: NumberFormat) -> Interval:
     return Interval(figures[key]["ci_low"], figures[key]["ci_high"], fmt)
 
 
-def chat_turns_table(name: str, turns: dict) -> Table:
-    """The chat format's change of D after each sampled user turn, on the same tokens."""
-    headers = ["User turn", "Raw D", "Chat-formatted D", "Change (chat - raw)", "95% CI"]
+def chat_turns_table(name: str, turns: dict, over: str = "") -> Table:
+    """The chat format's change of D after each sampled user turn, on the same tokens (`over` says which, when they
+    are not all of them: --chat-end-of-turn leaves out the final targets)."""
+    headers = ["User turn", "Tokens", "Raw D", "Chat-formatted D", "Change (chat - raw)", "95% CI"]
     rows: list = []
     records = []
     for p in turns["per_turn"]:
         low, high = p["reduction_ci"]
-        rows.append([Text(repr(p["turn"])), signed(p["raw_diff"]), signed(p["chat_diff"]), signed(-p["reduction"]),
-                     Interval(None if high is None else -high, None if low is None else -low)])
+        rows.append([Text(repr(p["turn"])), count(p.get("n_tokens")), signed(p["raw_diff"]), signed(p["chat_diff"]),
+                     signed(-p["reduction"]), Interval(None if high is None else -high, None if low is None else -low)])
         records.append({"model": name, **{k: v for k, v in p.items() if k != "reduction_ci"},
                         "reduction_ci_low": low, "reduction_ci_high": high})
-    rows.append([Text(f"spread over {len(turns['per_turn'])} turns"), Text(""), Text(""),
+    rows.append([Text(f"spread over {len(turns['per_turn'])} turns"), Text(""), Text(""), Text(""),
                  signed(turns["change_mean"]), Text(f"{signed.text(turns['change_min'])} to "
                                                     f"{signed.text(turns['change_max'])} (min to max)")])
-    return Table(headers, rows, records, "chat_turns.csv", title=f"{name}: the chat format's change by user turn")
+    return Table(headers, rows, records, "chat_turns.csv",
+                 title=f"{name}: the chat format's change by user turn{over}")

@@ -97,7 +97,7 @@ def shared_tokenization(cfg: CompareConfig, base_tokenizer, mode: str) -> Tokeni
     """How the configurations tokenize every model's input: the raw text (the chat-formatted runs add their template
     themselves) and, for a token-level comparison, the baseline's BOS/EOS ids for every model (an instruct EOS such
     as <|eot_id|> would be another target). Each model's run checks the ids against its own vocabulary."""
-    tokenize = replace(cfg.tokenize, chat_context=False)
+    tokenize = replace(cfg.tokenize, chat_context=False, chat_end_of_turn=False)
     if mode != TOKENS:
         return tokenize
     special = resolve_special_tokens(base_tokenizer, cfg.tokenize)
@@ -235,11 +235,14 @@ class _Runs:
     def _chat_run(self, main: Configuration, name: str, mcfg: ModelConfig, loaded, user_turn: str,
                   turn: int = 0) -> str:
         """The main configuration once more, each document as the model's reply in its own chat template after the
-        user turn `user_turn` (number `turn` of those sampled)."""
+        user turn `user_turn` (number `turn` of those sampled); with --chat-end-of-turn each whole document ends with
+        the template's end-of-turn token in place of the EOS (summary.json: chat_end_of_turn_id)."""
         files = self.folder.run(main.key, name, chat=True, turn=turn)
-        _say(self.cfg, f"{name}: {main.key}, chat-formatted (documents as the assistant's reply to {user_turn!r})")
+        end = self.cfg.tokenize.chat_end_of_turn
+        _say(self.cfg, f"{name}: {main.key}, chat-formatted (documents as the assistant's reply to {user_turn!r}"
+                       + (", ending with its end-of-turn token)" if end else ")"))
         run = self._config(main, name, mcfg, files.folder)
-        run.tokenize = replace(run.tokenize, chat_context=True, chat_user_turn=user_turn)
+        run.tokenize = replace(run.tokenize, chat_context=True, chat_user_turn=user_turn, chat_end_of_turn=end)
         score_offsets([run], loaded, self._tokenizer())
         self.passes.append({"models": [name], "configurations": [main.key], "chat": True, "user_turn": user_turn})
         return self.folder.relative(files)

@@ -3,7 +3,8 @@ loads and fixed from then on; and, apart from it, the record of what was then st
 is the two together (formats/schema.py, ExplanationManifest).
 
 The paired pass needs identical tokenization, a next-token configuration, output vocabularies of the same size and
-room for two models at once; `--chat-context` needs each other model's chat template.
+room for two models at once; `--chat-context` needs each other model's chat template, and `--chat-end-of-turn` an
+end-of-turn token in it and an EOS for that token to replace.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ..config import DEFAULT_SEQ_LEN, CompareConfig, ModelConfig
-from ..data.encode import chat_prefix
+from ..data.encode import chat_end_of_turn, chat_prefix, resolve_special_tokens
 from ..engine.memory import model_shape, require_room_for_pair
 from ..engine.model import load_config, max_positions, require_room_for_prefix
 from ..errors import UsageError
@@ -35,6 +36,7 @@ class ExplanationPlan:
     chat_user_turn: str | None  # --chat-context: the user turn before each document (None: no chat runs)
     memory: MappingProxyType | None  # engine/memory.py's figures for the largest pair
     chat_user_turns: tuple[str, ...] = ()  # every sampled user turn, chat_user_turn first: one chat run each
+    end_of_turn: MappingProxyType | None = None  # --chat-end-of-turn: other model -> the id ending its documents
     layers: tuple[str, ...] = ()  # --layers: the other models whose layer attribution follows their paired pass
 
     @property
@@ -47,6 +49,8 @@ class ExplanationPlan:
                 "skipped": dict(self.skipped), "chat_runs": dict(record.chat_runs),
                 "chat_user_turn": self.chat_user_turn, "chat_user_turns": list(self.chat_user_turns),
                 "chat_runs_by_turn": dict(record.chat_runs_by_turn),
+                "chat_end_of_turn": self.end_of_turn is not None,
+                "chat_end_of_turn_ids": {} if self.end_of_turn is None else dict(self.end_of_turn),
                 "memory": None if self.memory is None else dict(self.memory),
                 "vocab": dict(record.vocab), "layers": dict(record.layers)}
 
@@ -74,6 +78,7 @@ def plan_explanation(cfg: CompareConfig, models: dict[str, ModelConfig], tokeniz
         positions = max_positions(load_config(models[name]))
         if positions is not None:
             require_room_for_prefix(name, cfg.layout.seq_len or min(DEFAULT_SEQ_LEN, positions), longest, positions)
+    end_of_turn = _end_of_turn_ids(cfg, names, tokenizers, mode, turn) if turns else None
     enabled = cfg.explain and len(names) > 1
     reason = UNDEFINED_FOR_BYTES if mode != TOKENS else NO_NEXT_TOKEN if main.label_offset != 1 else None
     skipped: dict[str, str | None] = {}
@@ -94,7 +99,8 @@ def plan_explanation(cfg: CompareConfig, models: dict[str, ModelConfig], tokeniz
         require_fine_tunes(cfg, models, names, skipped, enabled)
     paired_names = tuple(n for n in names[1:] if enabled and n not in skipped)
     layers = paired_names if cfg.layers else ()
-    return ExplanationPlan(enabled, main.key, paired_names, MappingProxyType(skipped), turn, memory, turns, layers)
+    return ExplanationPlan(enabled, main.key, paired_names, MappingProxyType(skipped), turn, memory, turns,
+                           end_of_turn, layers)
 
 
 def require_fine_tunes(cfg: CompareConfig, models: dict[str, ModelConfig], names: list[str], skipped: dict,
@@ -120,4 +126,21 @@ def require_fine_tunes(cfg: CompareConfig, models: dict[str, ModelConfig], names
             raise UsageError(f"--layers: {names[0]} and {name} are not one architecture with the same shapes "
                              f"({what}), so no hybrid of the two can be built",
                              "drop --layers, or compare a model with its own fine-tune")
+
+
+def _end_of_turn_ids(cfg: CompareConfig, names: list[str], tokenizers: dict, mode: str,
+                     turn: str) -> MappingProxyType | None:
+    """--chat-end-of-turn: each other model's end-of-turn token, and an EOS of the documents' tokenizer (the
+    baseline's in a token-level comparison) for it to replace; refused before any model loads."""
+    if not cfg.tokenize.chat_end_of_turn:
+        return None
+    ids = {}
+    for name in names[1:]:
+        documents = tokenizers[names[0]] if mode == TOKENS else tokenizers[name]
+        if resolve_special_tokens(documents, cfg.tokenize).eos_id is None:
+            raise UsageError(f"--chat-end-of-turn puts {name}'s end-of-turn token in place of each whole document's "
+                             "EOS, but the documents' tokenizer defines no EOS: there is none to replace",
+                             "name one with --eos-id N, or drop --chat-end-of-turn")
+        ids[name] = chat_end_of_turn(tokenizers[name], turn, name)
+    return MappingProxyType(ids)
 

@@ -72,5 +72,5 @@ def sample_rows(cfg: ScoreConfig, engine: Engine, corpus: Corpus, total_targets:
 
 def _windows(cfg: ScoreConfig, engine: Engine, corpus: Corpus) -> Iterator[list[Row]]:
     docs = encode_documents(iter(Corpus(corpus.config)), engine.tokenizer, engine.special, engine.loaded.vocab_size,
-                            cfg.corpus.max_tokens, prefix=engine.prefix)
+                            cfg.corpus.max_tokens, prefix=engine.prefix, end_of_turn=engine.end_of_turn)
     yield from windows(make_rows(docs, cfg.layout), window_size(cfg, engine))

@@ -232,7 +232,7 @@ def run_windows(cfg: ScoreConfig, engine: Engine, corpus: Corpus, outputs: list[
     (default: the engine's model alone; the paired pass brings its own)."""
     stream = StopAtError(corpus)
     docs = encode_documents(stream, engine.tokenizer, engine.special, engine.loaded.vocab_size, cfg.corpus.max_tokens,
-                            prefix=engine.prefix)
+                            prefix=engine.prefix, end_of_turn=engine.end_of_turn)
     work = Prefetch(windows(make_rows(docs, cfg.layout), outputs[0].window_tokens))
     progress = Progress(cfg, corpus, enabled=not cfg.run.quiet and dist.main)
     runner = runner or WindowRunner(engine.plan, engine.head, engine.loaded.name, cfg.run.fp32_check)
