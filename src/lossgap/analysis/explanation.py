@@ -55,8 +55,10 @@ def build_explanation(folder: ComparisonFolder, m: Manifest,
         if other in e["pairs"]:
             meta = _pair_metadata(folder, e["pairs"][other])
             facts = meta.get("facts") or {}
+            fitted = (e.get("temperature") or {}).get(other)  # absent before the temperature fit was stored
             entry |= _paired(_pair_tokens(folder, e["pairs"][other], base, other), vocab[base], doc_domain,
-                             m["bootstrap"], seed, facts.get("special_ids"))
+                             m["bootstrap"], seed, facts.get("special_ids"),
+                             folder.read_stored_json(fitted) if fitted else None)
             check = facts.get("fp32_check")
             entry["paired_pass"] = {"dtype": {n: d.get("dtype") for n, d in (meta.get("models") or {}).items()},
                                     "plan": facts.get("plan"), "fp32_check": check,
@@ -96,7 +98,7 @@ def _chat_turns(folder: ComparisonFolder, m: Manifest, main: str, base: str, oth
 
 
 def _paired(tokens: dict, vocab: pa.Table, doc_domain: dict, n_boot: int, seed: int,
-            special_ids: list[int] | None = None) -> dict:
+            special_ids: list[int] | None = None, temperature: dict | None = None) -> dict:
     """Everything the paired pass makes possible for one other model."""
     attribution = attribute(tokens, vocab, doc_domain, n_boot, seed)
     return {
@@ -104,7 +106,7 @@ def _paired(tokens: dict, vocab: pa.Table, doc_domain: dict, n_boot: int, seed: 
         "kl_histogram": histogram(np.log10(np.maximum(np.asarray(tokens["kl_bo"], dtype=np.float64), 1e-8))),
         "attribution": attribution,
         "calibration": calibration_report(tokens),
-        "mechanisms": mechanism_report(tokens, vocab, doc_domain, special_ids, n_boot, seed + 50),
+        "mechanisms": mechanism_report(tokens, vocab, doc_domain, special_ids, n_boot, seed, temperature),
         "truncation": truncation(tokens, n_boot, seed + 60) if "truncated" in tokens else None,
         "token_view": token_view(tokens, vocab),
     }

@@ -9,6 +9,9 @@
 - instead: what the other model predicts where its top-1 is not the text's token, grouped by that prediction (its
   token, its text class, and the pair text's token -> prediction), each group's contribution to D; the groups and the
   tokens where the other's top-1 is the text's token add up to D exactly (attribution.contributions).
+- shifted: URIAL's token distribution shift, the baseline's rank of the other model's top-1, D split by it.
+- temperature: how much of D is sharpness, not ranking: each model's NLL-minimising temperature, fitted on a sample of
+  the paired pass's rows, and D split into the part those temperatures remove and the rest (temperature.py).
 
 Every average has a document-bootstrap interval (bootstrap.py).
 """
@@ -22,23 +25,29 @@ import pyarrow as pa
 
 from .attribution import contributions, domain_buckets, position_buckets
 from .bootstrap import ratio_interval
+from .temperature import temperature_sentence, temperature_split
 from .textclass import TEXT_CLASSES, class_codes
 
 TOP_INSTEAD = 10  # groups named in each `instead` table; the rest are one bucket
 TARGET_ITSELF = "(its top-1 is the text's token)"
 ANY_OTHER = "(any other prediction)"
 SHIFT_KINDS = ("unshifted", "marginal", "shifted")  # the baseline ranks the other's top-1 1st, 2nd-3rd, lower
+MECHANISM_SEED = 50  # the mechanisms' bootstrap seeds start this far from the comparison's
 P_FLOOR = 1e-7  # 1 - p_special held at least this (float32's resolution near 1): the renormalised NLL stays finite
 
 
 def mechanism_report(tokens: Mapping[str, np.ndarray], vocab: pa.Table, doc_domain: Mapping[int, str],
-               special_ids: list[int] | None, n_boot: int, seed: int) -> dict:
-    """Both mechanisms for one other model (special_mass only when the pairs file has p_special)."""
-    out: dict = {"instead": instead(tokens, vocab, n_boot, seed)}
+                     special_ids: list[int] | None, n_boot: int, seed: int, temperature: dict | None = None) -> dict:
+    """The mechanisms for one other model (special_mass only when the pairs file has p_special, temperature only with
+    a stored temperature fit). `seed` is the comparison's (bootstrap.comparison_seed): the temperature split's D takes
+    it, so D on a sample that is the whole corpus has the headline's interval; the others take their own offsets."""
+    out: dict = {"instead": instead(tokens, vocab, n_boot, seed + MECHANISM_SEED)}
     if "rank_b_argmax_o" in tokens:
-        out["shifted"] = shifted(tokens, doc_domain, n_boot, seed + 20)
+        out["shifted"] = shifted(tokens, doc_domain, n_boot, seed + MECHANISM_SEED + 20)
     if "p_special_b" in tokens and special_ids is not None:
-        out["special_mass"] = special_mass(tokens, vocab, doc_domain, special_ids, n_boot, seed + 10)
+        out["special_mass"] = special_mass(tokens, vocab, doc_domain, special_ids, n_boot, seed + MECHANISM_SEED + 10)
+    if temperature is not None:
+        out["temperature"] = temperature_split(temperature, n_boot, seed)
     return out
 
 
@@ -165,6 +174,8 @@ def mechanism_findings(name: str, base: str, mech: dict | None) -> list[str]:
         out.append(_special_sentence(name, base, mech["special_mass"]))
     if mech.get("shifted"):
         out.append(_shift_sentence(name, base, mech["shifted"]))
+    if mech.get("temperature"):
+        out.append(temperature_sentence(name, base, mech["temperature"]))
     sentence = _instead_sentence(name, mech.get("instead") or {})
     if sentence:
         out.append(sentence)

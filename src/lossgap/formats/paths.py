@@ -16,6 +16,8 @@ A comparison (`lossgap compare`) is a folder:
     pairs/<other>.parquet                  the paired pass of the baseline and another model
     pairs/.<other>/                        its shards until it finishes
     pairs/<other>.layers.json, .layers.parquet   --layers: the layer attribution of the pair (run/layers.py)
+    pairs/<other>.temperature.json         each model's fitted temperature on a sample of the pass's rows, per
+                                           document the NLL sums at T = 1 and at the fitted T
     vocab/<model>.parquet                  each model's token bytes and classes
 
 compare.json records the runs, pairs and vocabularies by their paths relative to the comparison folder. Every read of
@@ -187,6 +189,9 @@ class ComparisonFolder:
     def layer_sums(self, other: str) -> Path:
         """--layers: per document of the sample, the scored tokens and each hybrid's summed NLL."""
         return self.root / PAIRS / f"{other}.layers.parquet"
+    def temperature(self, other: str) -> Path:
+        """The temperature fit of the baseline and another model on a sample of the paired pass's rows."""
+        return self.root / PAIRS / f"{other}.temperature.json"
 
     def vocab(self, model: str) -> Path:
         return self.root / VOCAB / f"{model}.parquet"
@@ -214,6 +219,10 @@ class ComparisonFolder:
     def stored_run(self, relative: str) -> RunFiles:
         """A run recorded in compare.json."""
         return RunFiles(self.root / relative)
+
+    def read_stored_json(self, relative: str) -> dict:
+        """A JSON file recorded in compare.json (the temperature fits)."""
+        return read_json(self.root / relative)
 
     def read_stored(self, relative: str, columns: list[str] | None = None) -> pa.Table:
         """A Parquet file recorded in compare.json (pairs, vocabularies)."""

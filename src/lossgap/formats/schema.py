@@ -261,9 +261,30 @@ class ExplanationManifest(TypedDict):
     # (other model -> its id) in place of the EOS
     chat_end_of_turn: NotRequired[bool]
     chat_end_of_turn_ids: NotRequired[dict[str, int]]
+    temperature: NotRequired[dict[str, str]]  # other model -> its pairs/<other>.temperature.json (TemperatureFile)
     memory: dict[str, Any] | None  # engine/memory.py's figures: will both models fit
     vocab: dict[str, str]  # model -> its vocab/<model>.parquet
     layers: NotRequired[dict[str, str]]  # --layers: other model -> its pairs/<other>.layers.json
+
+
+class TemperatureModel(TypedDict):
+    name: str
+    beta: float  # 1/T, fitted by Newton's method (engine/temperature.py)
+    temperature: float
+    steps: int
+    converged: bool
+    logits_kept: bool  # False: the logits were recomputed from the hidden states at every step
+    seconds: float
+
+
+class TemperatureFile(TypedDict):
+    """pairs/<other>.temperature.json (run/temperature.py): each model's temperature fitted on a sample of the paired pass's
+    rows, and per document of the sample its scored tokens and each model's NLL sum at T = 1 and at its fitted T."""
+
+    sample: dict[str, Any]  # run/sample.py RowSample.describe()
+    models: dict[str, TemperatureModel]  # "baseline", "other"
+    documents: dict[str, list]  # doc_id, n_tokens, nll_<role>, nll_<role>_tempered for role baseline, other
+    seconds: float  # the sample's forward passes and both fits
 
 
 class Manifest(TypedDict):

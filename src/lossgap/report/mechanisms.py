@@ -1,18 +1,19 @@
 """The tables of the mechanisms behind the gap (analysis/mechanisms.py), from results.json's
 `explanation.models.<other>.mechanisms`: probability on control tokens and D renormalised without them, token shift,
-and what the other model predicts instead where its top-1 is not the text's token; and what the paired pass measured
-on (its dtype and float32 check, the tokens predicted without their whole document)."""
+the temperature split of D, and what the other model predicts instead where its top-1 is not the text's token; and
+what the paired pass measured on (its dtype and float32 check, the tokens predicted without their whole document)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 from .explanation_tables import contribution_table
-from .render import Interval, NumberFormat, Table, Text, count, share, signed
+from .render import Interval, NumberFormat, Table, Text, count, loss, share, signed
 from .tables import ONE_DOCUMENT
 
 percent = NumberFormat(".2f", 100, "%")
 small = NumberFormat(".3g")
+temperature = NumberFormat(".3f")
 INSTEAD = {  # results key -> what the buckets are
     "by_prediction": "what it predicts instead where its top-1 is not the text's token",
     "by_class": "the text class of its top-1 where that is not the text's token",
@@ -32,6 +33,8 @@ def mechanism_tables(name: str, base: str, mech: dict | None) -> list[Table]:
         title = f"{name}: D by token shift ({base}'s rank of {name}'s top-1: 1st unshifted, 2nd-3rd marginal, lower)"
         tables.append(replace(table, csv="shifted.csv", title=title))
         tables.append(shift_share_table(name, mech["shifted"]))
+    if mech.get("temperature"):
+        tables.append(temperature_table(name, base, mech["temperature"]))
     for key, title in INSTEAD.items():
         result = (mech.get("instead") or {}).get(key)
         if result:
@@ -64,6 +67,39 @@ def special_mass_table(name: str, base: str, sm: dict) -> Table:
     return Table(headers, rows, records, "special_mass.csv",
                  title=f"{name}: probability on control tokens ({tokens}) where the text's token is not one, and D "
                        "with both distributions renormalised without them")
+
+
+def temperature_table(name: str, base: str, tp: dict) -> Table:
+    """Each model's fitted temperature and NLL at T = 1 and at it; D at both and the part the temperatures remove."""
+    headers = ["", "Fitted T", "At T = 1", "95% CI", "At the fitted T", "95% CI", "Removed by the temperature",
+               "95% CI", "Share of D removed"]
+    blank = Text("")
+    rows: list = []
+    records = []
+    for role, label in (("baseline", base), ("other", name)):
+        m = tp["models"][role]
+        rows.append([Text(f"{label}: NLL"), temperature(m["temperature"]), loss(m["nll"]), blank,
+                     loss(m["nll_tempered"]), blank, loss(m["gain"]["value"]), _figure_ci(tp, m["gain"]), blank])
+        records.append({"model": name, "row": label, "temperature": m["temperature"], "at_t1": m["nll"],
+                        "at_fitted_t": m["nll_tempered"], "removed": m["gain"]["value"],
+                        "removed_ci_low": m["gain"]["ci_low"], "removed_ci_high": m["gain"]["ci_high"]})
+    d, rest, removed = tp["d"], tp["d_tempered"], tp["removed"]
+    rows.append([Text(f"D ({name} - {base})"), blank, signed(d["value"]), _figure_ci(tp, d), signed(rest["value"]),
+                 _figure_ci(tp, rest), signed(removed["value"]), _figure_ci(tp, removed), share(tp["share_removed"])])
+    records.append({"model": name, "row": "D", "at_t1": d["value"], "at_t1_ci_low": d["ci_low"],
+                    "at_t1_ci_high": d["ci_high"], "at_fitted_t": rest["value"], "at_fitted_t_ci_low": rest["ci_low"],
+                    "at_fitted_t_ci_high": rest["ci_high"], "removed": removed["value"],
+                    "removed_ci_low": removed["ci_low"], "removed_ci_high": removed["ci_high"],
+                    "share_removed": tp["share_removed"]})
+    return Table(headers, rows, records, "temperature.csv",
+                 title=f"{name}: how much of D is sharpness: each model at the temperature that minimises its NLL "
+                       f"(D at the fitted T is the rest, which no temperature removes), on {tp['sample_text']}")
+
+
+def _figure_ci(tp: dict, figure: dict) -> Interval:
+    if tp["n_documents"] == 1:
+        return Interval(None, None, absent=ONE_DOCUMENT)
+    return Interval(figure["ci_low"], figure["ci_high"])
 
 
 def _share(removed: float, d: float) -> float | None:

@@ -29,6 +29,7 @@ from .lock import OutLocks
 from .paired import paired_pass
 from .scoring import score_offsets
 from .store import prepare_out_dir
+from .temperature import fit_pair_temperatures
 
 
 def configurations(cfg: CompareConfig) -> tuple[Configuration, ...]:
@@ -171,6 +172,8 @@ class _Runs:
                 run = self._config(main, name, mcfg, self.folder.pairs_work(name))
                 done = paired_pass(run, (base_name, name), base, loaded, self.base_tokenizer, self.folder, runs)
                 record.pairs[name] = self.folder.relative(done.path)
+                fitted = fit_pair_temperatures(run, done, (base_name, name), self.folder, self.cfg.seed)
+                record.temperature[name] = self.folder.relative(fitted)  # on a sample, while both are loaded
                 if name in plan.layers:
                     self.layers(record, run, (base_name, name), done)
                 written = [models[r] for r in runs] if done.runs else []

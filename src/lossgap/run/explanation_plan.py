@@ -51,6 +51,7 @@ class ExplanationPlan:
                 "chat_runs_by_turn": dict(record.chat_runs_by_turn),
                 "chat_end_of_turn": self.end_of_turn is not None,
                 "chat_end_of_turn_ids": {} if self.end_of_turn is None else dict(self.end_of_turn),
+                "temperature": dict(record.temperature),
                 "memory": None if self.memory is None else dict(self.memory),
                 "vocab": dict(record.vocab), "layers": dict(record.layers)}
 
@@ -64,6 +65,7 @@ class ExplanationRecord:
     chat_runs_by_turn: dict[str, list[str]] = field(default_factory=dict)  # other model -> one run per user turn
     vocab: dict[str, str] = field(default_factory=dict)  # model -> vocab/<model>.parquet
     layers: dict[str, str] = field(default_factory=dict)  # other model -> pairs/<other>.layers.json (--layers)
+    temperature: dict[str, str] = field(default_factory=dict)  # other model -> pairs/<other>.temperature.json
 
 
 def plan_explanation(cfg: CompareConfig, models: dict[str, ModelConfig], tokenizers: dict, mode: str,
