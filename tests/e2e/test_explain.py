@@ -231,6 +231,82 @@ def test_an_end_of_turn_final_target_is_recorded_counted_and_set_apart(ended):
             f"run has <|endoftext|>: {final['n_differ']:,} of {final['n_tokens']:,} targets differ") in finding
 
 
+def _split_by_hand(stored: dict) -> dict:
+    """The temperature split recomputed from pairs/<other>.temperature.json as an outsider would: per-document
+    sums."""
+    docs = {k: np.asarray(v, np.float64) for k, v in stored["documents"].items()}
+    n = docs["n_tokens"].sum()
+    d = (docs["nll_other"] - docs["nll_baseline"]).sum() / n
+    rest = (docs["nll_other_tempered"] - docs["nll_baseline_tempered"]).sum() / n
+    return {"d": d, "rest": rest, "removed": d - rest}
+
+
+def test_the_temperature_split_recomputed_from_its_stored_file(compared):
+    """pairs/sft.temperature.json (recorded in compare.json): the split from its per-document sums by hand, adding up to D;
+    the corpus fits the token budget, so the sample is every row: D and its interval are the headline's, and each
+    document's NLL sums the pairs file's; the report and the findings show it."""
+    from lossgap.run.temperature import TOKEN_BUDGET
+
+    out, results = compared["out"], compared["results"]
+    manifest = json.loads((out / "compare.json").read_text())
+    assert manifest["explanation"]["temperature"] == {"sft": "pairs/sft.temperature.json"}
+    stored = json.loads((out / "pairs" / "sft.temperature.json").read_text())
+    tp = results["explanation"]["models"]["sft"]["mechanisms"]["temperature"]
+    hand = _split_by_hand(stored)
+    assert tp["d"]["value"] == pytest.approx(hand["d"], abs=1e-12)
+    assert tp["d_tempered"]["value"] == pytest.approx(hand["rest"], abs=1e-12)
+    assert tp["removed"]["value"] + tp["d_tempered"]["value"] == tp["d"]["value"]
+    for role, name in (("baseline", "base"), ("other", "sft")):
+        fit = stored["models"][role]
+        assert fit["name"] == name and fit["converged"]
+        # these random models lose to the uniform distribution: their best temperature is infinite (beta = 0)
+        assert fit["temperature"] == pytest.approx(1 / fit["beta"]) if fit["beta"] else fit["temperature"] is None
+        assert tp["models"][role]["gain"]["value"] >= 0  # the fitted temperature is the sample's best
+    sample = stored["sample"]
+    assert sample["whole"] and sample["token_budget"] == TOKEN_BUDGET and sample["seed"] == manifest["seed"]
+    overall = results["configurations"][0]["comparisons"]["sft"]["overall"]
+    assert tp["n_tokens"] == overall["n_tokens"] and tp["d"]["value"] == pytest.approx(overall["diff"], abs=1e-5)
+    assert (tp["d"]["ci_low"], tp["d"]["ci_high"]) == pytest.approx((overall["ci_low"], overall["ci_high"]), abs=1e-5)
+    pairs = pq.read_table(out / "pairs" / "sft.parquet", columns=["doc_id", "nll_base", "nll_sft"]).to_pandas()
+    sums = pairs.astype({"nll_base": np.float64, "nll_sft": np.float64}).groupby("doc_id").sum()
+    assert stored["documents"]["doc_id"] == sums.index.tolist()
+    assert np.abs(np.asarray(stored["documents"]["nll_other"]) - sums["nll_sft"].to_numpy()).max() < 1e-4
+    assert np.abs(np.asarray(stored["documents"]["nll_baseline"]) - sums["nll_base"].to_numpy()).max() < 1e-4
+    md = (out / "report.md").read_text()
+    assert "### sft: how much of D is sharpness" in md and f"| {tp['d']['value']:+.4f} |" in md
+    assert any(f.startswith("Temperature (fitted on all ") for f in results["findings"])
+
+
+def test_logits_twice_the_baselines_are_all_sharpness(tmp_path, pair, pile_records, tokenizer, monkeypatch):
+    """The baseline against a copy whose output weight is doubled (its logits exactly twice the baseline's): its
+    fitted T is twice the baseline's, and the temperatures remove all of D; on a sample of the rows (a budget of 300
+    tokens), stated in the file and the report."""
+    monkeypatch.setattr("lossgap.run.temperature.TOKEN_BUDGET", 300)
+    sharp = AutoModelForCausalLM.from_pretrained(pair["base"], dtype=torch.float32)
+    with torch.no_grad():
+        sharp.lm_head.weight.mul_(2)
+    sharp.save_pretrained(tmp_path / "sharp")
+    tokenizer.save_pretrained(tmp_path / "sharp")
+    corpus = write_jsonl(tmp_path / "pile.jsonl", pile_records[:8])
+    out = tmp_path / "cmp"
+    assert main(["compare", "--base", str(pair["base"]), "--model", f"sharp={tmp_path / 'sharp'}", "--corpus",
+                 str(corpus), "--out", str(out), "--matrix", "single", "--seq-len", "96", "--device", "cpu",
+                 "--dtype", "float32", "--bootstrap", "100", "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    tp = results["explanation"]["models"]["sharp"]["mechanisms"]["temperature"]
+    models = tp["models"]
+    assert models["baseline"]["beta"] > 0  # this model ranks the sample's tokens better than chance
+    assert models["other"]["temperature"] == pytest.approx(2 * models["baseline"]["temperature"], rel=1e-8)
+    sample = tp["sample"]
+    assert not sample["whole"] and sample["rows"] < sample["rows_in_corpus"]
+    assert sample["token_budget"] == 300 and sample["tokens"] == tp["n_tokens"]  # rows drawn with p = 300 / total
+    assert f"a sample of {tp['n_tokens']:,} scored tokens" in (out / "report.md").read_text()
+    assert tp["d"]["value"] > 0.01
+    assert tp["removed"]["value"] == pytest.approx(tp["d"]["value"], abs=1e-9)
+    assert abs(tp["d_tempered"]["value"]) < 1e-9
+    assert any("the temperatures close the gap: all of D is sharpness" in f for f in results["findings"])
+
+
 def test_report_rebuilds_the_explanation_byte_for_byte(compared, tmp_path, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(compared["out"], copy)
@@ -269,6 +345,9 @@ def test_a_model_against_itself_attributes_nothing(tmp_path, pair, pile_records)
     assert entry["distribution"]["overall"]["same_top"]["share"] == 1.0
     for dim in entry["attribution"]["dimensions"].values():
         assert all(b["contribution"] == 0 for b in dim["buckets"])
+    tp = entry["mechanisms"]["temperature"]
+    assert tp["models"]["baseline"]["temperature"] == tp["models"]["other"]["temperature"]
+    assert tp["d"]["value"] == tp["removed"]["value"] == tp["d_tempered"]["value"] == 0
 
 
 def test_two_models_that_do_not_fit_are_refused_before_any_model_loads(tmp_path, pair, pile_records, monkeypatch,

@@ -118,6 +118,10 @@ def test_newton_stays_in_its_bracket_and_stops_where_no_finite_optimum_exists():
     # with F' flat (no curvature) beta grows by GROWTH a step and stops at BETA_MAX
     beta, steps, converged = newton(lambda b: (-1.0, 0.0))
     assert not converged and beta <= temperature.BETA_MAX < beta * temperature.GROWTH and steps < 10
-    # a model no better than uniform: the optimum is at beta = 0, approached by bisection
-    beta, steps, converged = newton(lambda b: (1.0, 0.0))
-    assert beta < 1e-15 and not converged
+    # a model no better than uniform: F rises from beta = 0, where the optimum is, found once a step asks for it
+    seen = []
+    beta, steps, converged = newton(lambda b: seen.append(b) or (1.0 + b, 1.0))
+    assert (beta, steps, converged) == (0.0, 2, True) and seen == [1.0, 0.0]
+    # F' < 0 at 0: the bracket's lower end stays 0 and the minimiser inside is found
+    beta, steps, converged = newton(lambda b: (b * b - 0.01, 2 * b))
+    assert beta == pytest.approx(0.1, rel=1e-9) and converged

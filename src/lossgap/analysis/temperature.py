@@ -50,8 +50,7 @@ def temperature_split(stored: dict, n_boot: int, seed: int) -> dict:
     d = values["d"]
     out = {"sample": stored["sample"], "n_tokens": int(total), "n_documents": int(n.size), "models": models,
            "d": figures["d"], "removed": figures["removed"], "d_tempered": figures["d_tempered"],
-           "share_removed": values["removed"] / d if d > 0 and not shown_as_zero(d) else None,
-           "seconds": stored.get("seconds")}
+           "share_removed": values["removed"] / d if d > 0 and not shown_as_zero(d) else None}
     return out | {"sample_text": sample_text(out)}
 
 
@@ -69,16 +68,24 @@ def temperature_sentence(name: str, base: str, tp: dict) -> str:
     """The fitted temperatures and what they do to D, worded for every sign of D and of the change."""
     b, o = tp["models"]["baseline"], tp["models"]["other"]
     d, rest, removed = tp["d"]["value"], tp["d_tempered"]["value"], tp["removed"]
-    text = (f"Temperature (fitted on {tp['sample_text']}): {base}'s NLL is lowest at T = {b['temperature']:.3f} and "
-            f"{name}'s at T = {o['temperature']:.3f} (above 1: a distribution too sharp for the text, below 1: too "
-            f"flat), which lowers {base}'s NLL by {b['gain']['value']:.4f} and {name}'s by "
+    meaning = " (T above 1: a distribution too sharp for the text, below 1: too flat)" if b["beta"] or o["beta"] else ""
+    text = (f"Temperature (fitted on {tp['sample_text']}): {base}'s NLL is lowest {_at(b)} and {name}'s {_at(o)}"
+            f"{meaning}, which lowers {base}'s NLL by {b['gain']['value']:.4f} and {name}'s by "
             f"{o['gain']['value']:.4f} nats/token")
-    ci = interval_text({"n_documents": tp["n_documents"]}, removed["ci_low"], removed["ci_high"])
+    low, high = removed["ci_low"], removed["ci_high"]
+    ci = interval_text({"n_documents": tp["n_documents"]}, None if high is None else -high,
+                       None if low is None else -low)  # the change, tempered D - D: the removed part negated
     if shown_as_zero(d):
         return text + (f". On the sample the two models' losses are the same (D = {d:+.4f}); at their temperatures "
                        f"D is {rest:+.4f} ({ci} for the change).")
     text += f". At those temperatures D on the sample is {rest:+.4f} instead of {d:+.4f} nats/token"
-    low, high = removed["ci_low"], removed["ci_high"]
+    uniform = [label for label, m in ((base, b), (name, o)) if not m["beta"]]
+    if uniform:  # a model no better than chance: tempering it to uniform says nothing about its sharpness
+        who = " and ".join(uniform)
+        verb, rank = ("predicts", "ranks") if len(uniform) == 1 else ("predict", "rank")
+        return text + (f" ({-removed['value']:+.4f}, {ci}); but at beta = 0 {who} {verb} the uniform distribution: "
+                       f"on this sample {who} {rank} the text's tokens no better than chance, so the change does not "
+                       "measure sharpness.")
     if low is not None and high is not None and low <= 0 <= high:
         return text + f": the change ({-removed['value']:+.4f}, {ci}) is not shown at the 95% level."
     text += f" ({-removed['value']:+.4f}, {ci}): " + _effect(name, base, d, rest)
@@ -88,6 +95,13 @@ def temperature_sentence(name: str, base: str, tp: dict) -> str:
         text += (f"; the rest of D ({rest:+.4f}, {rest_ci}) is not sharpness: no temperature of either model "
                  "removes it")
     return text + "."
+
+
+def _at(model: dict) -> str:
+    """Where a model's NLL is lowest: at its fitted T, or (beta = 0) with the uniform distribution."""
+    if not model["beta"]:
+        return "with no temperature at all (beta = 0: the uniform distribution)"
+    return f"at T = {model['temperature']:.3f}"
 
 
 def _effect(name: str, base: str, d: float, rest: float) -> str:
@@ -101,5 +115,7 @@ def _effect(name: str, base: str, d: float, rest: float) -> str:
         return f"the {gap} reverses: at their temperatures {name} is {side} than {base}{more}"
     share = abs(d - rest) / abs(d)
     if abs(rest) < abs(d):
-        return f"sharpness accounts for {share:.0%} of D" if d > 0 else f"they take away {share:.0%} of the {gap}"
+        if d > 0:
+            return f"sharpness accounts for {share:.0%} of D"
+        return f"the temperatures take away {share:.0%} of the {gap}"
     return f"the temperatures widen the {gap} by {share:.0%}: no part of it is sharpness"

@@ -110,27 +110,34 @@ def newton(evaluate: Callable[[float], tuple[float, float]], beta: float = 1.0) 
     """The minimiser over beta >= 0 of a convex F whose derivatives evaluate(beta) returns as (F', F''): Newton's
     method kept inside a bracket [lo, hi] of the minimiser (F' < 0 at lo, > 0 at hi), bisecting where a Newton step
     leaves it. Returns (beta, evaluations, converged): the last beta evaluated, once the step it asks for is below
-    STEP_TOLERANCE of it."""
+    STEP_TOLERANCE of it; or 0 where F' >= 0 at 0 (the uniform distribution beats every temperature: a model that
+    ranks the targets no better than chance), checked once a step asks for beta <= 0."""
     lo, hi = 0.0, math.inf
-    for step in range(1, MAX_STEPS + 1):
+    evaluations, zero_checked = 0, False
+    for _ in range(MAX_STEPS):
         grad, curv = evaluate(beta)
+        evaluations += 1
         if grad == 0:
-            return beta, step, True
+            return beta, evaluations, True
         if grad < 0:
             lo = beta
         else:
             hi = beta
         proposed = beta - grad / curv if curv > 0 else math.nan
         if abs(proposed - beta) <= STEP_TOLERANCE * beta:
-            return beta, step, True
+            return beta, evaluations, True
+        if lo == 0 and not proposed > 0 and not zero_checked:
+            evaluations, zero_checked = evaluations + 1, True
+            if evaluate(0.0)[0] >= 0:
+                return 0.0, evaluations, True
         if not lo < proposed < hi:
             proposed = (lo + hi) / 2 if math.isfinite(hi) else beta * GROWTH
         if math.isinf(hi):
             proposed = min(proposed, beta * GROWTH)
         if proposed > BETA_MAX:
-            return beta, step, False
+            return beta, evaluations, False
         beta = proposed
-    return beta, MAX_STEPS, False
+    return beta, evaluations, False
 
 
 @torch.inference_mode()

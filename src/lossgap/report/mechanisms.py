@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .explanation_tables import contribution_table
-from .render import Interval, NumberFormat, Table, Text, count, loss, share, signed
+from .render import Interval, Number, NumberFormat, Table, Text, count, loss, share, signed
 from .tables import ONE_DOCUMENT
 
 percent = NumberFormat(".2f", 100, "%")
@@ -78,7 +78,8 @@ def temperature_table(name: str, base: str, tp: dict) -> Table:
     records = []
     for role, label in (("baseline", base), ("other", name)):
         m = tp["models"][role]
-        rows.append([Text(f"{label}: NLL"), temperature(m["temperature"]), loss(m["nll"]), blank,
+        fitted = Number(m["temperature"], temperature, absent="inf (uniform)")  # beta = 0: no finite T
+        rows.append([Text(f"{label}: NLL"), fitted, loss(m["nll"]), blank,
                      loss(m["nll_tempered"]), blank, loss(m["gain"]["value"]), _figure_ci(tp, m["gain"]), blank])
         records.append({"model": name, "row": label, "temperature": m["temperature"], "at_t1": m["nll"],
                         "at_fitted_t": m["nll_tempered"], "removed": m["gain"]["value"],

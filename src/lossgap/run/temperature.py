@@ -28,14 +28,14 @@ ROLES = ("baseline", "other")
 
 
 def fit_pair_temperatures(cfg: ScoreConfig, done: PairedResult, names: tuple[str, str], folder: ComparisonFolder,
-                          seed: int, budget: int | None = TOKEN_BUDGET) -> Path:
-    """Fit both models' temperatures on a sample of the paired pass's rows (`budget` scored tokens, drawn with
+                          seed: int) -> Path:
+    """Fit both models' temperatures on a sample of the paired pass's rows (TOKEN_BUDGET scored tokens, drawn with
     `seed`) and write pairs/<other>.temperature.json (rank 0); return its path."""
     started = time.perf_counter()
     dist = init_distributed(cfg.model.device)
     dist.barrier()  # rank 0 has merged the pairs file: the number of scored tokens the sample is drawn from
     total = pq.read_metadata(done.path).num_rows
-    sample = sample_rows(cfg, done.engines[0], done.corpus, total, budget, seed)
+    sample = sample_rows(cfg, done.engines[0], done.corpus, total, TOKEN_BUDGET, seed)
     fits: dict[str, TemperatureFit] = {}
     models = {}
     doc_ids = np.zeros(0, np.int64)
