@@ -334,6 +334,16 @@ def test_report_names_a_damaged_explanation_file(compared, tmp_path, capsys, dam
     assert "internal error" not in err and "Traceback" not in err
 
 
+def test_report_names_a_damaged_temperature_file(compared, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(compared["out"], copy)
+    path = copy / "temperature" / "sft.json"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert main(["report", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: corrupt" in err and "fix: rerun compare" in err and "Traceback" not in err
+
+
 def test_a_model_against_itself_attributes_nothing(tmp_path, pair, pile_records):
     corpus = write_jsonl(tmp_path / "pile.jsonl", pile_records[:8])
     out = tmp_path / "same"

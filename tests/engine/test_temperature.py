@@ -91,7 +91,7 @@ def test_logits_exactly_doubled_fit_half_the_beta_and_the_same_tempered_nll(samp
     """A copy with the output weight times 2 (its logits exactly twice the original's): T twice the original's, and
     at the fitted temperatures both give the same NLL; small chunks, so the sums run over several."""
     model, s = sample
-    monkeypatch.setattr(temperature, "CHUNK_BYTES", 3 * 8 * model.config.vocab_size * 64)
+    monkeypatch.setattr(temperature, "CHUNK_BYTES", dict.fromkeys(("cpu", "cuda"), 8 * model.config.vocab_size * 64))
     sharp = AutoModelForCausalLM.from_config(model.config).eval()
     sharp.load_state_dict(model.state_dict())
     with torch.no_grad():

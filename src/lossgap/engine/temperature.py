@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 LOGIT_BYTES = 1 << 30  # the sample's float32 logits are kept up to this size, else recomputed at each step
-CHUNK_BYTES = 64 << 20  # float64 scratch per chunk of tokens (three [tokens, V] tensors)
+# float64 scratch per [tokens, V] tensor of a chunk: on the CPU small enough to stay in cache (2 MiB: 3x faster than
+# 20 MiB on a 2-core EPYC, where one step over 5,000 tokens of a 4,096-entry vocabulary took 0.5 s against 1.7 s)
+CHUNK_BYTES = {"cpu": 2 << 20, "cuda": 256 << 20}
 STEP_TOLERANCE = 1e-10  # Newton stops once its step is below this share of beta: beta is then exact to ~1e-20
 MAX_STEPS = 60
 BETA_MAX = 1e4  # a sample whose targets are every model's argmax has no finite optimum: beta stops here
@@ -72,7 +74,8 @@ class _Logits:
 
     def __init__(self, head, hidden: torch.Tensor, logit_bytes: int):
         self.head, self.n, self.vocab = head, hidden.shape[0], head.vocab
-        self.chunk = max(1, CHUNK_BYTES // (3 * 8 * self.vocab))
+        budget = CHUNK_BYTES.get(hidden.device.type, CHUNK_BYTES["cuda"])
+        self.chunk = max(1, budget // (8 * self.vocab))
         self.kept = self.n * self.vocab * 4 <= logit_bytes
         if self.kept:
             self.logits = torch.cat([self._compute(hidden[rows]) for rows in self._rows()]) if self.n else None

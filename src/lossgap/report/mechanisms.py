@@ -80,7 +80,7 @@ def temperature_table(name: str, base: str, tp: dict) -> Table:
         m = tp["models"][role]
         fitted = Number(m["temperature"], temperature, absent="inf (uniform)")  # beta = 0: no finite T
         rows.append([Text(f"{label}: NLL"), fitted, loss(m["nll"]), blank,
-                     loss(m["nll_tempered"]), blank, loss(m["gain"]["value"]), _figure_ci(tp, m["gain"]), blank])
+                     loss(m["nll_tempered"]), blank, signed(m["gain"]["value"]), _figure_ci(tp, m["gain"]), blank])
         records.append({"model": name, "row": label, "temperature": m["temperature"], "at_t1": m["nll"],
                         "at_fitted_t": m["nll_tempered"], "removed": m["gain"]["value"],
                         "removed_ci_low": m["gain"]["ci_low"], "removed_ci_high": m["gain"]["ci_high"]})
