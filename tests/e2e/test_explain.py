@@ -242,9 +242,9 @@ def _split_by_hand(stored: dict) -> dict:
 
 
 def test_the_temperature_split_recomputed_from_its_stored_file(compared):
-    """pairs/sft.temperature.json (recorded in compare.json): the split from its per-document sums by hand, adding up to D;
-    the corpus fits the token budget, so the sample is every row: D and its interval are the headline's, and each
-    document's NLL sums the pairs file's; the report and the findings show it."""
+    """pairs/sft.temperature.json (recorded in compare.json): the split from its per-document sums by hand, adding up
+    to D; the corpus fits the token budget, so the sample is every row: D and its interval are the headline's, and
+    each document's NLL sums the pairs file's; the report and the findings show it."""
     from lossgap.run.temperature import TOKEN_BUDGET
 
     out, results = compared["out"], compared["results"]
@@ -337,7 +337,7 @@ def test_report_names_a_damaged_explanation_file(compared, tmp_path, capsys, dam
 def test_report_names_a_damaged_temperature_file(compared, tmp_path, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(compared["out"], copy)
-    path = copy / "temperature" / "sft.json"
+    path = copy / "pairs" / "sft.temperature.json"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     assert main(["report", str(copy)]) == 1
     err = capsys.readouterr().err

@@ -278,8 +278,9 @@ class TemperatureModel(TypedDict):
 
 
 class TemperatureFile(TypedDict):
-    """pairs/<other>.temperature.json (run/temperature.py): each model's temperature fitted on a sample of the paired pass's
-    rows, and per document of the sample its scored tokens and each model's NLL sum at T = 1 and at its fitted T."""
+    """pairs/<other>.temperature.json (run/temperature.py): each model's temperature fitted on a sample of the paired
+    pass's rows, and per document of the sample its scored tokens and each model's NLL sum at T = 1 and at its fitted
+    T."""
 
     sample: dict[str, Any]  # run/sample.py RowSample.describe()
     models: dict[str, TemperatureModel]  # "baseline", "other"
