@@ -23,7 +23,8 @@ from ..formats.schema import TemperatureFile
 from .paired import PairedResult
 from .sample import sample_rows
 
-TOKEN_BUDGET = 4096  # scored tokens the temperature is fitted on: two more forward passes over this many
+TOKEN_BUDGET = 16384  # scored tokens the temperature is fitted on (two more forward passes over this many): the
+# default of --layers-tokens, so that with both at their defaults the layer attribution runs on the same rows
 ROLES = ("baseline", "other")
 
 
