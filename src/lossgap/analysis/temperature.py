@@ -6,9 +6,10 @@ its fitted T).
 On the sample, D = mean(NLL_other - NLL_base) at T = 1; with each model at the temperature that minimises its own NLL
 there, D_tempered = mean(NLL_other(T_o) - NLL_base(T_b)). The part a temperature change removes is D - D_tempered =
 gain_other - gain_base (a model's gain, NLL at T = 1 less NLL at its T, is >= 0 on the sample it was fitted on); the
-rest, D_tempered, is what no single temperature per model removes. The two add up to D exactly (the rest is D less
-the removed part). Every average has a document-bootstrap interval, all from one draw of documents with the
-comparison's seed, so D on a sample that is the whole corpus has the headline's interval.
+rest, D_tempered, is what no single temperature per model removes. The two add up to D (the rest is D less the
+removed part: exactly, but for the rounding of that one subtraction). Every average has a document-bootstrap
+interval, all from one draw of documents with the comparison's seed, so D on a sample that is the whole corpus has
+the headline's interval.
 """
 
 from __future__ import annotations
