@@ -189,6 +189,7 @@ class ComparisonFolder:
     def layer_sums(self, other: str) -> Path:
         """--layers: per document of the sample, the scored tokens and each hybrid's summed NLL."""
         return self.root / PAIRS / f"{other}.layers.parquet"
+
     def temperature(self, other: str) -> Path:
         """The temperature fit of the baseline and another model on a sample of the paired pass's rows."""
         return self.root / PAIRS / f"{other}.temperature.json"
