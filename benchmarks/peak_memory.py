@@ -8,8 +8,8 @@ float32 copy of the model (issue "Lean"). One process, real SmolLM2-135M-Instruc
                 start-up checks (head check, batch sizing, mask probe, float32 check), the prefetched windows, the
                 forward passes, the Parquet writers
   one batch     per batch of the run's own plan and batch size (the rows of the corpus, run/sample.py with no
-                budget), the same peak around one forward pass and its head: the largest is "the activations of one
-                batch"
+                budget), the same peak around one forward pass and its head computing the run's per-token columns
+                (formats/columns.py MODEL_METRICS): the largest is "the activations of one batch"
   verdict       run added ≤ 0.1 × weights + one batch
 
 Every figure comes from /proc/self/status (VmRSS, VmHWM) after gc and malloc_trim, so freed heap of an earlier step
@@ -36,6 +36,7 @@ from lossgap.engine import forward
 from lossgap.engine.dist import init_distributed
 from lossgap.engine.model import load_model
 from lossgap.engine.prepare import prepare_engine
+from lossgap.formats.columns import MODEL_METRICS
 from lossgap.run.sample import sample_rows
 
 MIB = 1 << 20
@@ -53,7 +54,8 @@ def one_batch_peaks(cfg, loaded) -> list[dict]:
     out = []
     with engine.plan.attention():
         for batch in sample.batches:
-            _, _, mem, how = measured(lambda b=batch: forward.forward_batches(engine.plan, engine.head, [b]))
+            _, _, mem, how = measured(lambda b=batch: forward.forward_batches(engine.plan, engine.head, [b],
+                                                                                     MODEL_METRICS))
             out.append({"rows": int(batch.input_ids.shape[0]), "length": int(batch.input_ids.shape[1]),
                         "input_tokens": int(batch.n_input_tokens), "added_mib": mem["peak"] - mem["rss_before"],
                         "how": how})
