@@ -27,33 +27,64 @@ def _own_low_precision(module: torch.nn.Module) -> bool:
 
 
 class _Upcaster:
-    """The hooks' state: per module, a stack of what was swapped in (modules may run nested or twice)."""
+    """The hooks' state: per module, a stack of what was swapped in (modules may run nested or twice).
 
-    def __init__(self):
+    The float32 copies live in one flat buffer per device, taken as a stack (a module running inside another takes
+    the space after its parent's): a fresh tensor per module and call would leave the allocator's heap fragmented,
+    which held 30-50 MiB of resident memory after a SmolLM2 check (benchmarks/RESULTS.md). A module that does not fit
+    in what is left gets fresh tensors."""
+
+    def __init__(self, capacity: int = 0):
         self.frames: dict[torch.nn.Module, list[list]] = {}
+        self.capacity = capacity  # float32 elements of each device's buffer
+        self.buffers: dict[torch.device, torch.Tensor] = {}
+        self.top: dict[torch.device, int] = {}
+
+    def _float32(self, t: torch.Tensor, taken: list) -> torch.Tensor:
+        device, n = t.device, t.numel()
+        top = self.top.get(device, 0)
+        if top + n > self.capacity:
+            return t.float()
+        if device not in self.buffers:
+            self.buffers[device] = torch.empty(self.capacity, dtype=torch.float32, device=device)
+        self.top[device] = top + n
+        taken.append((device, n))
+        return self.buffers[device][top:top + n].view(t.shape).copy_(t)
 
     def before(self, module: torch.nn.Module, args) -> None:
-        saved = []
+        saved, taken = [], []
         for p in module.parameters(recurse=False):
             if _low_precision(p):
                 saved.append((p, None, p.data))
-                p.data = p.data.float()
+                p.data = self._float32(p.data, taken)
         for name, b in module._buffers.items():
             if _low_precision(b):
                 saved.append((module, name, b))
-                module._buffers[name] = b.float()
-        self.frames.setdefault(module, []).append(saved)
+                module._buffers[name] = self._float32(b, taken)
+        self.frames.setdefault(module, []).append((saved, taken))
 
     def after(self, module: torch.nn.Module, args, output) -> None:
         stack = self.frames.get(module)
         if stack:
-            _restore(stack.pop())
+            self._release(*stack.pop())
+
+    def _release(self, saved: list, taken: list) -> None:
+        _restore(saved)
+        for device, n in taken:
+            self.top[device] -= n
 
     def restore_all(self) -> None:
         """Whatever an exception left in float32 (a module that raised never reached its after-hook)."""
         for stack in self.frames.values():
             while stack:
-                _restore(stack.pop())
+                self._release(*stack.pop())
+        self.buffers.clear()
+
+
+def _own_numel(module: torch.nn.Module) -> int:
+    """Elements of a module's own reduced-precision parameters and buffers: what its upcast takes."""
+    own = [*module.parameters(recurse=False), *module._buffers.values()]
+    return sum(t.numel() for t in own if _low_precision(t))
 
 
 def _restore(saved: list) -> None:
@@ -72,7 +103,7 @@ def _embedding_in_float32(module, args, output):
 def float32_modules(roots: Iterable[torch.nn.Module]) -> Iterator[None]:
     """Every module under `roots` computes in float32 inside the block, one module's weights upcast at a time."""
     upcaster = _Upcaster()
-    hooks, seen = [], set()
+    hooks, seen, largest = [], set(), 0
     for root in roots:
         for module in root.modules():
             if module in seen:
@@ -84,6 +115,8 @@ def float32_modules(roots: Iterable[torch.nn.Module]) -> Iterator[None]:
             elif _own_low_precision(module):
                 hooks.append(module.register_forward_pre_hook(upcaster.before))
                 hooks.append(module.register_forward_hook(upcaster.after))
+                largest = max(largest, _own_numel(module))
+    upcaster.capacity = largest
     try:
         yield
     finally:
