@@ -108,3 +108,31 @@ def test_a_window_scoring_only_its_tail_is_checked_on_enough_targets():
     sub, keep = check_slice(batch)
     assert sub.n_targets == keep.sum() == CHECK_MIN_TARGETS
     assert sub.input_ids.shape[1] == first_scored + CHECK_MIN_TARGETS
+
+
+class _Scaled(torch.nn.Module):
+    """A module with a weight of its own that runs a child with its own weights, twice: the upcasts nest."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.linspace(0.5, 1.5, 16))
+        self.inner = torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.inner(self.inner(x) * self.scale)
+
+
+def test_nested_upcasts_share_the_buffer_and_equal_a_float32_copy():
+    """A module inside another takes the buffer's space after its parent's (or fresh tensors when it does not fit):
+    the numbers are a float32 copy's, and every parameter is its own bf16 tensor again afterwards."""
+    torch.manual_seed(0)
+    model = _Scaled().to(torch.bfloat16)
+    reference = copy.deepcopy(model).float()
+    x = torch.randn(3, 16)
+    before = _state(model)
+    with torch.no_grad(), float32_modules([model]):
+        got = model(x)
+    with torch.no_grad():
+        want = reference(x)
+    assert torch.equal(got, want)
+    assert _state(model) == before and all(p.dtype == torch.bfloat16 for p in model.parameters())
