@@ -49,7 +49,7 @@ def forward_pair(plan_b, head_b, plan_o, head_o, batch) -> dict[str, np.ndarray]
     """A baseline b and another model o on the same batch: each model's distribution statistics and the pair's (KL
     both ways, top-1 agreement), from one pass over both heads' vocabulary tiles (headstats.py), by the roles of
     formats/columns.py's paired columns."""
-    return _pair_stats(head_b, _scored_hidden(plan_b, batch), head_o, _scored_hidden(plan_o, batch), batch.targets)
+    return _pair_stats(head_b, scored_hidden(plan_b, batch), head_o, scored_hidden(plan_o, batch), batch.targets)
 
 
 @torch.inference_mode()
@@ -79,7 +79,7 @@ def forward_pair_batches(plan_b, head_b, plan_o, head_o, batches: list, paired: 
 
 
 @torch.inference_mode()
-def _scored_hidden(plan, batch) -> torch.Tensor:
+def scored_hidden(plan, batch) -> torch.Tensor:
     """The hidden states of the positions that predict the batch's targets, [N, hidden], in target order."""
     hidden = plan.hidden_states(batch)
     return hidden.reshape(-1, hidden.shape[-1])[batch.flat_index.to(hidden.device)]
@@ -127,7 +127,7 @@ def float32_pair(plan_b, head_b, plan_o, head_o, batch) -> dict[str, np.ndarray]
     hidden = []
     for plan in (plan_b, plan_o):
         with in_float32(plan):
-            hidden.append(_scored_hidden(plan, batch))
+            hidden.append(scored_hidden(plan, batch))
     with float32_modules([head_b.proj, head_o.proj]), head_b.float32(), head_o.float32(), eager():
         return _pair_stats(head_b, hidden[0], head_o, hidden[1], batch.targets)
 

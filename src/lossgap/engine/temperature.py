@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .forward import scored_hidden
+
 LOGIT_BYTES = 1 << 30  # the sample's float32 logits are kept up to this size, else recomputed at each step
 # float64 scratch per [tokens, V] tensor of a chunk: on the CPU small enough to stay in cache (2 MiB: 3x faster than
 # 20 MiB on a 2-core EPYC, where one step over 5,000 tokens of a 4,096-entry vocabulary took 0.5 s against 1.7 s)
@@ -53,14 +55,12 @@ class TemperatureFit:
 
 @torch.inference_mode()
 def scored_sample(plan, head, batches: list) -> ScoredSample:
-    """The hidden states of the positions that predict each batch's targets (as engine/forward.py's _scored_hidden),
-    on the head's device, concatenated over the batches."""
+    """The hidden states of the positions that predict each batch's targets (forward.scored_hidden), on the head's
+    device, concatenated over the batches."""
     device = head.proj.weight.device
     hidden, targets, docs = [], [], []
     for batch in batches:
-        h = plan.hidden_states(batch)
-        h = h.reshape(-1, h.shape[-1])[batch.flat_index.to(h.device)]
-        hidden.append(h.to(device))
+        hidden.append(scored_hidden(plan, batch).to(device))
         targets.append(batch.targets.to(device))
         docs.append(batch.doc_ids)
     if not hidden:

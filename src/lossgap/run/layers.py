@@ -53,7 +53,8 @@ def hybrids(base, other, head, parts: list[hybrid.Block]) -> list[Hybrid]:
     everything = tuple(hybrid.parameters(base))
     out = [Hybrid(f"alpha_{a:g}", "alpha", a, lambda a=a: hybrid.interpolated(base, other, a, head)) for a in ALPHAS]
     for i, block in enumerate(parts):
-        rest = tuple(n for n in everything if n not in set(block.params))
+        own = set(block.params)
+        rest = tuple(n for n in everything if n not in own)
         out.append(Hybrid(f"only_{i}", "only", block.name, lambda b=block: hybrid.swapped(base, other, b.params)))
         out.append(Hybrid(f"kept_{i}", "kept", block.name, lambda r=rest: hybrid.swapped(base, other, r)))
     return out
@@ -83,9 +84,10 @@ def layer_attribution(cfg: ScoreConfig, names: tuple[str, str], paired: PairedRe
     table = _table(sums, lens_sums)
     with atomic_path(folder.layer_sums(names[1])) as tmp:
         pq.write_table(table, tmp)
+    params = hybrid.parameters(base)
     record = {"models": list(names), "sample": sample.describe(), "alphas": list(ALPHAS),
               "blocks": [{"name": b.name, "layers": b.layers, "params": len(b.params),
-                          "numel": sum(hybrid.parameters(base)[p].numel() for p in b.params),
+                          "numel": sum(params[p].numel() for p in b.params),
                           "only": f"only_{i}", "kept": f"kept_{i}"} for i, b in enumerate(parts)],
               "hybrids": [{"column": h.column, "kind": h.kind, "value": h.value} for h in todo],
               "weight_change": hybrid.weight_change(base, other), "n_layers": n_layers,
