@@ -47,3 +47,13 @@ def test_identical_models_are_said_to_be_identical():
     r = {"d": 0.0, "blocks": [], "interaction": 0.0, "interpolation": _path((0, 0, 0, 0, 0)), "logit_lens": []}
     assert layer_findings(r) == ["The two models score the sample identically (D = 0), so no block carries a "
                                  "difference."]
+
+
+def test_the_block_named_for_moving_d_towards_zero_ends_closest_to_it():
+    """A block whose removal overshoots (D from +0.5 to -0.9) moves D further from zero than one leaving +0.1."""
+    def block(name, only, kept):
+        return {"name": name, "only": {"d": only}, "kept": {"d": kept}}
+
+    r = {"d": 0.5, "interaction": 0.0, "interpolation": _path((0, 0.1, 0.2, 0.3, 0.5)), "logit_lens": [],
+         "blocks": [block("layers 0-1", 0.3, -0.9), block("layers 2-3", 0.2, 0.1)]}
+    assert "Keeping layers 2-3 from the baseline" in layer_findings(r)[1]

@@ -71,6 +71,15 @@ def test_one_changed_layer_carries_all_of_d(attributed):
     assert len(layers["weight_change"]["identical"]) == layers["weight_change"]["n_params"] - 7  # q k v o gate up down
 
 
+def test_the_weight_change_equals_float64_from_the_checkpoints(attributed, fine_tune):
+    models = [AutoModelForCausalLM.from_pretrained(fine_tune[n], dtype=torch.float64) for n in ("base", "sft")]
+    w = [dict(m.named_parameters()) for m in models]
+    names = [n for n in w[0] if f"layers.{CHANGED}." in n]
+    want = (sum((w[1][n] - w[0][n]).square().sum() for n in names) / sum(w[0][n].square().sum() for n in names))
+    got = attributed["layers"]["weight_change"]["by_layer"][CHANGED]["rel_change"]
+    assert got == pytest.approx(float(want.sqrt()), rel=1e-6)
+
+
 def test_the_path_ends_are_the_two_models_and_d1_is_the_headline(attributed, fine_tune):
     layers, results = attributed["layers"], attributed["results"]
     points = {p["alpha"]: p["d"] for p in layers["interpolation"]["points"]}

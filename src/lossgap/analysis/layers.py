@@ -107,7 +107,7 @@ def layer_findings(r: dict) -> list[str]:
                f"{d - r['interaction']:+.4f}, so the blocks' effects "
                + ("add up nearly exactly" if abs(r["interaction"]) <= 0.05 * abs(d) else
                   f"interact ({r['interaction']:+.4f} not explained by any block alone)") + ".")
-    kept = min(blocks, key=lambda b: b["kept"]["d"] * np.sign(d))
+    kept = min(blocks, key=lambda b: abs(b["kept"]["d"]))
     out.append(f"Keeping {kept['name']} from the baseline in the other model moves D the most towards zero: from "
                f"{d:+.4f} to {kept['kept']['d']:+.4f}.")
     out.append(path_finding(r["interpolation"], d))
