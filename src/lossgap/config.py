@@ -175,8 +175,9 @@ class RunConfig:
     loss_kernel: str = option("auto", choices=LOSS_KERNELS, help="tiled: lossgap's own; cce: Apple's Cut "
                               "Cross-Entropy (fused, checked against float64 at start); auto: cce on CUDA when "
                               "installed")
-    compile: bool = option(False, help="torch.compile each decoder layer: fuses the elementwise work, about 1.3x "
-                           "on a CPU after a one-off compile of seconds; checked against eager at start")
+    compile: bool = option(False, help="torch.compile each decoder layer: fuses the elementwise work after a one-off "
+                           "compile of 10-30 s on a CPU (no faster than the eager default on the CPUs measured last: "
+                           "docs/plans.md); checked against eager at start")
     probe: bool = option(True, flag="--no-probe", help="skip the mask probe")
     quiet: bool = option(False)
 

@@ -21,6 +21,7 @@ import torch
 from ..data.layout import Batch, Row, collate, isolate_segments, length_buckets
 from ..errors import UsageError
 from .devices import require_cuda_for_flex
+from .lean import lean_forwards
 from .masks import additive_mask
 from .varlen import cumulative_lengths, register
 
@@ -33,6 +34,7 @@ class Plan:
     name = "plan"
     isolates_documents = False  # True: no document ever attends to another, whatever the mask
     attn_implementation: str | None = None  # the transformers attention this plan needs (None: the model's own)
+    lean = True  # norms and gated MLPs on engine/lean.py's in-place forwards (bit for bit the model's own)
 
     def __init__(self, model: torch.nn.Module, mask: str, position_mode: str, k: int, batch_size: int = 1,
                  batch_tokens: int | None = None):
@@ -90,7 +92,7 @@ class Plan:
     @torch.inference_mode()
     def hidden_states(self, batch: Batch) -> torch.Tensor:
         """Final-norm hidden states [B, L, D] for every position of the batch."""
-        with self.attention():
+        with self.attention(), lean_forwards(self.model, self.lean):
             out = self.model.base_model(
                 input_ids=batch.input_ids.to(self.device),
                 position_ids=batch.position_ids.to(self.device),
