@@ -101,3 +101,14 @@ def test_no_probe_runs_under_hooks_and_a_forward_set_on_the_instance_is_kept(lla
     with torch.inference_mode(), lean_forwards(model):
         assert offloaded.__dict__["forward"] is own
     assert offloaded.__dict__["forward"] is own and offloaded not in [m for m, _ in lean_targets(model)]
+
+
+def test_compiled_layers_keep_the_forwards_they_were_traced_with(llama_dir):
+    from lossgap.engine.compiled import compile_layers
+
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32).eval()
+    with torch.inference_mode(), lean_forwards(model) as count:
+        assert count > 0
+    compile_layers(model)  # marks the layers for compilation; nothing compiles until they run
+    with torch.inference_mode(), lean_forwards(model) as count:
+        assert count == 0

@@ -56,6 +56,11 @@ def compile_layers(model: torch.nn.Module) -> str:
     return type(layers[0]).__name__
 
 
+def is_compiled(model: torch.nn.Module) -> bool:
+    """Whether compile_layers compiled this model's layers."""
+    return model in _COMPILED
+
+
 def check_batches(plan, vocab_size: int) -> list:
     """Synthetic documents packed into one row, batched by the plan itself."""
     rng = np.random.default_rng(2)

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from .compiled import is_compiled
+
 PROBE_SHAPE = (2, 5)  # batch and positions of the probe input
 
 
@@ -113,16 +115,11 @@ def lean_targets(model: torch.nn.Module) -> list[tuple[torch.nn.Module, Callable
     return found
 
 
-def _compiled(model: torch.nn.Module) -> bool:
-    """Whether any of the model's modules runs through torch.compile (nn.Module.compile, as --compile does)."""
-    return any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
-
-
 @contextmanager
 def lean_forwards(model: torch.nn.Module, enabled: bool = True) -> Iterator[int]:
     """The model's norms and gated MLPs on their lean forwards inside the block (yields how many modules), their own
     after it. Nothing is changed while autograd records, or when not enabled."""
-    if not enabled or torch.is_grad_enabled() or _compiled(model):
+    if not enabled or torch.is_grad_enabled() or is_compiled(model):
         yield 0
         return
     targets = lean_targets(model)
