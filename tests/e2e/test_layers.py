@@ -187,3 +187,20 @@ def test_the_logit_lens_at_the_last_layer_is_the_paired_pass(attributed):
         assert lens[-1]["kl"] == pytest.approx(float(np.mean(pairs["kl_base_sft"])), abs=1e-5)
     else:
         pytest.fail("the corpus is small enough for the lens to read every token")
+
+
+def test_resumed_passes_store_the_sums_of_full_passes(tmp_path, fine_tune, attributed, monkeypatch):
+    """Passes that start part-way from a kept residual stream (engine/prefix.py) give the full passes' sums bit for
+    bit, and run only the layers after the boundary: with 4 groups of one layer, the 5 path points run every layer,
+    embeddings and layer 0 every layer twice, layer k's only/kept 4 - k each, the final norm's none."""
+    cost = json.loads((attributed["out"] / "pairs" / "sft.layers.json").read_text())["cost"]
+    assert cost["resume_boundaries"] == [1, 2, 3, 4]
+    assert (cost["decoder_layers_run"], cost["decoder_layers_without_resuming"]) == (5 * 4 + 2 * (4 + 4 + 3 + 2 + 1),
+                                                                                     17 * 4)
+    monkeypatch.setattr("lossgap.run.layers.KEPT_BYTES", 0)  # no state fits: every pass from the embeddings
+    out = tmp_path / "full"
+    assert _compare(out, fine_tune["base"], fine_tune["sft"], attributed["corpus"], "--layers-tokens", "0") == 0
+    full = json.loads((out / "pairs" / "sft.layers.json").read_text())["cost"]
+    assert full["resume_boundaries"] == [] and full["decoder_layers_run"] == full["decoder_layers_without_resuming"]
+    assert pq.read_table(out / "pairs" / "sft.layers.parquet").equals(
+        pq.read_table(attributed["out"] / "pairs" / "sft.layers.parquet"))

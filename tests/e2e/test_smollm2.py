@@ -84,3 +84,20 @@ def test_batch_and_layout_agree_on_real_weights(tmp_path, smollm2):
     b = pq.read_table(single.out_dir / "tokens.parquet").to_pandas()
     assert (a[["doc_id", "pos"]].values == b[["doc_id", "pos"]].values).all()
     assert np.abs(a.nll.values - b.nll.values).max() <= 1e-4
+
+
+def test_a_bf16_load_unpacks_the_weights_and_does_not_say_they_stay_packed(capfd):
+    """transformers warns at bf16 that the GGUF's weights stay packed and advises float32; with no packed kernel
+    (no hub) it unpacks them into bf16, so lossgap drops that false advice (engine/ggufparse.py)."""
+    from lossgap.config import ModelConfig
+    from lossgap.engine.ggufparse import PACKED_WARNING
+    from lossgap.engine.model import load_model
+
+    try:
+        builtin_model_path("smollm2")
+    except ModelError as e:
+        missing_input(str(e))
+    loaded = load_model(ModelConfig("smollm2", dtype="bfloat16", device="cpu"))
+    linears = [m for m in loaded.model.modules() if "Linear" in type(m).__name__]
+    assert linears and all(type(m) is torch.nn.Linear and m.weight.dtype == torch.bfloat16 for m in linears)
+    assert PACKED_WARNING not in capfd.readouterr().err

@@ -3,6 +3,7 @@ own loading, a changed file parsed again, nothing kept once the model is loaded.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -63,3 +64,29 @@ def test_a_changed_gguf_file_is_parsed_again(tmp_path, llama_dir, tokenizer, mon
     expected = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
     assert torch.equal(loaded.model.model.norm.weight, expected.model.norm.weight)
     assert not torch.equal(loaded.model.model.norm.weight, model.model.norm.weight - 1.0)
+
+
+def test_the_metadata_is_converted_once_per_load_and_each_caller_gets_its_own(tmp_path, llama_dir, monkeypatch):
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    path = write_tiny_gguf(llama_dir, tmp_path / "tiny.gguf")
+    original = gguf_utils.load_gguf_checkpoint
+    calls: list[bool] = []
+
+    @functools.wraps(original)  # its signature, which the memo reads
+    def counting(*args, **kwargs):
+        calls.append(bool(kwargs.get("return_tensors", args[1] if len(args) > 1 else False)))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(gguf_utils, "load_gguf_checkpoint", counting)
+    want = original(str(path), return_tensors=False)
+    load_model(ModelConfig(str(path), dtype="float32", device="cpu"), quiet=True)
+    assert calls.count(False) == 1 and calls.count(True) == 1  # config, tokenizer, config again: one conversion
+    assert not ggufparse._metadata  # dropped with the reader once the model is loaded
+    with ggufparse.parsed_once():
+        first = gguf_utils.load_gguf_checkpoint(str(path), return_tensors=False)
+        first["config"]["vocab_size"] = -1  # a caller editing its dict
+        second = gguf_utils.load_gguf_checkpoint(str(path))
+    assert second == want and first["config"]["vocab_size"] == -1
+    assert gguf_utils.load_gguf_checkpoint is counting  # restored after the block
+    ggufparse.forget()

@@ -5,20 +5,27 @@ tokenizer, the model's config again and its weights, each parsing every field an
 merges: ~5 s per parse on a 2-core EPYC for SmolLM2-135M). It also rebuilds gguf's tensor-name map once per module
 while it maps the weights (397 times for SmolLM2, ~6 s). Both are pure functions of their inputs, so while lossgap
 loads a GGUF source they are served from a small memo: the file's reader by path and identity (inode, size, mtime;
-an edited file is parsed again), and the name map by architecture and layer count. transformers is not changed: only
-the two names it imports from gguf at call time are replaced inside the block, then restored.
+an edited file is parsed again), and the name map by architecture and layer count. The metadata transformers
+converts from the reader's fields (its config and tokenizer dicts, ~0.5 s a time for SmolLM2's vocabulary, asked
+for three times per load) is kept the same way and handed out as a deep copy, so a caller that edits its dict edits
+its own. transformers is not changed: only the names it imports at call time are replaced inside the block, then
+restored.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
+import inspect
+import logging
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 KEPT_READERS = 2  # a comparison of two GGUF models reads each one's tokenizer, then loads each: both stay parsed
 _readers: OrderedDict[tuple, object] = OrderedDict()
+_metadata: dict[tuple, dict] = {}  # file identity -> load_gguf_checkpoint(path, return_tensors=False)
 
 
 def _identity(path) -> tuple:
@@ -44,11 +51,29 @@ def parsed_once() -> Iterator[None]:
         _readers.move_to_end(key)
         return _readers[key]
 
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    checkpoint = gguf_utils.load_gguf_checkpoint
+    signature = inspect.signature(checkpoint)
+
+    def metadata(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        path, *rest = bound.arguments.values()
+        if any(value not in (False, None) for value in rest):  # tensors, or a model to load them into
+            return checkpoint(*args, **kwargs)
+        key = _identity(path)
+        if key not in _metadata:
+            _metadata[key] = checkpoint(*args, **kwargs)
+        return copy.deepcopy(_metadata[key])
+
     gguf.GGUFReader, gguf.get_tensor_name_map = reader, _name_map(name_map)
+    gguf_utils.load_gguf_checkpoint = metadata
     try:
         yield
     finally:
         gguf.GGUFReader, gguf.get_tensor_name_map = reader_class, name_map
+        gguf_utils.load_gguf_checkpoint = checkpoint
 
 
 @functools.cache
@@ -59,5 +84,20 @@ def _name_map(build):
 def forget(path=None) -> None:
     """Drop one file's parse (the model is loaded: its ~200 MB of parsed fields for a 49k vocabulary go), or all."""
     real = None if path is None else os.path.realpath(path)
-    for key in [k for k in _readers if real is None or k[0] == real]:
-        del _readers[key]
+    for memo in (_readers, _metadata):
+        for key in [k for k in memo if real is None or k[0] == real]:
+            del memo[key]
+
+
+PACKED_WARNING = "Loading a GGUF checkpoint with its weights packed"  # transformers' quantizer_gguf.update_dtype
+
+
+def false_packing_warning(model) -> Callable[[logging.LogRecord], bool]:
+    """transformers warns that a GGUF model's weights "stay packed" and tells the user to load it in float32 whenever
+    a dtype other than float32 is asked for, before it knows whether a packed kernel exists; without one (no hub, or
+    no kernel for the device) it unpacks every weight into the asked dtype, and the warning, and its advice, are
+    false. Drop it then (the model holds no packed module)."""
+    def drop(record: logging.LogRecord) -> bool:
+        packed = getattr(getattr(model[0], "hf_quantizer", None), "packed_modules", None) if model else None
+        return record.getMessage().startswith(PACKED_WARNING) and not packed
+    return drop

@@ -10,6 +10,7 @@ import torch
 from ..config import DEFAULT_SEQ_LEN, ModelConfig
 from ..errors import ModelError, UsageError
 from .devices import require_cuda_for_flex, resolve_device, resolve_dtype
+from .ggufparse import false_packing_warning
 from .ggufparse import forget as forget_parse
 from .modelfiles import Source, check_loading_info, held_logs, loading, require_finite_weights
 
@@ -155,12 +156,14 @@ def load_model(cfg: ModelConfig, quiet: bool = False, local_rank: int = 0) -> Lo
     if cfg.attn != "auto":
         model_kwargs["attn_implementation"] = HF_ATTN[cfg.attn]
     source = _described(cfg, where, kwargs)
+    loaded: list = []  # the model, once there: whether transformers' GGUF packing warning holds
     try:
-        with held_logs():  # a refusal below drops transformers' own load report
+        with held_logs(false_packing_warning(loaded)):  # a refusal below drops transformers' own load report
             with loading(source, "weights"):
                 # mismatched sizes are refused by check_loading_info, naming the tensor, rather than by transformers
                 model, info = AutoModelForCausalLM.from_pretrained(where, output_loading_info=True,
                                                                    ignore_mismatched_sizes=True, **model_kwargs)
+                loaded.append(model)
                 if not placement:
                     model.to(device)
             check_loading_info(info, source)

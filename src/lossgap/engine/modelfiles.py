@@ -16,7 +16,7 @@ import pickle
 import re
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,9 +101,9 @@ def _gguf_bar_off(source: Source) -> Iterator[None]:
 
 
 @contextmanager
-def held_logs() -> Iterator[None]:
-    """transformers' log lines held back: shown when the block succeeds, dropped when it fails (lossgap's one
-    message replaces them, e.g. a load report before a refusal)."""
+def held_logs(drop: Callable[[logging.LogRecord], bool] | None = None) -> Iterator[None]:
+    """transformers' log lines held back: shown when the block succeeds (but those `drop` says are false), dropped
+    when it fails (lossgap's one message replaces them, e.g. a load report before a refusal)."""
     from transformers.utils import logging as hf_logging
 
     root = hf_logging.get_logger("transformers")  # configured now: its own handler is among those held back
@@ -124,6 +124,8 @@ def held_logs() -> Iterator[None]:
         for h in handlers:
             root.addHandler(h)
     for record in held:  # reached only when the stage succeeded
+        if drop is not None and drop(record):
+            continue
         for h in handlers:
             if record.levelno >= h.level:
                 h.handle(record)

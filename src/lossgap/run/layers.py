@@ -8,17 +8,18 @@ of passes (pairs/<other>.layers.json); analysis/layers.py turns them into D per 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..config import ScoreConfig
-from ..engine import forward, hybrid, lens
+from ..engine import forward, hybrid, lens, prefix
 from ..formats.columns import stored_names
 from ..formats.files import atomic_path, write_json
 from ..formats.paths import ComparisonFolder, read_parquet
@@ -27,6 +28,7 @@ from .sample import RowSample, sample_rows
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # points of the interpolation path; 0 and 1 check the pair's own losses
 LENS_TOKENS = 2048  # scored tokens of the sample the logit lens reads (a full distribution per layer and model)
+KEPT_BYTES = 2 << 30  # at most this much of both models' kept residual streams (fewer boundaries past it)
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,32 @@ class Hybrid:
     kind: str  # "alpha", "only" (the block from the other model, the rest baseline), "kept" (the reverse)
     value: float | str
     build: Callable
+    taken: frozenset[str] | None = None  # a swap's parameters from the other model (None: every one interpolated)
+
+
+@dataclass
+class KeptStates:
+    """Both models' residual streams entering a few decoder layers (the blocks' first layers, and the end), per
+    sample batch, kept from the interpolation's ends, so that a hybrid whose first layers are one model's resumes
+    there (engine/prefix.py); and how much decoder work that saved."""
+
+    boundaries: tuple[int, ...]
+    embeddings: frozenset[str]  # the parameters used before the first decoder layer
+    n_layers: int
+    states: dict[str, dict[int, list]] = field(default_factory=lambda: {"base": {}, "other": {}})
+    layers_run: int = 0  # decoder layers run per batch, summed over the passes
+    layers_full: int = 0  # the same without resuming
+
+    def start(self, model, h: Hybrid, n_batches: int) -> tuple[str | None, int]:
+        """The model and boundary hybrid h resumes from (None, 0: from the embeddings)."""
+        if h.taken is None:
+            return None, 0
+        source, k = prefix.shared_prefix(hybrid.parameters(model), h.taken, self.embeddings, self.n_layers)
+        ready = [b for b in self.boundaries if b <= k and len(self.states.get(source, {}).get(b, ())) == n_batches]
+        return (source, max(ready)) if ready else (None, 0)
+
+    def nbytes(self) -> int:
+        return sum(t.nbytes for by in self.states.values() for kept in by.values() for t in kept)
 
 
 def hybrids(base, other, head, parts: list[hybrid.Block]) -> list[Hybrid]:
@@ -55,9 +83,28 @@ def hybrids(base, other, head, parts: list[hybrid.Block]) -> list[Hybrid]:
     for i, block in enumerate(parts):
         own = set(block.params)
         rest = tuple(n for n in everything if n not in own)
-        out.append(Hybrid(f"only_{i}", "only", block.name, lambda b=block: hybrid.swapped(base, other, b.params)))
-        out.append(Hybrid(f"kept_{i}", "kept", block.name, lambda r=rest: hybrid.swapped(base, other, r)))
+        out.append(_swap(f"only_{i}", "only", block.name, base, other, block.params))
+        out.append(_swap(f"kept_{i}", "kept", block.name, base, other, rest))
     return out
+
+
+def _swap(column: str, kind: str, value: str, base, other, taken: tuple[str, ...]) -> Hybrid:
+    return Hybrid(column, kind, value, lambda: hybrid.swapped(base, other, taken), frozenset(taken))
+
+
+def kept_states(model, parts: list[hybrid.Block], sample: RowSample) -> KeptStates:
+    """Where the passes may resume: the first layer of each group of layers after the first, and the end of the
+    decoder, as many (from the end) as KEPT_BYTES allows for both models; none for a model that cannot resume."""
+    n = model.config.num_hidden_layers
+    first = next((i for i, b in enumerate(parts) if b.layers), len(parts))
+    embeddings = frozenset(p for b in parts[:first] for p in b.params)
+    bounds = sorted({b.layers[0] for b in parts if b.layers and b.layers[0] > 0} | {n}) if prefix.can_resume(model) \
+        else []
+    per_boundary = 2 * sum(b.input_ids.numel() for b in sample.batches) * model.config.hidden_size * \
+        next(model.parameters()).element_size()
+    while bounds and len(bounds) * per_boundary > KEPT_BYTES:
+        bounds.pop(0)
+    return KeptStates(tuple(bounds), embeddings, n)
 
 
 def layer_attribution(cfg: ScoreConfig, names: tuple[str, str], paired: PairedResult, folder: ComparisonFolder,
@@ -72,13 +119,18 @@ def layer_attribution(cfg: ScoreConfig, names: tuple[str, str], paired: PairedRe
     parts = hybrid.blocks(base, settings.groups)
     todo = hybrids(base, other, base_e.head.proj, parts)
     n_layers = base.config.num_hidden_layers
+    kept = kept_states(base, parts, sample)
     if not quiet:
+        resume = f"; passes resume at layers {', '.join(map(str, kept.boundaries))} where their first layers are " \
+            "one model's" if kept.boundaries else ""
         print(f"layers: {len(todo)} forward passes of {names[0]}'s model over {sample.targets} scored tokens (and up "
               f"to {settings.bisect - settings.bisect % 2} more to bisect the layers that carry most of D) "
               f"({sample.rows} of {sample.rows_seen} rows), and the logit lens of {n_layers} layers of both models "
-              f"on up to {LENS_TOKENS} of them", file=sys.stderr, flush=True)
-    sums, ends = _doc_sums(sample, base_e, todo)
-    todo += _bisect(base, other, parts, sums, sample, base_e, settings.bisect)
+              f"on up to {LENS_TOKENS} of them{resume}", file=sys.stderr, flush=True)
+    sums, ends = _doc_sums(sample, base_e, todo, kept)
+    todo += _bisect(base, other, parts, sums, sample, base_e, settings.bisect, kept)
+    kept_bytes = kept.nbytes()
+    kept.states.clear()
     lens_sums, lens_tokens = _lens_sums(sample, base_e, other_e)
     check = _check(paired, names, sample, ends)
     table = _table(sums, lens_sums)
@@ -94,13 +146,16 @@ def layer_attribution(cfg: ScoreConfig, names: tuple[str, str], paired: PairedRe
               "lens": {"tokens": lens_tokens, "layers": n_layers}, "check": check,
               "dtype": forward.dtype_name(base_e.plan.dtype),
               "cost": {"forward_passes": len(todo), "lens_passes": 2, "tokens_per_pass": sample.targets,
+                       "decoder_layers_run": kept.layers_run, "decoder_layers_without_resuming": kept.layers_full,
+                       "resume_boundaries": list(kept.boundaries), "kept_state_bytes": kept_bytes,
                        "seconds": time.perf_counter() - started},
               "sums": folder.relative(folder.layer_sums(names[1]))}
     write_json(folder.layers(names[1]), record)
     return record
 
 
-def _bisect(base, other, parts: list[hybrid.Block], sums: dict, sample: RowSample, engine, passes: int) -> list[Hybrid]:
+def _bisect(base, other, parts: list[hybrid.Block], sums: dict, sample: RowSample, engine, passes: int,
+            kept: KeptStates) -> list[Hybrid]:
     """Halve the group of decoder layers whose change alone moves D the most, score each half alone from the other
     model, and go on into the half that moves it more, while `passes` allow two more (added to `sums`)."""
     n = max(sum(sums["tokens"].values()), 1.0)
@@ -118,11 +173,10 @@ def _bisect(base, other, parts: list[hybrid.Block], sums: dict, sample: RowSampl
         by_layer.setdefault(hybrid.layer_of(name), []).append(name)
     while hi > lo and passes >= 2:
         mid = (lo + hi + 1) // 2
-        halves = [Hybrid(f"bisect_{a}_{b}", "bisect", f"layers {a}-{b}" if b > a else f"layer {a}",
-                         lambda a=a, b=b: hybrid.swapped(base, other, tuple(p for k in range(a, b + 1)
-                                                                             for p in by_layer.get(k, []))))
+        halves = [_swap(f"bisect_{a}_{b}", "bisect", f"layers {a}-{b}" if b > a else f"layer {a}", base, other,
+                        tuple(p for k in range(a, b + 1) for p in by_layer.get(k, [])))
                   for a, b in ((lo, mid - 1), (mid, hi))]
-        found, _ = _doc_sums(sample, engine, halves)
+        found, _ = _doc_sums(sample, engine, halves, kept)
         sums.update({h.column: found[h.column] for h in halves})
         done += halves
         passes -= 2
@@ -134,22 +188,33 @@ def _score(engine, batch) -> np.ndarray:
     return forward.forward_batches(engine.plan, engine.head, [batch])[0]["nll"].astype(np.float64)
 
 
-def _doc_sums(sample: RowSample, engine, todo: list[Hybrid]) -> tuple[dict[str, dict[int, float]], dict]:
+def _doc_sums(sample: RowSample, engine, todo: list[Hybrid], kept: KeptStates
+              ) -> tuple[dict[str, dict[int, float]], dict]:
     """Per hybrid, per document: the summed NLL of its sampled tokens ("tokens": their count); and the per-token NLL
-    of the interpolation's ends, by α, for the check against the paired pass."""
+    of the interpolation's ends, by α, for the check against the paired pass. The ends keep both models' states at
+    the boundaries in `kept`, and every later hybrid resumes from the latest its prefix allows."""
     out: dict[str, dict[int, float]] = {"tokens": {}}
     ends: dict[float, list[np.ndarray]] = {}
-    for batch in sample.batches:
+    model, batches = engine.plan.model, sample.batches
+    for batch in batches:
         _add(out["tokens"], batch.doc_ids, np.ones(batch.doc_ids.size))
     with engine.plan.attention():
         for h in todo:
             out[h.column] = {}
-            with h.build():
-                for batch in sample.batches:
-                    nll = _score(engine, batch)
+            end = h.kind == "alpha" and h.value in (0.0, 1.0)
+            source, boundary = kept.start(model, h, len(batches))
+            keep = prefix.kept_states(model, kept.boundaries, kept.states["base" if h.value == 0.0 else "other"]) \
+                if end else contextlib.nullcontext()
+            with h.build(), keep:
+                for i, batch in enumerate(batches):
+                    with prefix.resumed(model, boundary, kept.states[source][boundary][i]) if boundary \
+                            else contextlib.nullcontext():
+                        nll = _score(engine, batch)
                     _add(out[h.column], batch.doc_ids, nll)
-                    if h.kind == "alpha" and h.value in (0.0, 1.0):
+                    if end:
                         ends.setdefault(h.value, []).append(nll)
+            kept.layers_run += kept.n_layers - boundary
+            kept.layers_full += kept.n_layers
     return out, ends
 
 
