@@ -204,3 +204,29 @@ def test_resumed_passes_store_the_sums_of_full_passes(tmp_path, fine_tune, attri
     assert full["resume_boundaries"] == [] and full["decoder_layers_run"] == full["decoder_layers_without_resuming"]
     assert pq.read_table(out / "pairs" / "sft.layers.parquet").equals(
         pq.read_table(attributed["out"] / "pairs" / "sft.layers.parquet"))
+
+
+def test_a_gemma2_pair_resumes_in_bf16_with_the_full_passes_sums(tmp_path, tokenizer, pile_records, monkeypatch):
+    """Sliding-window and soft-capped layers, scaled embeddings, bf16: the resumed passes' sums are the full ones."""
+    config = tiny_config("gemma2", len(tokenizer))
+    config.num_hidden_layers = 4
+    config.layer_types = [config.layer_types[i % len(config.layer_types)] for i in range(4)]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    for name in ("base", "sft"):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(0.1 * torch.randn_like(param))
+    corpus = write_jsonl(tmp_path / "pile.jsonl", pile_records[:6])
+    sums = {}
+    for variant, kept_bytes in (("resumed", 2 << 30), ("full", 0)):
+        monkeypatch.setattr("lossgap.run.layers.KEPT_BYTES", kept_bytes)
+        out = tmp_path / variant
+        assert _compare(out, tmp_path / "base", tmp_path / "sft", corpus, "--dtype", "bfloat16", "--layers-blocks", "2",
+                        "--layers-tokens", "0") == 0
+        cost = json.loads((out / "pairs" / "sft.layers.json").read_text())["cost"]
+        assert (cost["decoder_layers_run"] < cost["decoder_layers_without_resuming"]) == (variant == "resumed")
+        sums[variant] = pq.read_table(out / "pairs" / "sft.layers.parquet")
+    assert sums["resumed"].equals(sums["full"])

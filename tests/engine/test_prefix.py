@@ -86,17 +86,38 @@ def test_a_compiled_or_offloaded_model_is_never_resumed(tokenizer):
         compiled._COMPILED.discard(model)
 
 
-def test_the_shared_prefix_is_the_longest_run_of_one_models_layers():
-    params = ["embed.weight", *(f"model.layers.{i}.{w}" for i in range(4) for w in ("q.weight", "mlp.weight")),
-              "norm.weight"]
-    layer = {i: {f"model.layers.{i}.q.weight", f"model.layers.{i}.mlp.weight"} for i in range(4)}
-    emb = {"embed.weight"}
-    everything = set(params)
-    assert prefix.shared_prefix(params, layer[2], emb, 4) == ("base", 2)  # only layer 2 from the other model
-    assert prefix.shared_prefix(params, everything - layer[2], emb, 4) == ("other", 2)  # layer 2 kept from the base
-    assert prefix.shared_prefix(params, {"norm.weight"}, emb, 4) == ("base", 4)
-    assert prefix.shared_prefix(params, everything - {"norm.weight"}, emb, 4) == ("other", 4)
-    assert prefix.shared_prefix(params, emb, emb, 4) == (None, 0)  # the embeddings differ from both models
-    assert prefix.shared_prefix(params, everything - emb, emb, 4) == (None, 0)
-    assert prefix.shared_prefix(params, {"model.layers.0.q.weight"}, emb, 4) == (None, 0)  # a mixed first layer
-    assert prefix.shared_prefix(params, {"model.layers.1.q.weight"}, emb, 4) == ("base", 1)
+def test_the_reads_before_each_layer_are_recorded_from_the_pass(tokenizer):
+    """Llama with tied embeddings: before layer b it has read the embeddings and every parameter of layers 0..b-1;
+    the final norm (after the last layer) is in none of the sets."""
+    config = tiny_config("llama", len(tokenizer))
+    config.num_hidden_layers, config.tie_word_embeddings = LAYERS, True
+    model = AutoModelForCausalLM.from_config(config).eval()
+    plan = make_plan("varlen", model, "block", "restart", 1, 4)
+    reads: list[set[str]] = []
+    with plan.attention(), prefix.recorded_reads(model, reads):
+        plan.hidden_states(_batch(model.config.vocab_size))
+        plan.hidden_states(_batch(model.config.vocab_size))  # a second pass adds nothing
+    layer = [{n for n, _ in model.named_parameters() if f"layers.{i}." in n} for i in range(LAYERS)]
+    assert reads == [{"model.embed_tokens.weight"}.union(*layer[:b]) for b in range(LAYERS + 1)]
+    with plan.attention():
+        plan.hidden_states(_batch(model.config.vocab_size))  # the hooks are gone
+    assert len(reads) == LAYERS + 1
+
+
+def test_the_shared_prefix_is_the_longest_run_of_reads_from_one_model():
+    emb, norm = "embed.weight", "norm.weight"
+    layer = [frozenset({f"layers.{i}.q.weight", f"layers.{i}.mlp.weight"}) for i in range(4)]
+    reads = [{emb}.union(*layer[:b]) for b in range(5)]
+    everything = frozenset({emb, norm}.union(*layer))
+    assert prefix.shared_prefix(reads, layer[2]) == ("base", 2)  # only layer 2 from the other model
+    assert prefix.shared_prefix(reads, everything - layer[2]) == ("other", 2)  # layer 2 kept from the baseline
+    assert prefix.shared_prefix(reads, frozenset({norm})) == ("base", 4)
+    assert prefix.shared_prefix(reads, everything - {norm}) == ("other", 4)
+    assert prefix.shared_prefix(reads, frozenset({emb})) == (None, 0)  # the embeddings differ from both models
+    assert prefix.shared_prefix(reads, everything - {emb}) == (None, 0)
+    assert prefix.shared_prefix(reads, frozenset({"layers.0.q.weight"})) == (None, 0)  # a mixed first layer
+    assert prefix.shared_prefix(reads, frozenset({"layers.1.q.weight"})) == ("base", 1)
+    # a parameter read before the first layer that is not named as an embedding (OPT's project_in), taken with the
+    # final norm: no resume, since the layers' input is neither model's
+    odd = [r | {"project_in.weight"} for r in reads]
+    assert prefix.shared_prefix(odd, frozenset({norm, "project_in.weight"})) == (None, 0)

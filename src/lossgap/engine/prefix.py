@@ -2,7 +2,7 @@
 earlier pass over the same batch, stands in for the layers before `b`, which then do no work.
 
 Why: the layer attribution (run/layers.py) scores many hybrids of a fine-tuned pair on one sample, and a hybrid
-whose first k layers (and embeddings) are all one model's computes, up to layer k, exactly what that model did. The
+whose parameters read before layer k are all one model's computes, up to layer k, exactly what that model did. The
 two models' states at a few layer boundaries are kept from the interpolation's ends (α = 0 is the baseline, α = 1
 the other model), and each hybrid starts from the latest boundary its prefix allows. The layers after it run as
 they always do (the plan's attention, rotary embedding and mask are built by the model's own forward), so the result
@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from .compiled import is_compiled
-from .hybrid import decoder_layers, layer_of
+from .hybrid import decoder_layers, paths
 
 
 @contextlib.contextmanager
@@ -80,23 +80,48 @@ def can_resume(model: torch.nn.Module) -> bool:
     return not is_compiled(model) and not any("forward" in layer.__dict__ for layer in decoder_layers(model))
 
 
-def shared_prefix(params: Iterable[str], taken: set[str], embeddings: set[str], n_layers: int
-                  ) -> tuple[str | None, int]:
-    """For a hybrid that takes the parameters `taken` from the other model and the rest from the baseline: which
-    model ("base" or "other") its embeddings and first k decoder layers all come from, and k (None, 0 when its
-    embeddings are mixed). `embeddings` are the parameters used before the first layer."""
-    by_layer: dict[int, set[str]] = {}
-    for name in params:
-        layer = layer_of(name)
-        if layer is not None:
-            by_layer.setdefault(layer, set()).add(name)
+@contextlib.contextmanager
+def recorded_reads(model: torch.nn.Module, into: list[set[str]]) -> Iterator[None]:
+    """While the block runs, the model's next forward pass fills `into` (emptied first) with n + 1 sets: into[b] is
+    every parameter (by its first path) read before decoder layer b starts, into[n] before the last layer ends.
+    Recorded, not inferred from names, so a parameter that runs before the layers without "embed" in its name, or a
+    module shared by several layers, counts where it is read."""
+    first = {path: name for name, held in paths(model).items() for path in held}
+    layers = decoder_layers(model)
+    reads: set[str] = set()
+    into.clear()
+
+    def read(names: list[str]):
+        def hook(module, args):
+            if len(into) <= len(layers):
+                reads.update(names)
+        return hook
+
+    def marker(module, *rest):
+        if len(into) <= len(layers):
+            into.append(set(reads))
+
+    handles = []
+    for path, module in model.named_modules():
+        names = [first[f"{path}.{attr}" if path else attr] for attr, p in module._parameters.items() if p is not None]
+        if names:
+            handles.append(module.register_forward_pre_hook(read(names)))
+    handles += [layer.register_forward_pre_hook(marker) for layer in layers]
+    handles.append(layers[-1].register_forward_hook(marker))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def shared_prefix(reads: list[set[str]], taken: frozenset[str]) -> tuple[str | None, int]:
+    """For a hybrid that takes the parameters `taken` from the other model and the rest from the baseline: the model
+    ("base" or "other") whose parameters are all it reads before decoder layer k, for the largest such k, and k
+    (None, 0 when its first layer's input is neither model's). `reads` as recorded_reads fills it."""
     best: tuple[str | None, int] = (None, 0)
     for source, same in (("base", lambda names: not names & taken), ("other", lambda names: names <= taken)):
-        if not same(embeddings):
-            continue
-        k = 0
-        while k < n_layers and same(by_layer.get(k, set())):
-            k += 1
+        k = max((b for b, names in enumerate(reads) if same(names)), default=0)
         if k > best[1]:
             best = (source, k)
     return best

@@ -57,17 +57,17 @@ class KeptStates:
     there (engine/prefix.py); and how much decoder work that saved."""
 
     boundaries: tuple[int, ...]
-    embeddings: frozenset[str]  # the parameters used before the first decoder layer
     n_layers: int
     states: dict[str, dict[int, list]] = field(default_factory=lambda: {"base": {}, "other": {}})
+    reads: list[set[str]] = field(default_factory=list)  # the parameters read before each layer (α = 0's pass)
     layers_run: int = 0  # decoder layers run per batch, summed over the passes
     layers_full: int = 0  # the same without resuming
 
-    def start(self, model, h: Hybrid, n_batches: int) -> tuple[str | None, int]:
+    def start(self, h: Hybrid, n_batches: int) -> tuple[str | None, int]:
         """The model and boundary hybrid h resumes from (None, 0: from the embeddings)."""
-        if h.taken is None:
+        if h.taken is None or len(self.reads) != self.n_layers + 1:
             return None, 0
-        source, k = prefix.shared_prefix(hybrid.parameters(model), h.taken, self.embeddings, self.n_layers)
+        source, k = prefix.shared_prefix(self.reads, h.taken)
         ready = [b for b in self.boundaries if b <= k and len(self.states.get(source, {}).get(b, ())) == n_batches]
         return (source, max(ready)) if ready else (None, 0)
 
@@ -96,15 +96,13 @@ def kept_states(model, parts: list[hybrid.Block], sample: RowSample) -> KeptStat
     """Where the passes may resume: the first layer of each group of layers after the first, and the end of the
     decoder, as many (from the end) as KEPT_BYTES allows for both models; none for a model that cannot resume."""
     n = model.config.num_hidden_layers
-    first = next((i for i, b in enumerate(parts) if b.layers), len(parts))
-    embeddings = frozenset(p for b in parts[:first] for p in b.params)
     bounds = sorted({b.layers[0] for b in parts if b.layers and b.layers[0] > 0} | {n}) if prefix.can_resume(model) \
         else []
     per_boundary = 2 * sum(b.input_ids.numel() for b in sample.batches) * model.config.hidden_size * \
         next(model.parameters()).element_size()
     while bounds and len(bounds) * per_boundary > KEPT_BYTES:
         bounds.pop(0)
-    return KeptStates(tuple(bounds), embeddings, n)
+    return KeptStates(tuple(bounds), n)
 
 
 def layer_attribution(cfg: ScoreConfig, names: tuple[str, str], paired: PairedResult, folder: ComparisonFolder,
@@ -202,10 +200,12 @@ def _doc_sums(sample: RowSample, engine, todo: list[Hybrid], kept: KeptStates
         for h in todo:
             out[h.column] = {}
             end = h.kind == "alpha" and h.value in (0.0, 1.0)
-            source, boundary = kept.start(model, h, len(batches))
+            source, boundary = kept.start(h, len(batches))
             keep = prefix.kept_states(model, kept.boundaries, kept.states["base" if h.value == 0.0 else "other"]) \
-                if end else contextlib.nullcontext()
-            with h.build(), keep:
+                if end and kept.boundaries else contextlib.nullcontext()
+            reads = prefix.recorded_reads(model, kept.reads) if end and h.value == 0.0 and kept.boundaries \
+                else contextlib.nullcontext()
+            with h.build(), keep, reads:
                 for i, batch in enumerate(batches):
                     with prefix.resumed(model, boundary, kept.states[source][boundary][i]) if boundary \
                             else contextlib.nullcontext():
