@@ -121,6 +121,7 @@ def test_report_shows_the_layers_and_rebuilds_them(attributed, tmp_path, capsys)
     md = (out / "report.md").read_text()
     assert "## Which weights carry the gap" in md and "layers_interpolation.png" in md
     assert "D along the weights' path" in md and "the logit lens" in md
+    assert "started part-way, so the decoder ran 48 of 68 layer passes" in md  # the cost record, in words
     assert any(f.startswith("By layer (sft against base): Taken alone from the other model, layer 2 gives")
                for f in attributed["results"]["findings"])
     copy = tmp_path / "copy"

@@ -44,10 +44,13 @@ def _measured(name: str, base: str, layers: dict) -> str:
     sample = ("every scored token" if s["whole"] else
               f"a sample of {s['rows']:,} of {s['rows_in_corpus']:,} rows (seed {s['seed']}, budget "
               f"{s['token_budget']:,} tokens)")
+    run, full = cost.get("decoder_layers_run"), cost.get("decoder_layers_without_resuming")
+    resumed = (f"; passes whose first layers are one model's started part-way, so the decoder ran {run:,} of "
+               f"{full:,} layer passes" if run is not None and full and run < full else "")
     return (f"{name}: {sample}, {s['tokens']:,} tokens of {s['documents']:,} documents, in {layers['dtype']}; "
             f"{cost['forward_passes']} forward passes of {base}'s model and 2 more for the logit lens "
-            f"({cost['seconds']:.1f} s). The path's ends reproduce the paired pass on the same tokens: largest "
-            f"per-token NLL difference {check['max_token_diff_alpha_0']:.2g} at α = 0 and "
+            f"({cost['seconds']:.1f} s{resumed}). The path's ends reproduce the paired pass on the same tokens: "
+            f"largest per-token NLL difference {check['max_token_diff_alpha_0']:.2g} at α = 0 and "
             f"{check['max_token_diff_alpha_1']:.2g} at α = 1; D on the sample {layers['d']:+.4f} "
             f"(the paired pass: {check['d_pairs_on_sample']:+.4f}).")
 
