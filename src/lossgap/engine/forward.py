@@ -141,7 +141,10 @@ def deviation(values: np.ndarray, reference: np.ndarray) -> dict[str, float]:
             "mean_diff": float(diff.mean())}
 
 
-CHECK_TOKENS = 512  # input tokens the float32 check scores: ~2 % of a 32k-token run's time on a bf16 CPU
+# input tokens the float32 check scores: 2-2.5 % of a 32k-token run's time on an avx512_bf16 CPU, 4-5 % with AMX
+# (float32 ~7x slower than bf16 there); 256 would warn falsely on a healthy model (benchmarks/fp32_check.py
+# --slice-spread: 1 of 111 such slices of SmolLM2 past FP32_LIMITS' mean diff, none of 55 of 512)
+CHECK_TOKENS = 512
 CHECK_MIN_TARGETS = 64  # fewer targets in them (a strided window scores only its tail): the prefix is lengthened
 CHECKED_LAYERS = "every layer and the output head, in float32, one module's weights at a time"
 
