@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -89,4 +90,22 @@ def test_the_metadata_is_converted_once_per_load_and_each_caller_gets_its_own(tm
         second = gguf_utils.load_gguf_checkpoint(str(path))
     assert second == want and first["config"]["vocab_size"] == -1
     assert gguf_utils.load_gguf_checkpoint is counting  # restored after the block
+    ggufparse.forget()
+
+
+def test_the_parse_reads_a_plain_view_of_the_map_with_ggufs_own_fields_and_tensors(tmp_path, llama_dir):
+    import gguf
+
+    path = write_tiny_gguf(llama_dir, tmp_path / "tiny.gguf")
+    own = gguf.GGUFReader(path)
+    with ggufparse.parsed_once():
+        mine = gguf.GGUFReader(path)
+    assert isinstance(own.data, np.memmap) and type(mine.data) is np.ndarray  # no memmap code per slice
+    assert list(mine.fields) == list(own.fields) and len(own.fields) > 10
+    for name, field in own.fields.items():
+        other = mine.fields[name]
+        assert (other.types, other.data, other.offset) == (field.types, field.data, field.offset), name
+        assert all(np.array_equal(a, b) for a, b in zip(other.parts, field.parts, strict=True)), name
+    assert [t.name for t in mine.tensors] == [t.name for t in own.tensors] and mine.tensors
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(mine.tensors, own.tensors, strict=True))
     ggufparse.forget()
