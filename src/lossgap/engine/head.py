@@ -242,7 +242,7 @@ class OutputHead:
 
 
 def non_finite_logits(model_name: str, dtype: str, seen: str) -> ModelError:
-    """inf or NaN in the logits of a model whose weights are finite (modelfiles.require_finite_weights), said as
+    """inf or NaN in the logits of a model whose weights are finite (model.require_finite_weights), said as
     what it is: in float16 an overflow of its range, elsewhere a broken model or a precision too low for it."""
     msg = f"{model_name}: inf/NaN in the model's logits {seen} in {dtype}, from finite weights"
     if dtype == "float16":

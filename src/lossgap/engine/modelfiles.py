@@ -352,7 +352,7 @@ def _broken_weights(folder: Path) -> tuple[Path, str] | None:
 def check_loading_info(info: dict, source: Source) -> None:
     """Refuse weights that do not fill the model the config describes: a tensor the weights lack would be random,
     one of another shape reinitialised (transformers only warns about either)."""
-    where = _weights_named(source)
+    where = weights_named(source)
     mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: m[0])
     if mismatched:
         name, ckpt, model = mismatched[0]
@@ -370,7 +370,7 @@ def check_loading_info(info: dict, source: Source) -> None:
                          "the config and the weights come from different models, or the download is incomplete")
 
 
-def _weights_named(source: Source) -> str:
+def weights_named(source: Source) -> str:
     """The weight files of a source, as a message names them."""
     if source.gguf_path is not None:
         return str(source.gguf_path)
@@ -379,22 +379,3 @@ def _weights_named(source: Source) -> str:
         return source.spec
     files = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
     return str(folder / files[0]) if len(files) == 1 else f"{folder} ({len(files)} weight files)"
-
-
-def require_finite_weights(model, source: Source) -> None:
-    """Refuse weights holding NaN or inf before anything is scored: every loss would be NaN. One pass over the
-    parameters, in chunks so that the check needs little extra memory."""
-    import torch
-
-    for name, p in model.named_parameters():
-        t = p.to_local() if hasattr(p, "to_local") else p  # a tensor-parallel DTensor: this rank's shard
-        if t.device.type == "meta" or not t.is_floating_point():
-            continue
-        flat = t.detach().reshape(-1)
-        bad = sum(int((~torch.isfinite(chunk)).sum()) for chunk in flat.split(1 << 24)
-                  if not bool(torch.isfinite(chunk).all()))
-        if bad:
-            where = _weights_named(source)
-            raise ModelError(f"{where}: weight {name} holds {bad} NaN/inf value(s) of {flat.numel()}",
-                             "the weights are corrupt (or were saved from a diverged run): download or convert "
-                             "them again")
