@@ -14,9 +14,10 @@ the same rows (a comparison's score_offsets): one float32 pass per offset, again
   python benchmarks/fp32_check.py --slice-spread 5  # how many tokens the check needs (below)
 
 --slice-spread R: why the check scores 512 tokens and not fewer. The first R rows are scored whole in bf16 and in
-float32; each row is cut into consecutive slices of 128, 256, 512 and 1,024 tokens, and for each slice size it prints
-the spread over slices of what the check would report (its mean diff and mean |diff|), the largest of each, how many
-slices are past FP32_LIMITS (a healthy bf16 model: every one is a false warning), and the check's time at that size.
+float32; their targets, end to end, are cut into consecutive slices of 128, 256, 512 and 1,024, and for each size
+it prints the spread over slices of what the check would report (its mean diff and mean |diff|), the largest of
+each, how many slices are past FP32_LIMITS (a healthy bf16 model: every one is a false warning), and the check's
+time at that size.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from lossgap.config import ModelConfig
 from lossgap.data.encode import TokenizedDocument
 from lossgap.data.layout import packed_rows, retarget
 from lossgap.engine import forward
-from lossgap.engine.forward import eager, float32_nll, fp32_deviation, fp32_deviations, score_batch
+from lossgap.engine.forward import deviation, eager, float32_nll, fp32_deviation, fp32_deviations, score_batch
 from lossgap.engine.head import OutputHead
 from lossgap.engine.model import load_model
 from lossgap.engine.plans import make_plan
@@ -160,35 +161,34 @@ def two_offsets(plan, head, rows) -> dict:
 
 
 def slice_spread(plan, head, batches: list) -> dict:
-    """What the check would report on every consecutive slice of each size of these rows: its spread and how often it
-    would warn on a healthy model; and the check's own time at each size (on the first row, after a warm-up)."""
-    diffs = np.concatenate([score_batch(plan, head, b).astype(np.float64) - float32_nll(plan, head, b)
-                            for b in batches])
-    report = {"tokens": int(diffs.size), "rows": len(batches), "limits": dict(FP32_LIMITS),
-              "mean_diff": float(diffs.mean()), "mean_abs_diff": float(np.abs(diffs).mean()), "slices": {}}
-    print(f"{diffs.size:,} targets of {len(batches)} rows: per-token diff mean {diffs.mean():+.4f}, "
-          f"sd {diffs.std():.4f}, mean |diff| {np.abs(diffs).mean():.4f}; limits {dict(FP32_LIMITS)}")
+    """What the check would report (forward.deviation, judged by exceeds_fp32_limits) on every consecutive slice of
+    each size of these rows' targets: its spread and how often it would warn on a healthy model; and the check's own
+    time at each size (on the first row, after a warm-up)."""
+    values = np.concatenate([score_batch(plan, head, b) for b in batches])
+    reference = np.concatenate([float32_nll(plan, head, b) for b in batches])
+    whole = deviation(values, reference)
+    report = {"tokens": int(values.size), "rows": len(batches), "limits": dict(FP32_LIMITS), **whole, "slices": {}}
+    print(f"{values.size:,} targets of {len(batches)} rows: {whole}; limits {dict(FP32_LIMITS)}")
     nll = score_batch(plan, head, batches[0])
     fp32_deviation(plan, head, batches[0], nll)  # warm-up of the float32 kernels
     for n in SLICES:
-        cuts = range(0, diffs.size - n + 1, n)
-        mean = np.array([diffs[i:i + n].mean() for i in cuts])
-        absolute = np.array([np.abs(diffs[i:i + n]).mean() for i in cuts])
-        warned = sum(exceeds_fp32_limits(x, y) for x, y in zip(absolute, mean, strict=True))
+        found = [deviation(values[i:i + n], reference[i:i + n]) for i in range(0, values.size - n + 1, n)]
+        mean = np.array([d["mean_diff"] for d in found])
+        absolute = np.array([d["mean_abs_diff"] for d in found])
+        warned = sum(exceeds_fp32_limits(d["mean_abs_diff"], d["mean_diff"]) for d in found)
         with mock.patch.object(forward, "CHECK_TOKENS", n):
             start = time.perf_counter()
             fp32_deviation(plan, head, batches[0], nll)
             seconds = time.perf_counter() - start
-        report["slices"][n] = {"slices": len(mean), "mean_diff_sd": float(mean.std()),
+        report["slices"][n] = {"slices": len(found), "mean_diff_sd": float(mean.std()),
                                "largest_abs_mean_diff": float(np.abs(mean).max()),
                                "mean_abs_diff_sd": float(absolute.std()),
                                "largest_mean_abs_diff": float(absolute.max()),
                                "past_limits": int(warned), "check_seconds": seconds}
-        print(f"slices of {n:>5}: {len(mean):>3}; mean diff sd {mean.std():.4f}, largest |mean diff| "
+        print(f"slices of {n:>5}: {len(found):>3}; mean diff sd {mean.std():.4f}, largest |mean diff| "
               f"{np.abs(mean).max():.4f}; mean |diff| sd {absolute.std():.4f}, largest {absolute.max():.4f}; past the "
-              f"limits {warned} of {len(mean)}; the check {seconds:.2f} s")
+              f"limits {warned} of {len(found)}; the check {seconds:.2f} s")
     return report
-
 
 if __name__ == "__main__":
     main()
