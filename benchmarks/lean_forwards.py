@@ -16,7 +16,7 @@ import statistics
 import time
 
 import torch
-from throughput import ARCHS, build_model, pile_like_documents
+from throughput import build_model, pile_like_documents, workload_arguments
 
 from lossgap.data.layout import packed_rows
 from lossgap.engine.lean import lean_targets
@@ -25,12 +25,7 @@ from lossgap.engine.plans import make_plan
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="smollm2-135m", choices=sorted(ARCHS))
-    p.add_argument("--plan", default="varlen")
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--seq-len", type=int, default=4096)
-    p.add_argument("--tokens", type=int, default=8192)
-    p.add_argument("--mean-len", type=int, default=400, help="mean document length (log-normal)")
+    workload_arguments(p)
     p.add_argument("--rounds", type=int, default=7)
     a = p.parse_args(argv)
     torch.set_grad_enabled(False)

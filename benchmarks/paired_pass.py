@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from throughput import ARCHS, build_model, pile_like_documents  # noqa: E402
 
 from lossgap.data.layout import packed_rows, windows  # noqa: E402
-from lossgap.engine.batching import PeakMemory, trim_heap  # noqa: E402
+from lossgap.engine.allocator import trim_heap  # noqa: E402
+from lossgap.engine.batching import PeakMemory  # noqa: E402
 from lossgap.engine.forward import forward_batches, forward_pair  # noqa: E402
 from lossgap.engine.head import OutputHead  # noqa: E402
 from lossgap.engine.plans import make_plan  # noqa: E402

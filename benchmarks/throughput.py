@@ -30,7 +30,8 @@ import torch
 
 from lossgap.data.encode import TokenizedDocument
 from lossgap.data.layout import collate, packed_rows, windows
-from lossgap.engine.batching import PeakMemory, auto_batch_size, trim_heap
+from lossgap.engine.allocator import trim_heap
+from lossgap.engine.batching import PeakMemory, auto_batch_size
 from lossgap.engine.compiled import compile_layers
 from lossgap.engine.forward import eager, score_batch
 from lossgap.engine.head import OutputHead
@@ -43,6 +44,16 @@ ARCHS = {
     "llama-3.1-8b": (4096, 14336, 32, 32, 8, 128256, 500000.0, False),
     "tiny": (128, 256, 2, 4, 2, 1024, 10000.0, True),
 }
+
+
+def workload_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a benchmark that scores Pile-like documents with one plan on a model of a given shape."""
+    p.add_argument("--arch", default="smollm2-135m", choices=sorted(ARCHS))
+    p.add_argument("--plan", default="varlen")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--seq-len", type=int, default=4096)
+    p.add_argument("--tokens", type=int, default=8192)
+    p.add_argument("--mean-len", type=int, default=400, help="mean document length (log-normal)")
 
 
 def build_model(arch: str, dtype: torch.dtype, device: str, seq_len: int, layers: int | None = None

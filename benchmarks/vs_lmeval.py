@@ -36,6 +36,10 @@ MFU = 2 x parameters (tied embeddings once) x scored tokens/s / the matmul peak 
 this process before and after the variants, the higher of the two (best of 3 trials of 5 2048^3 matmuls each,
 benchmarks/throughput.py).
 
+Allocator: the first load_model sets glibc's mmap and trim thresholds for the whole process (engine/allocator.py:
+freed activations are reused, not faulted in again), so lm-eval runs under them as well as lossgap: the comparison
+holds the allocator equal, and lm-eval's best CPU setting includes it.
+
 Memory: the peak resident set of each variant is VmHWM after resetting it (write 5 to /proc/self/clear_refs) just
 before the variant, with VmRSS before and after (from /proc/self/status); where the reset is refused it falls back to
 resource.getrusage's ru_maxrss, a high-water mark of the whole process, and says so.
@@ -84,7 +88,7 @@ from lossgap.cli import build_parser, score_config_from_args
 from lossgap.config import CorpusConfig, ModelConfig
 from lossgap.data.corpus import Corpus
 from lossgap.data.corpus_build import build_corpus
-from lossgap.engine.batching import trim_heap
+from lossgap.engine.allocator import trim_heap
 from lossgap.engine.devices import resolve_dtype
 from lossgap.engine.model import load_model
 from lossgap.run.scoring import score

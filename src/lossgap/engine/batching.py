@@ -9,8 +9,6 @@ the batch is what fits into the free memory with headroom. On CUDA an out-of-mem
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import gc
 import os
 import threading
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 
 from ..data.layout import synthetic_row
+from .allocator import trim_heap
 from .devices import available_ram, free_on
 from .forward import score_batch
 from .head import OutputHead
@@ -112,12 +111,6 @@ def _free_bytes(devices: list[torch.device]) -> int:
     """Memory a batch may still take: the least free on any of the model's GPUs, else the host's available RAM."""
     cuda = [d for d in devices if d.type == "cuda"]
     return min(free_on(d) for d in cuda) if cuda else available_ram()
-
-
-def trim_heap() -> None:
-    """glibc keeps freed memory mapped; malloc_trim returns it, so RSS shows what is in use now."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def rss() -> int:

@@ -9,6 +9,7 @@ import torch
 
 from ..config import DEFAULT_SEQ_LEN, ModelConfig
 from ..errors import ModelError, UsageError
+from .allocator import keep_freed_memory
 from .devices import require_cuda_for_flex, resolve_device, resolve_dtype
 from .ggufparse import false_packing_warning
 from .ggufparse import forget as forget_parse
@@ -173,6 +174,8 @@ def load_model(cfg: ModelConfig, quiet: bool = False, local_rank: int = 0) -> Lo
             forget_parse(source.gguf_path)  # its tokenizer and config were parsed from the memo: no longer needed
     model.eval()
     device = next(model.parameters()).device
+    if device.type == "cpu":
+        keep_freed_memory()  # activations reuse the heap from now on (engine/allocator.py)
     config = model.config
     vocab = model.get_output_embeddings().weight.shape[0]
     return LoadedModel(model, tokenizer, cfg.name, device, dtype, vocab, max_positions(config),

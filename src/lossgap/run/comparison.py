@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import gc
 import sys
 import time
 from dataclasses import asdict, replace
@@ -13,6 +12,7 @@ from ..analysis.textclass import write_vocab_tables
 from ..config import CompareConfig, ModelConfig, ScoreConfig, TokenizeConfig
 from ..data.corpus import Corpus, require_documents
 from ..data.encode import resolve_special_tokens
+from ..engine.allocator import release_memory
 from ..engine.devices import resolve_device
 from ..engine.dist import init_distributed
 from ..engine.model import load_model, load_tokenizer, resolve_seq_len
@@ -189,11 +189,11 @@ class _Runs:
                         for i, turn in enumerate(plan.chat_user_turns)]
                 record.chat_runs[name], record.chat_runs_by_turn[name] = runs[0], runs
             del loaded
-            gc.collect()
+            release_memory()
         if base_name in from_pass:
             self.score_group(base_name, base_cfg, base, main_group)
         del base
-        gc.collect()
+        release_memory()
         return record
 
     def layers(self, record: ExplanationRecord, run: ScoreConfig, names: tuple[str, str], done) -> None:
@@ -218,7 +218,7 @@ class _Runs:
         if keep:
             return loaded
         del loaded
-        gc.collect()
+        release_memory()
         return None
 
     def score_group(self, name: str, mcfg: ModelConfig, loaded, group: list[Configuration]) -> None:
