@@ -109,3 +109,25 @@ def test_the_parse_reads_a_plain_view_of_the_map_with_ggufs_own_fields_and_tenso
     assert [t.name for t in mine.tensors] == [t.name for t in own.tensors] and mine.tensors
     assert all(np.array_equal(a.data, b.data) for a, b in zip(mine.tensors, own.tensors, strict=True))
     ggufparse.forget()
+
+
+def test_strings_are_decoded_as_transformers_decodes_them_and_other_values_left_to_it():
+    from transformers.integrations.ggml import _gguf_parse_value
+
+    fast = ggufparse._strings_decoded(_gguf_parse_value)
+    texts = ["", "Ġthe", "é ü ß", "日本語", "<|im_start|>", "\n\t", "🙂"]
+    for text in texts:
+        raw = np.frombuffer(text.encode(), dtype=np.uint8)
+        for types in (8, [8], [9, 8]):
+            got, want = fast(raw, types), _gguf_parse_value(raw, types)
+            assert got == want == text and type(got) is str
+    for value, types in ((np.array([7], dtype=np.uint32), 4), (np.array([0.5], dtype=np.float32), [9, 6]),
+                         (np.array([1], dtype=np.uint8), 7), (np.array([3], dtype=np.int64), [11])):
+        got, want = fast(value, types), _gguf_parse_value(value, types)
+        assert got == want and type(got) is type(want)
+    try:
+        fast(np.frombuffer(b"ab", dtype=np.uint8), [4, 8])
+    except ValueError:  # transformers' own refusal of a non-array pair of types
+        pass
+    else:
+        raise AssertionError("a pair of types not led by the array type must be refused as transformers does")

@@ -8,10 +8,10 @@ loads a GGUF source they are served from a small memo: the file's reader by path
 an edited file is parsed again), and the name map by architecture and layer count. The metadata transformers
 converts from the reader's fields (its config and tokenizer dicts, ~0.5 s a time for SmolLM2's vocabulary, asked
 for three times per load) is kept the same way and handed out as a deep copy, so a caller that edits its dict edits
-its own. The one parse reads a plain ndarray view of gguf's memory map: numpy's memmap subclass runs Python code on
-every slice, ~1.3M slices for SmolLM2's vocabulary (1.85 s a parse on an AMX Xeon, 0.60-0.65 s over the plain view,
-the same fields and tensors). transformers is not changed: only the names it imports at call time are replaced
-inside the block, then restored.
+its own; its strings are decoded from their bytes in one call each. The one parse reads a plain ndarray view of
+gguf's memory map: numpy's memmap subclass runs Python code on every slice, ~1.3M slices for SmolLM2's vocabulary
+(1.85 s a parse on an AMX Xeon, 0.60-0.65 s over the plain view, the same fields and tensors). transformers is not
+changed: only the names it imports at call time are replaced inside the block, then restored.
 """
 
 from __future__ import annotations
@@ -71,13 +71,14 @@ def parsed_once() -> Iterator[None]:
             _metadata[key] = checkpoint(*args, **kwargs)
         return copy.deepcopy(_metadata[key])
 
+    parse_value = gguf_utils._gguf_parse_value
     gguf.GGUFReader, gguf.get_tensor_name_map = reader, _name_map(name_map)
-    gguf_utils.load_gguf_checkpoint = metadata
+    gguf_utils.load_gguf_checkpoint, gguf_utils._gguf_parse_value = metadata, _strings_decoded(parse_value)
     try:
         yield
     finally:
         gguf.GGUFReader, gguf.get_tensor_name_map = reader_class, name_map
-        gguf_utils.load_gguf_checkpoint = checkpoint
+        gguf_utils.load_gguf_checkpoint, gguf_utils._gguf_parse_value = checkpoint, parse_value
 
 
 @functools.cache
@@ -95,6 +96,26 @@ def _plain(reader_class: type) -> type:
             self._plain_data = value.view(np.ndarray) if isinstance(value, np.memmap) else value
 
     return PlainViewReader
+
+
+GGUF_STRING, GGUF_ARRAY = 8, 9  # gguf's value types
+
+
+@functools.cache
+def _strings_decoded(parse_value: Callable) -> Callable:
+    """transformers' conversion of one GGUF value, with a string's bytes decoded in one call: it builds a Python
+    list of numpy scalars per string (98k strings for SmolLM2's vocabulary and merges, ~0.1 s of the ~0.2 s it takes
+    to convert the fields, once for the config and once more with the weights). The same str; anything else is
+    converted by transformers."""
+
+    def parse(value, data_type):
+        types = data_type if isinstance(data_type, list) else [data_type]
+        string = types == [GGUF_STRING] or types == [GGUF_ARRAY, GGUF_STRING]
+        if string and isinstance(value, np.ndarray) and value.dtype == np.uint8:
+            return value.tobytes().decode()
+        return parse_value(value, data_type)
+
+    return parse
 
 
 @functools.cache
