@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lossgap.engine import batching
+from lossgap.engine.allocator import keep_freed_memory
 from lossgap.engine.batching import HEADROOM, TOKENS_CAP, PeakMemory, auto_batch_size
 from lossgap.engine.head import OutputHead
 from lossgap.engine.plans import make_plan
@@ -23,6 +24,17 @@ def test_peak_memory_sees_an_allocation_of_known_size():
     with PeakMemory([torch.device("cpu")]) as mem:
         pass
     assert mem.bytes < 0.1 * size  # the earlier peak does not carry over
+
+
+def test_memory_a_block_freed_in_the_kept_heap_counts_as_free_after_it():
+    if not keep_freed_memory():  # the setting a CPU run makes once its model is loaded
+        pytest.skip("glibc's mallopt")
+    blocks = 16  # of 16 MiB: under the mmap threshold, so they come from the heap and stay there when freed
+    with PeakMemory([torch.device("cpu")]) as mem:
+        held = [torch.ones(4 << 20, dtype=torch.float32) for _ in range(blocks)]
+        del held
+    assert mem.bytes >= 0.9 * blocks * (16 << 20)
+    assert batching.rss() - mem.base < 0.25 * blocks * (16 << 20)  # handed back: the next free-memory reading sees it
 
 
 @pytest.fixture
@@ -64,6 +76,7 @@ def test_row_memory_grows_with_the_row(llama_plan):
     plan, head = llama_plan
     head.chunk_tokens, head.vocab_tile = 1 << 20, head.vocab  # one tile: the whole row's fp32 logits at once
     vocab = plan.model.config.vocab_size
+    auto_batch_size(plan, head, 32, vocab)  # the first call's one-time buffers (~9 MB here) are not the row's
     short = auto_batch_size(plan, head, 32, vocab).row_bytes
     long = auto_batch_size(plan, head, 256, vocab).row_bytes
     assert long >= 256 * vocab * 4 > short

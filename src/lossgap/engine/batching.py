@@ -70,7 +70,8 @@ def _devices(model: torch.nn.Module) -> list[torch.device]:
 class PeakMemory:
     """Memory in use before a block (`base`) and its peak while the block runs (`peak`), in bytes; `bytes` is the
     block's working memory, peak - base. CUDA: the allocator's figures (the largest on any of the devices);
-    CPU: sampled RSS, after handing freed heap back to the OS so an earlier peak does not count."""
+    CPU: sampled RSS, after handing freed heap back to the OS so an earlier peak does not count, and again after the
+    block so that free memory measured next counts what the block freed."""
 
     def __init__(self, devices: list[torch.device]):
         self.cuda = [d for d in devices if d.type == "cuda"]
@@ -104,6 +105,7 @@ class PeakMemory:
             self.stop.set()
             self.thread.join()
             self.peak = max(self.peak, rss())
+            trim_heap()  # the block's freed memory, kept in the heap (engine/allocator.py), is not in use
         self.bytes = self.peak - self.base
 
 
