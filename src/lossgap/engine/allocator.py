@@ -18,7 +18,6 @@ not glibc (musl, macOS) nothing is done.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import gc
 
@@ -29,14 +28,12 @@ TRIM_THRESHOLD = 1 << 30  # a freed heap top is kept up to this much
 
 @functools.cache
 def _glibc():
-    """The C library when it is glibc (it has mallopt and malloc_trim), else None."""
+    """The allocator this process runs on when it is glibc's (mallopt, malloc_trim), else None."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version.restype = ctypes.c_char_p
-        libc.gnu_get_libc_version()
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-    except (OSError, AttributeError):
+        libc = ctypes.CDLL(None)  # the process's own symbols: the C library it is linked with, no search
+    except (OSError, TypeError):
         return None
+    return libc if hasattr(libc, "gnu_get_libc_version") else None  # glibc only
 
 
 @functools.cache
